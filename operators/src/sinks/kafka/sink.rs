@@ -1,0 +1,235 @@
+//! The producer side: send, delivery reports, flush.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventbus_runtime::config::KafkaProperties;
+use eventbus_runtime::{Ack, ErrorClass, Record, RuntimeError, Sink, SinkError};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use super::config::{KafkaSinkConfig, Partitioning};
+
+const NAME: &str = "kafka";
+/// How long to wait before retrying a send refused because librdkafka's queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+
+/// Produces records to one topic. A record's [`Ack`] is resolved by its delivery report:
+/// done when the broker has it with `acks=all`, failed (stopping the job) when
+/// librdkafka gives up after its own retries (`message.timeout.ms`).
+///
+/// The producer is idempotent, so librdkafka's retries neither duplicate nor reorder
+/// records within a partition.
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    config: Arc<KafkaSinkConfig>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").field("config", &self.config).finish()
+    }
+}
+
+impl KafkaSink {
+    /// Creates the producer. `properties` are the same librdkafka properties the source
+    /// uses; consumer-only ones are ignored by the producer.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] when idempotence or `acks=all` is switched off, or when
+    /// librdkafka rejects a property (its message names it).
+    pub fn new(properties: &KafkaProperties, config: KafkaSinkConfig) -> Result<Self, RuntimeError> {
+        if properties.get("enable.idempotence").is_some_and(|v| v != "true") {
+            return Err(config_error(
+                "kafka.enable.idempotence",
+                "the Kafka sink needs the idempotent producer to keep order across retries",
+            ));
+        }
+        if properties.get("acks").is_some_and(|v| v != "all" && v != "-1") {
+            return Err(config_error(
+                "kafka.acks",
+                "the Kafka sink acknowledges only fully replicated records: use all",
+            ));
+        }
+        let mut cfg = ClientConfig::new();
+        for (k, v) in properties.iter() {
+            if is_producer_property(k) {
+                cfg.set(k, v);
+            }
+        }
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all");
+        if properties.get("linger.ms").is_none() {
+            cfg.set("linger.ms", "5");
+        }
+        let producer: ThreadedProducer<Deliveries> = cfg
+            .create_with_context(Deliveries {
+                topic: config.topic.clone(),
+            })
+            .map_err(|e| match e {
+                KafkaError::ClientCreation(reason) => config_error("kafka", reason),
+                source => RuntimeError::Kafka {
+                    operation: "producer creation",
+                    source,
+                },
+            })?;
+        Ok(Self {
+            producer: Arc::new(producer),
+            config: Arc::new(config),
+        })
+    }
+
+    async fn flush_now(&self) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        let timeout = Duration::from_millis(self.config.flush_timeout_ms);
+        let result = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SinkError::Flush {
+                sink: NAME,
+                reason: format!("topic {}: {e}", self.config.topic),
+            }),
+            Err(e) => Err(SinkError::Flush {
+                sink: NAME,
+                reason: format!("flush task failed: {e}"),
+            }),
+        }
+    }
+}
+
+/// Properties only a consumer understands; librdkafka warns about them on a producer.
+fn is_producer_property(key: &str) -> bool {
+    const CONSUMER_ONLY: &[&str] = &[
+        "group.id",
+        "group.instance.id",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "auto.offset.reset",
+        "enable.partition.eof",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.commit.interval.ms",
+        "fetch.min.bytes",
+        "fetch.max.bytes",
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "isolation.level",
+        "check.crcs",
+        "group.protocol",
+    ];
+    !CONSUMER_ONLY.contains(&key)
+}
+
+fn config_error(key: &str, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Config {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {
+    async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
+        let headers = (!record.headers.is_empty()).then(|| {
+            record
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new_with_capacity(record.headers.len()), |hs, h| {
+                    hs.insert(Header {
+                        key: &h.key,
+                        value: h.value.as_deref(),
+                    })
+                })
+        });
+        let mut out = BaseRecord::with_opaque_to(&self.config.topic, Box::new(ack))
+            .payload(record.value.as_ref());
+        if let Some(key) = record.key.as_deref() {
+            out = out.key(key);
+        }
+        if let Some(ts) = record.timestamp {
+            out = out.timestamp(ts);
+        }
+        if let Some(hs) = headers {
+            out = out.headers(hs);
+        }
+        if self.config.partitioning == Partitioning::Source {
+            out = out.partition(record.partition);
+        }
+        loop {
+            match self.producer.send(out) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Backpressure from librdkafka: wait for delivery reports to drain it.
+                    out = back;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((e, back)) => {
+                    let ack = back.delivery_opaque;
+                    let origin = ack.origin();
+                    ack.fail(SinkError::Delivery {
+                        sink: NAME,
+                        origin,
+                        reason: format!("could not enqueue to topic {}: {e}", self.config.topic),
+                        class: class_of(&e),
+                    });
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        self.flush_now().await
+    }
+}
+
+fn class_of(e: &KafkaError) -> ErrorClass {
+    match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::QueueFull,
+        ) => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// Resolves each record's ack from its delivery report.
+struct Deliveries {
+    topic: String,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        match result {
+            Ok(_) => ack.done(),
+            Err((e, m)) => {
+                let origin = ack.origin();
+                ack.fail(SinkError::Delivery {
+                    sink: NAME,
+                    origin,
+                    reason: format!(
+                        "topic {} partition {}: {e}",
+                        self.topic,
+                        m.partition()
+                    ),
+                    class: class_of(e),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Configuration: the runtime's own settings, the consumer group, and librdkafka
+//! properties passed through untouched.
+//!
+//! Every struct here refuses unknown keys, so a misspelt key is an error that names it.
+//! The `[kafka]` table is the exception by design: any librdkafka property goes there,
+//! and librdkafka itself rejects the ones it does not know, by name, at start-up.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::RuntimeError;
+
+/// Settings of the executor.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Records of one partition delivered and not yet committable before that partition
+    /// is paused at the consumer. Default 10000.
+    pub max_in_flight_per_partition: usize,
+    /// Records of the whole job delivered and not yet committable before every partition
+    /// is paused. Default 100000.
+    pub max_in_flight: usize,
+    /// How long a revoked partition, or the whole job at shutdown, may take to drain its
+    /// in-flight records before what is done is committed and the rest left for
+    /// redelivery. Default 30000 ms.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_per_partition: 10_000,
+            max_in_flight: 100_000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Checks that every bound is usable.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        if self.max_in_flight_per_partition == 0 {
+            return Err(config_error(
+                "runtime.max_in_flight_per_partition",
+                "must be at least 1",
+            ));
+        }
+        if self.max_in_flight < self.max_in_flight_per_partition {
+            return Err(config_error(
+                "runtime.max_in_flight",
+                "must be at least runtime.max_in_flight_per_partition",
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn config_error(key: &str, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Config {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// librdkafka properties, passed through as given (`"session.timeout.ms" = 6000`).
+/// Strings, integers, floats and booleans are accepted and handed over as strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BTreeMap<String, toml::Value>")]
+pub struct KafkaProperties(BTreeMap<String, String>);
+
+impl TryFrom<BTreeMap<String, toml::Value>> for KafkaProperties {
+    type Error = String;
+    fn try_from(map: BTreeMap<String, toml::Value>) -> Result<Self, Self::Error> {
+        let mut out = BTreeMap::new();
+        for (k, v) in map {
+            let s = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "kafka property `{k}` must be a string, number or boolean, not {}",
+                        other.type_str()
+                    ));
+                }
+            };
+            out.insert(k, s);
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Environment variable that sets `bootstrap.servers`.
+pub const ENV_BROKERS: &str = "EVENTBUS_BROKERS";
+/// Prefix of environment variables that set any librdkafka property:
+/// `EVENTBUS_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms`.
+pub const ENV_KAFKA_PREFIX: &str = "EVENTBUS_KAFKA_";
+
+impl KafkaProperties {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets one property.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets a property unless the user already did.
+    pub fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.0.entry(key.to_owned()).or_insert_with(|| value.into());
+        self
+    }
+
+    /// One property.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Every property, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The bootstrap servers, or `None` if not set.
+    pub fn brokers(&self) -> Option<&str> {
+        self.get("bootstrap.servers")
+    }
+
+    /// Applies `EVENTBUS_BROKERS` and `EVENTBUS_KAFKA_*` from the given variables (pass
+    /// `std::env::vars()`). Environment wins over the file.
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> &mut Self {
+        for (k, v) in vars {
+            if k == ENV_BROKERS {
+                self.set("bootstrap.servers", v);
+            } else if let Some(rest) = k.strip_prefix(ENV_KAFKA_PREFIX)
+                && !rest.is_empty()
+            {
+                self.set(rest.to_ascii_lowercase().replace('_', "."), v);
+            }
+        }
+        self
+    }
+}
+
+/// Which topics a Kafka source reads, as which consumer group, and how it commits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Consumer group id. Required.
+    pub group_id: String,
+    /// Topics to subscribe to. Required, at least one.
+    pub topics: Vec<String>,
+    /// How often done offsets are committed. Default 5000 ms.
+    #[serde(default = "defaults::commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How long start-up may wait for the brokers to answer before failing. Default
+    /// 15000 ms.
+    #[serde(default = "defaults::startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+}
+
+mod defaults {
+    pub(super) fn commit_interval_ms() -> u64 {
+        5_000
+    }
+    pub(super) fn startup_timeout_ms() -> u64 {
+        15_000
+    }
+}
+
+impl SourceConfig {
+    /// A source over `topics` in group `group_id` with default intervals.
+    pub fn new(group_id: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            commit_interval_ms: defaults::commit_interval_ms(),
+            startup_timeout_ms: defaults::startup_timeout_ms(),
+        }
+    }
+
+    /// Checks required values.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] naming the key.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        if self.group_id.trim().is_empty() {
+            return Err(config_error("source.group_id", "must not be empty"));
+        }
+        if self.topics.is_empty() {
+            return Err(config_error("source.topics", "name at least one topic"));
+        }
+        if let Some(t) = self.topics.iter().find(|t| t.trim().is_empty()) {
+            return Err(config_error("source.topics", format!("empty topic name {t:?}")));
+        }
+        if self.commit_interval_ms == 0 {
+            return Err(config_error("source.commit_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        kafka: KafkaProperties,
+        #[serde(default)]
+        runtime: RuntimeConfig,
+        source: SourceConfig,
+    }
+
+    #[test]
+    fn kafka_properties_pass_through_and_env_wins() {
+        let f: File = toml::from_str(
+            r#"
+            [kafka]
+            "bootstrap.servers" = "a:9092"
+            "session.timeout.ms" = 6000
+            "enable.partition.eof" = false
+            [source]
+            group_id = "g"
+            topics = ["vehicle.state.v1"]
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(f.kafka.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(f.kafka.get("enable.partition.eof"), Some("false"));
+        assert_eq!(f.source.commit_interval_ms, 5_000);
+        assert_eq!(f.runtime, RuntimeConfig::default());
+        let mut k = f.kafka.clone();
+        k.apply_env([
+            ("EVENTBUS_BROKERS".to_owned(), "b:9092".to_owned()),
+            ("EVENTBUS_KAFKA_FETCH_MAX_BYTES".to_owned(), "1024".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ]);
+        assert_eq!(k.brokers(), Some("b:9092"));
+        assert_eq!(k.get("fetch.max.bytes"), Some("1024"));
+        assert_eq!(k.iter().count(), 4);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named() {
+        let err = toml::from_str::<File>(
+            "[runtime]\nmax_in_flite = 3\n[source]\ngroup_id = \"g\"\ntopics = [\"t\"]\n",
+        )
+        .expect_err("unknown key");
+        assert!(err.to_string().contains("max_in_flite"), "{err}");
+    }
+
+    #[test]
+    fn bounds_are_checked_by_name() {
+        let cfg = RuntimeConfig {
+            max_in_flight: 1,
+            ..RuntimeConfig::default()
+        };
+        let err = cfg.validate().expect_err("bad bound").to_string();
+        assert!(err.contains("runtime.max_in_flight"), "{err}");
+        let err = SourceConfig::new("g", Vec::<String>::new())
+            .validate()
+            .expect_err("no topics")
+            .to_string();
+        assert!(err.contains("source.topics"), "{err}");
+    }
+}

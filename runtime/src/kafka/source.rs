@@ -1,0 +1,335 @@
+//! The consumer thread: start-up checks, the poll loop, commits and shutdown.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
+use tokio::runtime::Handle;
+
+use super::context::{SourceContext, commit};
+use crate::config::{KafkaProperties, SourceConfig, config_error};
+use crate::error::RuntimeError;
+use crate::record::{Header, Record, TopicPartition};
+use crate::source::{Dispatch, Source};
+
+/// Most messages taken from librdkafka in one batch before they are handed on.
+const MAX_BATCH: usize = 4096;
+/// How long one poll waits for a first message; bounds how late a stop is noticed.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads a consumer group's topics with at-least-once semantics.
+///
+/// Guarantees: `enable.auto.commit` and `enable.auto.offset.store` are off; the only
+/// offsets committed are those the executor reports done; a revoked partition is drained
+/// and committed before release; at shutdown everything done is committed.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    properties: KafkaProperties,
+    config: SourceConfig,
+}
+
+impl KafkaSource {
+    /// A source over `config.topics` in group `config.group_id`. `properties` go to
+    /// librdkafka as given; they must include `bootstrap.servers`.
+    pub fn new(properties: KafkaProperties, config: SourceConfig) -> Self {
+        Self { properties, config }
+    }
+
+    fn client_config(&self, job: &str) -> Result<ClientConfig, RuntimeError> {
+        for key in ["enable.auto.commit", "enable.auto.offset.store"] {
+            if self.properties.get(key).is_some_and(|v| v != "false") {
+                return Err(config_error(
+                    &format!("kafka.{key}"),
+                    "eventbus commits only records that are done; this must stay false",
+                ));
+            }
+        }
+        if self.properties.get("group.id").is_some() {
+            return Err(config_error(
+                "kafka.group.id",
+                "set the group with source.group_id (or --group) instead",
+            ));
+        }
+        if self.properties.brokers().is_none_or(|b| b.trim().is_empty()) {
+            return Err(config_error(
+                "kafka.bootstrap.servers",
+                "no brokers given: set it in [kafka], EVENTBUS_BROKERS or --brokers",
+            ));
+        }
+        let mut props = self.properties.clone();
+        props
+            .set_default("partition.assignment.strategy", "cooperative-sticky")
+            .set_default("auto.offset.reset", "earliest")
+            .set_default("enable.partition.eof", "false")
+            .set_default("client.id", format!("eventbus-{job}"))
+            .set("group.id", self.config.group_id.clone())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let mut cfg = ClientConfig::new();
+        for (k, v) in props.iter() {
+            cfg.set(k, v);
+        }
+        Ok(cfg)
+    }
+
+    fn brokers(&self) -> String {
+        self.properties.brokers().unwrap_or_default().to_owned()
+    }
+}
+
+impl Source for KafkaSource {
+    type Item = Bytes;
+
+    async fn run(self, dispatch: Dispatch<Bytes>) -> Result<(), RuntimeError> {
+        self.config.validate()?;
+        let runtime = Handle::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("eventbus-consumer-{}", dispatch.job_name()))
+            .spawn(move || {
+                let _ = tx.send(consume(&self, dispatch, runtime));
+            })
+            .map_err(|e| RuntimeError::Source {
+                reason: format!("cannot start the consumer thread: {e}"),
+            })?;
+        rx.await.unwrap_or_else(|_| {
+            Err(RuntimeError::Source {
+                reason: "the consumer thread panicked".to_owned(),
+            })
+        })
+    }
+}
+
+/// The body of the consumer thread.
+fn consume(
+    src: &KafkaSource,
+    dispatch: Dispatch<Bytes>,
+    runtime: Handle,
+) -> Result<(), RuntimeError> {
+    let cfg = src.client_config(dispatch.job_name())?;
+    let context = SourceContext::new(dispatch.clone(), runtime.clone());
+    let consumer: BaseConsumer<SourceContext> =
+        cfg.create_with_context(context).map_err(|e| match e {
+            KafkaError::ClientCreation(reason) => config_error("kafka", reason),
+            other => RuntimeError::Kafka {
+                operation: "consumer creation",
+                source: other,
+            },
+        })?;
+    preflight(src, &consumer)?;
+    let topics: Vec<&str> = src.config.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| RuntimeError::Kafka {
+            operation: "subscribe",
+            source,
+        })?;
+    tracing::info!(
+        job = dispatch.job_name(),
+        group = %src.config.group_id,
+        topics = %src.config.topics.join(","),
+        "subscribed"
+    );
+
+    let interval = Duration::from_millis(src.config.commit_interval_ms);
+    let mut next_commit = Instant::now() + interval;
+    let mut last_commit: Vec<(TopicPartition, i64)> = Vec::new();
+    let mut batcher = Batcher::default();
+    let mut outcome = Ok(());
+    while !dispatch.is_stopping() {
+        apply_flow(&consumer, &dispatch);
+        if let Err(e) = poll_batch(&consumer, &mut batcher) {
+            outcome = Err(e);
+            break;
+        }
+        batcher.deliver(&dispatch, &consumer.context().owned());
+        if Instant::now() >= next_commit {
+            let mut points = dispatch.commit_points();
+            points.sort();
+            if points != last_commit && commit(&consumer, &dispatch, &points, CommitMode::Async) {
+                last_commit = points;
+            }
+            crate::telemetry::flow(dispatch.held(), dispatch.paused_count());
+            next_commit = Instant::now() + interval;
+        }
+    }
+
+    let all = dispatch.partitions();
+    tracing::info!(
+        job = dispatch.job_name(),
+        partitions = all.len(),
+        in_flight = dispatch.held(),
+        "stopping: draining partitions and committing"
+    );
+    let finals = runtime.block_on(dispatch.revoke(&all));
+    commit(&consumer, &dispatch, &finals, CommitMode::Sync);
+    // Dropping the consumer leaves the group; the revoke callback it triggers finds
+    // nothing left to drain.
+    drop(consumer);
+    outcome
+}
+
+/// Checks, within the start-up timeout, that the brokers answer and every subscribed
+/// topic exists: both are errors an operator must see at once, not a silent idle job.
+fn preflight(src: &KafkaSource, consumer: &BaseConsumer<SourceContext>) -> Result<(), RuntimeError> {
+    let timeout = Duration::from_millis(src.config.startup_timeout_ms);
+    let metadata = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| RuntimeError::BrokersUnreachable {
+            brokers: src.brokers(),
+            timeout_ms: src.config.startup_timeout_ms,
+            reason: e.to_string(),
+        })?;
+    for topic in &src.config.topics {
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+        if !found {
+            return Err(RuntimeError::TopicMissing {
+                topic: topic.clone(),
+                brokers: src.brokers(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn apply_flow(consumer: &BaseConsumer<SourceContext>, dispatch: &Dispatch<Bytes>) {
+    let flow = dispatch.flow();
+    for (list, pause) in [(&flow.pause, true), (&flow.resume, false)] {
+        if list.is_empty() {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(list.len());
+        for tp in list {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let result = if pause {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => tracing::debug!(partitions = list.len(), pause, "flow control"),
+            Err(e) => tracing::warn!(error = %e, pause, "pause/resume failed"),
+        }
+    }
+}
+
+/// Polls one batch: waits up to [`POLL_WAIT`] for a first message, then takes what is
+/// already fetched, up to [`MAX_BATCH`].
+fn poll_batch(
+    consumer: &BaseConsumer<SourceContext>,
+    batcher: &mut Batcher,
+) -> Result<(), RuntimeError> {
+    let mut wait = POLL_WAIT;
+    for _ in 0..MAX_BATCH {
+        match consumer.poll(wait) {
+            None => break,
+            Some(Ok(m)) => batcher.push(&m),
+            Some(Err(e)) => {
+                consumer_error(e)?;
+                break;
+            }
+        }
+        wait = Duration::ZERO;
+    }
+    Ok(())
+}
+
+/// Decides whether a consumer error stops the job. Connection trouble does not:
+/// librdkafka reconnects by itself and the job resumes where it was.
+fn consumer_error(e: KafkaError) -> Result<(), RuntimeError> {
+    let stop = match &e {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => matches!(
+            code,
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+        ),
+        _ => false,
+    };
+    if stop {
+        return Err(RuntimeError::Kafka {
+            operation: "consume",
+            source: e,
+        });
+    }
+    tracing::warn!(error = %e, "consumer error; librdkafka retries");
+    Ok(())
+}
+
+/// Groups polled messages by partition, keeping each partition's order.
+#[derive(Default)]
+struct Batcher {
+    lanes: Vec<(TopicPartition, Vec<Record<Bytes>>)>,
+    last: usize,
+}
+
+impl Batcher {
+    fn push(&mut self, m: &BorrowedMessage<'_>) {
+        let (topic, partition) = (m.topic(), m.partition());
+        let hit = |tp: &TopicPartition| tp.partition == partition && &*tp.topic == topic;
+        if !self.lanes.get(self.last).is_some_and(|(tp, _)| hit(tp)) {
+            self.last = match self.lanes.iter().position(|(tp, _)| hit(tp)) {
+                Some(i) => i,
+                None => {
+                    self.lanes.push((TopicPartition::new(topic, partition), Vec::new()));
+                    self.lanes.len() - 1
+                }
+            };
+        }
+        let (tp, batch) = &mut self.lanes[self.last];
+        batch.push(to_record(m, &tp.topic));
+    }
+
+    fn deliver(&mut self, dispatch: &Dispatch<Bytes>, owned: &HashSet<TopicPartition>) {
+        self.lanes.retain_mut(|(tp, batch)| {
+            if !owned.contains(tp) {
+                // Polled before its revoke: not ours any more, and never registered, so
+                // never committed; the new owner reads it.
+                return false;
+            }
+            if !batch.is_empty() {
+                dispatch.deliver(tp, std::mem::take(batch));
+            }
+            true
+        });
+        self.last = 0;
+    }
+}
+
+fn to_record(m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Record<Bytes> {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    key: h.key.to_owned(),
+                    value: h.value.map(Bytes::copy_from_slice),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: topic.clone(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(Bytes::copy_from_slice),
+        headers,
+        timestamp: m.timestamp().to_millis(),
+        value: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+    }
+}

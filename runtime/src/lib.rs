@@ -1,0 +1,55 @@
+//! # eventbus-runtime
+//!
+//! The core of eventbus: the [`Record`] that flows through a job, the [`Source`],
+//! [`Operator`] and [`Sink`] traits, a typed [`Job`] builder, the executor that runs a
+//! built job, and the [`KafkaSource`] that feeds it from a consumer group.
+//!
+//! The executor's promise is at-least-once with per-partition order: each assigned
+//! partition runs in its own task, in offset order; a sink's [`Ack`] marks a record done;
+//! a per-partition [`OffsetTracker`] commits only the contiguous prefix of done records,
+//! so nothing is committed past a record that is still in flight or failed. In-flight
+//! records are bounded per partition and per job by pausing partitions at the consumer.
+//!
+//! ```no_run
+//! use eventbus_runtime::{Job, KafkaProperties, KafkaSource, SourceConfig};
+//! use eventbus_runtime::memory::CollectSink;
+//! # async fn run() -> Result<(), eventbus_runtime::RuntimeError> {
+//! let mut kafka = KafkaProperties::new();
+//! kafka.set("bootstrap.servers", "127.0.0.1:9092");
+//! let sink = CollectSink::new();
+//! let report = Job::builder("lengths")
+//!     .source(KafkaSource::new(kafka, SourceConfig::new("lengths", ["vehicle.state.v1"])))
+//!     .map(|bytes: bytes::Bytes| bytes.len())
+//!     .filter(|r| r.value > 0)
+//!     .sink(sink)
+//!     .build()?
+//!     .run(eventbus_runtime::shutdown::signals())
+//!     .await?;
+//! println!("consumed {}", report.consumed);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+mod job;
+pub mod kafka;
+pub mod memory;
+pub mod operator;
+mod partition;
+pub mod record;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod telemetry;
+pub mod tracker;
+
+pub use config::{KafkaProperties, RuntimeConfig, SourceConfig};
+pub use error::{Classify, ErrorClass, ProcessError, RuntimeError, SinkError};
+pub use job::{Job, JobReport, JobSpec, JobStats, Pipeline, RunnableJob};
+pub use kafka::KafkaSource;
+pub use operator::{Operator, Outcome};
+pub use record::{Header, Headers, Origin, Record, TopicPartition};
+pub use sink::{Ack, Sink};
+pub use source::{Dispatch, Flow, Source};
+pub use tracker::OffsetTracker;

@@ -1,0 +1,256 @@
+//! An in-memory source and sink, so a job author can test a chain without any broker.
+//!
+//! ```
+//! use eventbus_runtime::{Job, memory::{CollectSink, MemorySource}, Record};
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let sink = CollectSink::new();
+//! let report = Job::builder("double")
+//!     .source(MemorySource::new((0..10).map(|i| Record::new("in", 0, i, i))))
+//!     .filter(|r| r.value % 2 == 0)
+//!     .map(|v: i64| v * 2)
+//!     .sink(sink.clone())
+//!     .build()?
+//!     .run(std::future::pending())
+//!     .await?;
+//! assert_eq!(sink.values(), vec![0, 4, 8, 12, 16]);
+//! assert_eq!(report.committed_total(), 10);
+//! # Ok::<_, eventbus_runtime::RuntimeError>(()) }).unwrap();
+//! ```
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{RuntimeError, SinkError};
+use crate::record::{Record, TopicPartition};
+use crate::sink::{Ack, Sink};
+use crate::source::{Dispatch, Source};
+
+/// Delivers a fixed list of records, then ends once every one is settled. Records keep
+/// their partitions and, within each, the order given.
+#[derive(Debug)]
+pub struct MemorySource<T> {
+    records: Vec<Record<T>>,
+}
+
+impl<T> MemorySource<T> {
+    /// A source over these records.
+    pub fn new(records: impl IntoIterator<Item = Record<T>>) -> Self {
+        Self {
+            records: records.into_iter().collect(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Source for MemorySource<T> {
+    type Item = T;
+
+    async fn run(self, dispatch: Dispatch<T>) -> Result<(), RuntimeError> {
+        let mut order: Vec<TopicPartition> = Vec::new();
+        let mut batches: Vec<Vec<Record<T>>> = Vec::new();
+        for r in self.records {
+            let tp = r.topic_partition();
+            match order.iter().position(|t| *t == tp) {
+                Some(i) => batches[i].push(r),
+                None => {
+                    order.push(tp);
+                    batches.push(vec![r]);
+                }
+            }
+        }
+        for (tp, batch) in order.iter().zip(batches) {
+            if dispatch.is_stopping() {
+                break;
+            }
+            dispatch.deliver(tp, batch);
+        }
+        let finals = dispatch.revoke(&order).await;
+        dispatch.committed(&finals);
+        Ok(())
+    }
+}
+
+/// Collects every record it receives. Acknowledges at once, or, with
+/// [`CollectSink::ack_on_flush_reversed`], holds the acks and settles them in reverse
+/// order on flush, to exercise out-of-order acknowledgement.
+#[derive(Debug, Clone)]
+pub struct CollectSink<T> {
+    inner: Arc<Mutex<Collected<T>>>,
+    hold_acks: bool,
+}
+
+#[derive(Debug)]
+struct Collected<T> {
+    records: Vec<Record<T>>,
+    held: Vec<Ack>,
+}
+
+impl<T> Default for CollectSink<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> CollectSink<T> {
+    /// A sink that acknowledges every record at once.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Collected {
+                records: Vec::new(),
+                held: Vec::new(),
+            })),
+            hold_acks: false,
+        }
+    }
+
+    /// A sink that holds acknowledgements until flush, then settles them last-first.
+    pub fn ack_on_flush_reversed() -> Self {
+        Self {
+            hold_acks: true,
+            ..Self::new()
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Collected<T>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The records received so far, in arrival order.
+    pub fn records(&self) -> Vec<Record<T>>
+    where
+        T: Clone,
+    {
+        self.lock().records.clone()
+    }
+
+    /// The values received so far, in arrival order.
+    pub fn values(&self) -> Vec<T>
+    where
+        T: Clone,
+    {
+        self.lock().records.iter().map(|r| r.value.clone()).collect()
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for CollectSink<T> {
+    async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
+        let mut c = self.lock();
+        c.records.push(record);
+        if self.hold_acks {
+            c.held.push(ack);
+        } else {
+            drop(c);
+            ack.done();
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        let held = std::mem::take(&mut self.lock().held);
+        for ack in held.into_iter().rev() {
+            ack.done();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{ErrorClass, ProcessError};
+    use crate::{Classify, Job};
+
+    fn records(partitions: i32, per_partition: i64) -> Vec<Record<i64>> {
+        (0..per_partition)
+            .flat_map(|o| (0..partitions).map(move |p| Record::new("in", p, o, o)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_typed_chain_runs_without_a_broker_and_keeps_partition_order() {
+        let sink = CollectSink::new();
+        let report = Job::builder("t")
+            .source(MemorySource::new(records(3, 1000)))
+            .map(|v: i64| v.to_string())
+            .filter(|r| !r.value.ends_with('7'))
+            .try_map(|s: String| s.parse::<u64>().map_err(ProcessError::permanent))
+            .sink(sink.clone())
+            .build()
+            .expect("valid job")
+            .run(std::future::pending())
+            .await
+            .expect("job succeeds");
+        assert_eq!(report.consumed, 3000);
+        assert_eq!(report.filtered, 300);
+        assert_eq!(report.delivered, 2700);
+        for p in 0..3 {
+            let got: Vec<u64> = sink
+                .records()
+                .into_iter()
+                .filter(|r| r.partition == p)
+                .map(|r| r.value)
+                .collect();
+            let want: Vec<u64> = (0..1000).filter(|v| v % 10 != 7).collect();
+            assert_eq!(got, want, "partition {p} out of order");
+            assert_eq!(report.committed[&TopicPartition::new("in", p)], 1000);
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_out_of_order_still_commit_the_whole_prefix() {
+        let sink = CollectSink::ack_on_flush_reversed();
+        let report = Job::builder("t")
+            .source(MemorySource::new(records(2, 50)))
+            .sink(sink.clone())
+            .build()
+            .expect("valid job")
+            .run(std::future::pending())
+            .await
+            .expect("job succeeds");
+        assert_eq!(report.delivered, 100);
+        assert_eq!(report.committed_total(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_failing_record_stops_the_job_and_is_never_committed_past() {
+        let sink = CollectSink::new();
+        let err = Job::builder("t")
+            .source(MemorySource::new(records(1, 100)))
+            .try_map(|v: i64| {
+                if v == 40 {
+                    Err(ProcessError::transient("downstream said no"))
+                } else {
+                    Ok(v)
+                }
+            })
+            .sink(sink.clone())
+            .build()
+            .expect("valid job")
+            .run(std::future::pending())
+            .await
+            .expect_err("job fails");
+        assert_eq!(err.class(), ErrorClass::Transient);
+        assert!(err.to_string().contains("offset 40"), "{err}");
+        assert_eq!(sink.values(), (0..40).collect::<Vec<_>>());
+    }
+
+    struct DroppingSink;
+    impl Sink<i64> for DroppingSink {
+        async fn send(&self, _record: Record<i64>, ack: Ack) -> Result<(), SinkError> {
+            drop(ack);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ack_stops_the_job_naming_the_record() {
+        let err = Job::builder("t")
+            .source(MemorySource::new(records(1, 5)))
+            .sink(DroppingSink)
+            .build()
+            .expect("valid job")
+            .run(std::future::pending())
+            .await
+            .expect_err("job fails");
+        assert!(err.to_string().contains("offset 0"), "{err}");
+        assert_eq!(err.class(), ErrorClass::Fatal);
+    }
+}

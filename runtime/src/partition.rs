@@ -1,0 +1,144 @@
+//! The executor's view of one assigned partition: its tracker and its flow control.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::job::JobShared;
+use crate::record::{Record, TopicPartition};
+use crate::tracker::OffsetTracker;
+
+/// How a record was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// The sink made it durable.
+    Delivered,
+    /// An operator filtered it out.
+    Filtered,
+    /// It failed, or was abandoned on revoke: never committed past.
+    Failed,
+}
+
+/// Shared state of one partition between the source, its task and the sink's acks.
+#[derive(Debug)]
+pub(crate) struct PartitionState {
+    tp: TopicPartition,
+    job: Arc<JobShared>,
+    tracker: Mutex<OffsetTracker>,
+    /// Mirror of `tracker.held()`, readable without the lock by flow control.
+    held: AtomicUsize,
+    idle: Notify,
+    paused: AtomicBool,
+    revoked: AtomicBool,
+}
+
+impl PartitionState {
+    pub(crate) fn new(tp: TopicPartition, job: Arc<JobShared>) -> Self {
+        Self {
+            tp,
+            job,
+            tracker: Mutex::new(OffsetTracker::new()),
+            held: AtomicUsize::new(0),
+            idle: Notify::new(),
+            paused: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn tp(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    pub(crate) fn job(&self) -> &Arc<JobShared> {
+        &self.job
+    }
+
+    fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
+        // A panic while holding this lock cannot leave the tracker half-updated in a way
+        // that matters: every method is a single push, flag flip or pop loop.
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a batch in delivery order, removing from it any redelivery the tracker
+    /// refuses (an offset it already holds or has finished).
+    pub(crate) fn register_batch<T>(&self, batch: &mut Vec<Record<T>>) {
+        let mut t = self.tracker();
+        let before = t.held();
+        batch.retain(|r| t.register(r.offset));
+        let after = t.held();
+        self.held.store(after, Ordering::Relaxed);
+        drop(t);
+        self.job.add_held(after - before);
+    }
+
+    pub(crate) fn resolve(&self, offset: i64, how: Resolution) {
+        let mut t = self.tracker();
+        let before = t.held();
+        let known = match how {
+            Resolution::Failed => t.fail(offset),
+            Resolution::Delivered | Resolution::Filtered => t.done(offset),
+        };
+        let after = t.held();
+        let idle = t.pending() == 0;
+        self.held.store(after, Ordering::Relaxed);
+        drop(t);
+        if !known {
+            tracing::warn!(partition = %self.tp, offset, "settled an offset that was not pending");
+            return;
+        }
+        self.job.sub_held(before - after);
+        self.job.stats().count(how);
+        if idle {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub(crate) fn committable(&self) -> Option<i64> {
+        self.tracker().committable()
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.tracker().pending()
+    }
+
+    /// Waits until no record is pending, or the deadline passes. Returns whether idle.
+    pub(crate) async fn wait_idle(&self, deadline: Instant) -> bool {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending() == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left == Duration::ZERO || tokio::time::timeout(left, notified).await.is_err() {
+                return self.pending() == 0;
+            }
+        }
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// After this, the partition task abandons queued records and dropped acks no longer
+    /// fail the job: another member owns the partition now.
+    pub(crate) fn mark_revoked(&self) {
+        self.revoked.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+}

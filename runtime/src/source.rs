@@ -1,0 +1,267 @@
+//! Sources, and the handle through which a source feeds the executor.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::RuntimeConfig;
+use crate::error::{RuntimeError, SinkError};
+use crate::job::JobShared;
+use crate::partition::PartitionState;
+use crate::record::{Record, TopicPartition};
+
+/// Where records come from.
+///
+/// A source runs until its input ends or [`Dispatch::is_stopping`] turns true. It hands
+/// records to the executor partition by partition through [`Dispatch::deliver`], commits
+/// what [`Dispatch::commit_points`] reports, applies [`Dispatch::flow`] (pause and
+/// resume), and before it stops or gives up a partition it calls [`Dispatch::revoke`],
+/// which drains that partition and returns the final offsets to commit.
+pub trait Source: Send + 'static {
+    /// The value type of the records it produces.
+    type Item: Send + 'static;
+
+    /// Runs the source to its end.
+    ///
+    /// # Errors
+    /// Start-up failures (unreachable brokers, missing topics, bad configuration) and
+    /// fatal errors while running.
+    fn run(
+        self,
+        dispatch: Dispatch<Self::Item>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The part of a job that sits behind the dispatcher: the operator chain and the sink,
+/// with their types erased so sources need only know the item type.
+pub(crate) trait Pipeline<T>: Send + Sync + 'static {
+    fn spawn_partition(
+        self: Arc<Self>,
+        part: Arc<PartitionState>,
+        rx: mpsc::UnboundedReceiver<Vec<Record<T>>>,
+    ) -> JoinHandle<()>;
+    fn revoked<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<(), SinkError>>;
+}
+
+struct Lane<T> {
+    state: Arc<PartitionState>,
+    tx: mpsc::UnboundedSender<Vec<Record<T>>>,
+    task: JoinHandle<()>,
+}
+
+/// Pause and resume decisions for the source to apply at the consumer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Partitions to pause: too many of their records are in flight.
+    pub pause: Vec<TopicPartition>,
+    /// Paused partitions that have drained enough to resume.
+    pub resume: Vec<TopicPartition>,
+}
+
+/// The executor's handle, given to [`Source::run`]. Cheap to clone.
+pub struct Dispatch<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Dispatch<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<T> {
+    job: Arc<JobShared>,
+    pipeline: Arc<dyn Pipeline<T>>,
+    lanes: Mutex<HashMap<TopicPartition, Lane<T>>>,
+    config: RuntimeConfig,
+}
+
+impl<T: Send + 'static> Dispatch<T> {
+    pub(crate) fn new(
+        job: Arc<JobShared>,
+        pipeline: Arc<dyn Pipeline<T>>,
+        config: RuntimeConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                job,
+                pipeline,
+                lanes: Mutex::new(HashMap::new()),
+                config,
+            }),
+        }
+    }
+
+    fn lanes(&self) -> MutexGuard<'_, HashMap<TopicPartition, Lane<T>>> {
+        self.inner.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job's name, for logs and client ids.
+    pub fn job_name(&self) -> &str {
+        self.inner.job.name()
+    }
+
+    /// The runtime settings of the job.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// True once the job is shutting down or has failed: stop fetching.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.job.is_stopping()
+    }
+
+    /// Resolves when the job starts shutting down.
+    pub async fn stopping(&self) {
+        self.inner.job.stopping().await
+    }
+
+    /// Hands records of one partition, in partition order, to the executor. The partition's
+    /// task starts on its first batch.
+    pub fn deliver(&self, tp: &TopicPartition, mut batch: Vec<Record<T>>) {
+        let mut lanes = self.lanes();
+        let lane = lanes.entry(tp.clone()).or_insert_with(|| {
+            let state = Arc::new(PartitionState::new(tp.clone(), self.inner.job.clone()));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = self.inner.pipeline.clone().spawn_partition(state.clone(), rx);
+            tracing::debug!(partition = %tp, "partition task started");
+            Lane { state, tx, task }
+        });
+        let n = batch.len() as u64;
+        lane.state.register_batch(&mut batch);
+        self.inner.job.stats().add_consumed(n);
+        crate::telemetry::records_in(&tp.topic, n);
+        if !batch.is_empty() {
+            // The task only exits after its sender is dropped, so this cannot fail while
+            // the lane is in the map; if it ever did, the records stay pending and are
+            // never committed past.
+            let _ = lane.tx.send(batch);
+        }
+    }
+
+    /// The partitions that have a running task.
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        self.lanes().keys().cloned().collect()
+    }
+
+    /// For every live partition with progress, the offset to commit: one past the
+    /// contiguous prefix of done records.
+    pub fn commit_points(&self) -> Vec<(TopicPartition, i64)> {
+        self.lanes()
+            .iter()
+            .filter_map(|(tp, lane)| lane.state.committable().map(|o| (tp.clone(), o)))
+            .collect()
+    }
+
+    /// Records delivered and not yet committable, job-wide.
+    pub fn held(&self) -> usize {
+        self.inner.job.held()
+    }
+
+    /// Which partitions to pause or resume so that in-flight records stay within the
+    /// per-partition and per-job bounds. The source must apply the answer; the
+    /// dispatcher then considers it applied.
+    pub fn flow(&self) -> Flow {
+        let cfg = &self.inner.config;
+        let job_held = self.inner.job.held();
+        let job_full = job_held >= cfg.max_in_flight;
+        let job_low = job_held <= cfg.max_in_flight / 2;
+        let mut flow = Flow::default();
+        for (tp, lane) in self.lanes().iter() {
+            let held = lane.state.held();
+            let paused = lane.state.is_paused();
+            if !paused && (job_full || held >= cfg.max_in_flight_per_partition) {
+                lane.state.set_paused(true);
+                flow.pause.push(tp.clone());
+            } else if paused && job_low && held <= cfg.max_in_flight_per_partition / 2 {
+                lane.state.set_paused(false);
+                flow.resume.push(tp.clone());
+            }
+        }
+        flow
+    }
+
+    /// Number of partitions currently paused by flow control.
+    pub fn paused_count(&self) -> usize {
+        self.lanes().values().filter(|l| l.state.is_paused()).count()
+    }
+
+    /// Stops feeding these partitions and drains them: queued records are processed, the
+    /// sink is asked to make their records durable, and in-flight acknowledgements are
+    /// awaited, all within `drain_timeout_ms`. Returns the final offset to commit for each
+    /// partition that made progress. Records not done by the deadline stay uncommitted.
+    pub async fn revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        let lanes: Vec<(TopicPartition, Lane<T>)> = {
+            let mut map = self.lanes();
+            partitions
+                .iter()
+                .filter_map(|tp| map.remove_entry(tp))
+                .collect()
+        };
+        if lanes.is_empty() {
+            return Vec::new();
+        }
+        let timeout = Duration::from_millis(self.inner.config.drain_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        let mut states = Vec::with_capacity(lanes.len());
+        let mut tasks = Vec::with_capacity(lanes.len());
+        for (_, lane) in lanes {
+            // Dropping the sender lets the task finish its queue, then exit.
+            drop(lane.tx);
+            states.push(lane.state);
+            tasks.push(lane.task);
+        }
+        for (state, task) in states.iter().zip(tasks.iter_mut()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, &mut *task).await.is_err() {
+                state.mark_revoked();
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        let tps: Vec<TopicPartition> = states.iter().map(|s| s.tp().clone()).collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.inner.pipeline.revoked(&tps)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sink could not flush revoked partitions"),
+            Err(_) => tracing::warn!("sink flush for revoked partitions timed out"),
+        }
+        let mut finals = Vec::with_capacity(states.len());
+        for state in &states {
+            if !state.wait_idle(deadline).await {
+                tracing::warn!(
+                    partition = %state.tp(),
+                    pending = state.pending(),
+                    timeout_ms = self.inner.config.drain_timeout_ms,
+                    "records still in flight when the drain timed out; they stay uncommitted"
+                );
+            }
+            state.mark_revoked();
+            if let Some(o) = state.committable() {
+                finals.push((state.tp().clone(), o));
+            }
+        }
+        finals
+    }
+
+    /// Records that the given offsets were committed to the group.
+    pub fn committed(&self, offsets: &[(TopicPartition, i64)]) {
+        self.inner.job.stats().set_committed(offsets);
+        crate::telemetry::commit(offsets.len());
+    }
+
+    /// Stops the job with an error.
+    pub fn fail(&self, error: RuntimeError) {
+        self.inner.job.fail(error);
+    }
+}

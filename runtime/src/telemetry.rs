@@ -1,0 +1,72 @@
+//! Metric names and log set-up, defined once.
+//!
+//! Metrics go through the `metrics` facade; installing an exporter is the binary's
+//! business. Each helper below is the only place its metric name appears.
+
+use std::str::FromStr;
+
+/// Records read from Kafka, by topic.
+pub const RECORDS_IN: &str = "eventbus_records_in_total";
+/// Records acknowledged by the sink, by topic.
+pub const RECORDS_OUT: &str = "eventbus_records_out_total";
+/// Offset commits sent to the group coordinator (one per partition committed).
+pub const COMMITS: &str = "eventbus_commits_total";
+/// Records delivered to the executor and not yet committable, job-wide.
+pub const IN_FLIGHT: &str = "eventbus_in_flight_records";
+/// Partitions currently paused by backpressure.
+pub const PAUSED_PARTITIONS: &str = "eventbus_paused_partitions";
+
+pub(crate) fn records_in(topic: &str, n: u64) {
+    metrics::counter!(RECORDS_IN, "topic" => topic.to_owned()).increment(n);
+}
+
+/// Counts records acknowledged by a sink for a topic.
+pub fn records_out(topic: &str, n: u64) {
+    metrics::counter!(RECORDS_OUT, "topic" => topic.to_owned()).increment(n);
+}
+
+pub(crate) fn commit(partitions: usize) {
+    metrics::counter!(COMMITS).increment(partitions as u64);
+}
+
+pub(crate) fn flow(in_flight: usize, paused: usize) {
+    metrics::gauge!(IN_FLIGHT).set(in_flight as f64);
+    metrics::gauge!(PAUSED_PARTITIONS).set(paused as f64);
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format `{other}`: use pretty or json")),
+        }
+    }
+}
+
+/// Installs the global `tracing` subscriber, writing to stderr. The level comes from
+/// `RUST_LOG` (default `info`, with librdkafka's chatter at `warn`). librdkafka's own
+/// log lines arrive through the `log` bridge. Calling it twice is harmless.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
