@@ -234,10 +234,11 @@ where
 {
     fn spawn_partition(
         self: Arc<Self>,
+        runtime: &tokio::runtime::Handle,
         part: Arc<PartitionState>,
         rx: mpsc::UnboundedReceiver<Vec<Record<T>>>,
     ) -> JoinHandle<()> {
-        tokio::spawn(run_partition(self, part, rx))
+        runtime.spawn(run_partition(self, part, rx))
     }
 
     fn revoked<'a>(

@@ -45,6 +45,7 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait Pipeline<T>: Send + Sync + 'static {
     fn spawn_partition(
         self: Arc<Self>,
+        runtime: &tokio::runtime::Handle,
         part: Arc<PartitionState>,
         rx: mpsc::UnboundedReceiver<Vec<Record<T>>>,
     ) -> JoinHandle<()>;
@@ -84,9 +85,12 @@ struct Inner<T> {
     pipeline: Arc<dyn Pipeline<T>>,
     lanes: Mutex<HashMap<TopicPartition, Lane<T>>>,
     config: RuntimeConfig,
+    /// Partition tasks are spawned from the source's own threads, outside the runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 impl<T: Send + 'static> Dispatch<T> {
+    /// Must be called inside the tokio runtime that will run the partition tasks.
     pub(crate) fn new(
         job: Arc<JobShared>,
         pipeline: Arc<dyn Pipeline<T>>,
@@ -98,6 +102,7 @@ impl<T: Send + 'static> Dispatch<T> {
                 pipeline,
                 lanes: Mutex::new(HashMap::new()),
                 config,
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -133,7 +138,10 @@ impl<T: Send + 'static> Dispatch<T> {
         let lane = lanes.entry(tp.clone()).or_insert_with(|| {
             let state = Arc::new(PartitionState::new(tp.clone(), self.inner.job.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
-            let task = self.inner.pipeline.clone().spawn_partition(state.clone(), rx);
+            let task = self.inner
+                .pipeline
+                .clone()
+                .spawn_partition(&self.inner.runtime, state.clone(), rx);
             tracing::debug!(partition = %tp, "partition task started");
             Lane { state, tx, task }
         });

@@ -55,13 +55,15 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global `tracing` subscriber, writing to stderr. The level comes from
-/// `RUST_LOG` (default `info`, with librdkafka's chatter at `warn`). librdkafka's own
-/// log lines arrive through the `log` bridge. Calling it twice is harmless.
-pub fn init_logging(format: LogFormat) {
+/// Installs the global `tracing` subscriber, writing to stderr. The filter comes from
+/// `RUST_LOG`, else `default_level` (with librdkafka's chatter at `warn` at most).
+/// librdkafka's own log lines arrive through the `log` bridge. Calling it twice is
+/// harmless.
+pub fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{default_level},librdkafka=warn,rdkafka=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -102,8 +102,19 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// A short description of a partition list for logs: every name up to a few, then a count.
 fn list(tps: &[TopicPartition]) -> String {
-    tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    const SHOWN: usize = 6;
+    let mut s = tps
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if tps.len() > SHOWN {
+        s.push_str(&format!(" and {} more", tps.len() - SHOWN));
+    }
+    s
 }
 
 /// Commits `offsets`; returns whether librdkafka accepted the request. A failed commit is
@@ -126,6 +137,7 @@ pub(super) fn commit(
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => {
+            tracing::debug!(partitions = offsets.len(), sync = matches!(mode, CommitMode::Sync), "commit sent");
             if matches!(mode, CommitMode::Sync) {
                 dispatch.committed(offsets);
             }

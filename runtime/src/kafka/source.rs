@@ -153,7 +153,9 @@ fn consume(
         if Instant::now() >= next_commit {
             let mut points = dispatch.commit_points();
             points.sort();
-            if points != last_commit && commit(&consumer, &dispatch, &points, CommitMode::Async) {
+            // Synchronous: one round trip per interval buys a definite answer, so the
+            // committed offsets we report are the ones the coordinator holds.
+            if points != last_commit && commit(&consumer, &dispatch, &points, CommitMode::Sync) {
                 last_commit = points;
             }
             crate::telemetry::flow(dispatch.held(), dispatch.paused_count());

@@ -1,0 +1,165 @@
+//! `eventbus bench`: records per second of the executor against a bare rdkafka consumer,
+//! over the same topic of the in-process mock cluster, in the same run.
+//!
+//! Both read with a fresh consumer group and the same librdkafka settings; both clocks
+//! start at the first record and stop at the last, so the group join is not counted.
+//! The executor runs a whole job (offset tracking, per-partition tasks, flow control and
+//! commits) into a sink that acknowledges at once; the bare consumer only polls and
+//! touches each payload. Rounds alternate and the best of each side is kept.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use eventbus_operators::DiscardSink;
+use eventbus_runtime::{Job, KafkaProperties, KafkaSource, SourceConfig};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use serde::Serialize;
+
+use crate::{progress, topic_io};
+
+const TOPIC: &str = "bench.records.v1";
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Records in the topic.
+    pub messages: u64,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Rounds per side.
+    pub rounds: u32,
+    /// Hide progress bars.
+    pub quiet: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            messages: 500_000,
+            partitions: 12,
+            value_size: 256,
+            rounds: 3,
+            quiet: false,
+        }
+    }
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Records read by each side per round.
+    pub messages: u64,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Best records/s of the bare consumer.
+    pub bare_records_per_sec: f64,
+    /// Best records/s of the executor.
+    pub executor_records_per_sec: f64,
+    /// Executor over bare: 1.0 means no overhead. The goal is at least 0.8.
+    pub ratio: f64,
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// The mock cluster or a client cannot start, or a side does not finish.
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
+    let cluster = MockCluster::new(1).context("cannot start the mock cluster")?;
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic(TOPIC, opts.partitions, 1)?;
+    let bar = progress::bar(opts.messages, "produced", opts.quiet);
+    let value = vec![b'x'; opts.value_size];
+    let records = (0..opts.messages).map(|i| (format!("k{}", i % 1000), value.clone()));
+    topic_io::produce(&brokers, TOPIC, records, |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+
+    let (mut bare, mut exec) = (0f64, 0f64);
+    for round in 0..opts.rounds {
+        let b = {
+            let brokers = brokers.clone();
+            let n = opts.messages;
+            tokio::task::spawn_blocking(move || bare_consumer(&brokers, n, round)).await??
+        };
+        let e = executor(&brokers, opts.messages, round).await?;
+        eprintln!("round {}: bare {:>12.0} records/s   executor {:>12.0} records/s", round + 1, b, e);
+        bare = bare.max(b);
+        exec = exec.max(e);
+    }
+    drop(cluster);
+    Ok(BenchResult {
+        messages: opts.messages,
+        partitions: opts.partitions,
+        bare_records_per_sec: bare,
+        executor_records_per_sec: exec,
+        ratio: exec / bare.max(1e-9),
+    })
+}
+
+fn bare_consumer(brokers: &str, n: u64, round: u32) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-bare-{round}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()?;
+    consumer.subscribe(&[TOPIC])?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first = None;
+    let (mut count, mut bytes) = (0u64, 0usize);
+    while count < n {
+        if Instant::now() > deadline {
+            bail!("bare consumer read only {count} of {n} records");
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            count += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(n as f64 / secs.max(1e-9))
+}
+
+async fn executor(brokers: &str, n: u64, round: u32) -> anyhow::Result<f64> {
+    let mut kafka = KafkaProperties::new();
+    kafka.set("bootstrap.servers", brokers);
+    let job = Job::builder("bench")
+        .source(KafkaSource::new(
+            kafka,
+            SourceConfig::new(format!("bench-executor-{round}"), [TOPIC]),
+        ))
+        .map(|v: Bytes| v)
+        .sink(DiscardSink)
+        .build()?;
+    let stats = job.stats();
+    let timing = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut first = None;
+        while stats.delivered() < n && Instant::now() < deadline {
+            if first.is_none() && stats.consumed() > 0 {
+                first = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (first.map(|t| t.elapsed().as_secs_f64()), stats.delivered())
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(job.run(async move {
+        let _ = rx.await;
+    }));
+    let (secs, delivered) = timing.await?;
+    let _ = tx.send(());
+    run.await??;
+    if delivered < n {
+        bail!("executor delivered only {delivered} of {n} records");
+    }
+    Ok(n as f64 / secs.unwrap_or(0.0).max(1e-9))
+}

@@ -1,0 +1,15 @@
+//! # eventbus-jobs
+//!
+//! The `eventbus` command and the jobs it runs. [`mirror`] is the simplest job (topics
+//! in, one topic out, through the Kafka sink) and the model for job authors; [`demo`]
+//! runs it end to end on librdkafka's in-process mock cluster; [`bench`] measures the
+//! executor against a bare consumer. [`config`] loads the TOML job file.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod fleet;
+pub mod mirror;
+pub mod topic_io;
+mod progress;

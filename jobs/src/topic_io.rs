@@ -1,0 +1,226 @@
+//! Small, honest Kafka helpers shared by the demo, the benchmark and the tests: produce
+//! synthetic events, read a topic to its end, read a group's committed offsets, create
+//! topics. They use plain librdkafka clients, never the executor they help to check.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts delivery reports.
+#[derive(Default)]
+struct Counting {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Produces `(key, value)` pairs to `topic` with an idempotent producer, waits for every
+/// delivery report, and returns how many were acknowledged. `progress` is called with
+/// the number sent so far.
+///
+/// # Errors
+/// The producer cannot be created, a record cannot be enqueued, or any delivery failed.
+pub fn produce<I>(brokers: &str, topic: &str, records: I, mut progress: impl FnMut(u64)) -> anyhow::Result<u64>
+where
+    I: IntoIterator<Item = (String, Vec<u8>)>,
+{
+    let producer: ThreadedProducer<Counting> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "10")
+        .set("queue.buffering.max.messages", "200000")
+        .create_with_context(Counting::default())
+        .context("cannot create the producer")?;
+    let mut sent = 0u64;
+    for (key, value) in records {
+        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&value[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
+            }
+        }
+        sent += 1;
+        if sent % 1024 == 0 {
+            progress(sent);
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .with_context(|| format!("flushing {sent} records to {topic}"))?;
+    progress(sent);
+    let ctx = producer.context();
+    let failed = ctx.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} of {sent} records to {topic} were not delivered");
+    }
+    Ok(ctx.ok.load(Ordering::Relaxed))
+}
+
+fn plain_consumer(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("cannot create a consumer")
+}
+
+/// The partition count of `topic`.
+///
+/// # Errors
+/// The brokers do not answer or the topic does not exist.
+pub fn partitions(brokers: &str, topic: &str) -> anyhow::Result<i32> {
+    let c = plain_consumer(brokers, "eventbus-inspect")?;
+    let md = c
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("metadata of {topic}"))?;
+    match md.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+        _ => bail!("topic {topic} does not exist"),
+    }
+}
+
+/// The end offset (high watermark) of every partition of `topic`.
+///
+/// # Errors
+/// The brokers do not answer or the topic does not exist.
+pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let c = plain_consumer(brokers, "eventbus-inspect")?;
+    let n = partitions(brokers, topic)?;
+    (0..n)
+        .map(|p| {
+            let (_, high) = c
+                .fetch_watermarks(topic, p, TIMEOUT)
+                .with_context(|| format!("watermarks of {topic}[{p}]"))?;
+            Ok((p, high))
+        })
+        .collect()
+}
+
+/// Reads every record of `topic` from the beginning up to the end offsets it has now.
+///
+/// # Errors
+/// The topic cannot be read to its end within `timeout`.
+pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+    let ends = end_offsets(brokers, topic)?;
+    let c = plain_consumer(brokers, "eventbus-inspect")?;
+    let mut tpl = TopicPartitionList::new();
+    let mut open: BTreeMap<i32, i64> = BTreeMap::new();
+    for (&p, &end) in &ends {
+        if end > 0 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            open.insert(p, end);
+        }
+    }
+    let total: i64 = ends.values().sum();
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    if open.is_empty() {
+        return Ok(out);
+    }
+    c.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            bail!(
+                "reading {topic}: {} records read, partitions {:?} not at their end after {timeout:?}",
+                out.len(),
+                open.keys().collect::<Vec<_>>()
+            );
+        }
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let (p, o) = (m.partition(), m.offset());
+                if open.get(&p).is_some_and(|&end| o + 1 >= end) {
+                    open.remove(&p);
+                }
+                if ends.get(&p).is_some_and(|&end| o < end) {
+                    out.push(m.detach());
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "read_all"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The offsets `group` has committed on `topic`, per partition (absent: none committed).
+///
+/// # Errors
+/// The coordinator does not answer.
+pub fn committed(brokers: &str, group: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let n = partitions(brokers, topic)?;
+    let c = plain_consumer(brokers, group)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, TIMEOUT)
+        .with_context(|| format!("committed offsets of group {group} on {topic}"))?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Creates topics through the admin API (for brokers that do not auto-create).
+///
+/// # Errors
+/// The admin request fails for a reason other than the topic already existing.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create an admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(new.iter(), &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
+        .await
+        .context("create topics")?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
