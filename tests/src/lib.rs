@@ -1,1 +1,340 @@
-//! Shared fixtures of the integration tests.
+//! Shared fixtures of the integration tests: unique names, job files, the `eventbus`
+//! binary as a child process, a private tansu broker, and a background producer.
+//!
+//! The real broker comes from `make test`, which starts tansu and exports its address as
+//! `EVENTBUS_TEST_BROKERS`, and the binaries as `EVENTBUS_BIN` and `TANSU_BIN`.
+#![allow(missing_docs, unreachable_pub, clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use eventbus_jobs::mirror::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+use eventbus_jobs::topic_io;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{prefix}.t{now}x{}n{}.v1", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The shared real broker started by `make test`.
+pub fn shared_brokers() -> String {
+    std::env::var("EVENTBUS_TEST_BROKERS").expect(
+        "EVENTBUS_TEST_BROKERS is not set: run the real-broker tests through `make test`, \
+         which starts tansu and sets it",
+    )
+}
+
+/// The `eventbus` binary: `EVENTBUS_BIN`, else the workspace's debug build.
+pub fn eventbus_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("EVENTBUS_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/eventbus");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build -p eventbus-jobs`) or set EVENTBUS_BIN",
+        p.display()
+    );
+    p
+}
+
+/// Writes a mirror job file and returns its path.
+pub fn mirror_config(dir: &Path, brokers: &str, group: &str, input: &str, output: &str, extra_kafka: &str) -> PathBuf {
+    let path = dir.join(format!("{group}.toml"));
+    let text = format!(
+        r#"
+[kafka]
+"bootstrap.servers" = "{brokers}"
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+{extra_kafka}
+
+[source]
+group_id = "{group}"
+topics = ["{input}"]
+commit_interval_ms = 500
+startup_timeout_ms = 20000
+
+[runtime]
+drain_timeout_ms = 15000
+
+[mirror]
+output = "{output}"
+partitioning = "source"
+"#
+    );
+    fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A running `eventbus` process whose output goes to a log file.
+pub struct JobProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl JobProcess {
+    /// Starts `eventbus run mirror --config CONFIG`.
+    pub fn mirror(config: &Path, log_dir: &Path, name: &str) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(eventbus_bin())
+            .args(["run", "mirror", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("EVENTBUS_BROKERS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start eventbus");
+        Self { child, log }
+    }
+
+    /// Sends a signal (`"KILL"`, `"TERM"`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("eventbus did not exit within {timeout:?}; log:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        self.wait(Duration::from_secs(10));
+    }
+
+    /// The last lines of the process log.
+    pub fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for JobProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tansu broker of the test's own, for tests that stop and restart it.
+pub struct Tansu {
+    pub brokers: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    /// Starts tansu on a free port with SQLite storage in a fresh folder.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = Self {
+            brokers: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+            child: None,
+        };
+        t.restart();
+        t
+    }
+
+    fn bin() -> PathBuf {
+        std::env::var("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/eventbus-tools/bin/tansu")
+        })
+    }
+
+    /// (Re)starts the broker on the same port and data, and waits until it accepts
+    /// connections.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = fs::File::create(self.dir.path().join("tansu.log")).expect("log");
+        let child = Command::new(Self::bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tansu (set TANSU_BIN or run `make test`)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker process.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Produces `count` records keyed `k{i % 97}` with value `v{i}`, in a background thread
+/// at about `per_sec` records a second, so jobs can be disturbed mid-stream.
+pub struct StreamProducer {
+    handle: Option<JoinHandle<anyhow::Result<u64>>>,
+    pub sent: Arc<AtomicU64>,
+}
+
+impl StreamProducer {
+    pub fn start(brokers: &str, topic: &str, count: u64, per_sec: u64) -> Self {
+        let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+        let sent = Arc::new(AtomicU64::new(0));
+        let s = sent.clone();
+        let handle = std::thread::spawn(move || {
+            let started = Instant::now();
+            let records = (0..count).map(move |i| {
+                let due = Duration::from_secs_f64(i as f64 / per_sec as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                (format!("k{}", i % 97), format!("v{i}").into_bytes())
+            });
+            topic_io::produce(&brokers, &topic, records, |n| s.store(n, Ordering::Relaxed))
+        });
+        Self {
+            handle: Some(handle),
+            sent,
+        }
+    }
+
+    /// Waits until every record is acknowledged; returns the count.
+    pub fn finish(mut self) -> u64 {
+        let h = self.handle.take().expect("running");
+        h.join().expect("producer thread").expect("produce")
+    }
+}
+
+/// Waits until `group` has committed the end offset of every partition of `topic`.
+pub fn wait_committed_to_end(brokers: &str, group: &str, topic: &str, timeout: Duration, diag: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ends = topic_io::end_offsets(brokers, topic).expect("end offsets");
+        let committed = topic_io::committed(brokers, group, topic).unwrap_or_default();
+        let behind: Vec<_> = ends
+            .iter()
+            .filter(|(p, end)| **end > 0 && committed.get(p).copied().unwrap_or(0) < **end)
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} did not commit to the end of {topic} within {timeout:?}: \
+             ends {ends:?}, committed {committed:?}\n{}",
+            diag()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until `topic` holds at least `n` records.
+pub fn wait_records(brokers: &str, topic: &str, n: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let total: i64 = topic_io::end_offsets(brokers, topic).expect("ends").values().sum();
+        if total >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} has only {total} of {n} records after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The source coordinates stamped on each mirrored record, per source partition, in
+/// output order.
+pub fn mirrored_offsets(out: &[OwnedMessage]) -> BTreeMap<i32, Vec<i64>> {
+    let mut map: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for m in out {
+        let h = m.headers().expect("mirror stamps headers");
+        let get = |name: &str| -> i64 {
+            let v = h
+                .iter()
+                .find(|x| x.key == name)
+                .and_then(|x| x.value)
+                .unwrap_or_else(|| panic!("header {name} missing"));
+            std::str::from_utf8(v).expect("utf8").parse().expect("number")
+        };
+        let p = i32::try_from(get(HEADER_SOURCE_PARTITION)).expect("partition");
+        assert_eq!(p, m.partition(), "partitioning = source keeps the partition number");
+        map.entry(p).or_default().push(get(HEADER_SOURCE_OFFSET));
+    }
+    map
+}
+
+/// Every (partition, offset) below `ends` that is missing from `seen`.
+pub fn missing(ends: &BTreeMap<i32, i64>, seen: &BTreeMap<i32, Vec<i64>>) -> Vec<(i32, i64)> {
+    let mut out = Vec::new();
+    for (&p, &end) in ends {
+        let got: BTreeSet<i64> = seen.get(&p).map(|v| v.iter().copied().collect()).unwrap_or_default();
+        out.extend((0..end).filter(|o| !got.contains(o)).map(|o| (p, o)));
+    }
+    out
+}
+
+/// Number of extra copies in `seen`.
+pub fn duplicates(seen: &BTreeMap<i32, Vec<i64>>) -> usize {
+    seen.values()
+        .map(|v| v.len() - v.iter().collect::<BTreeSet<_>>().len())
+        .sum()
+}
