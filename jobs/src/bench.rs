@@ -87,7 +87,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             tokio::task::spawn_blocking(move || bare_consumer(&brokers, n, round)).await??
         };
         let e = executor(&brokers, opts.messages, round).await?;
-        eprintln!("round {}: bare {:>12.0} records/s   executor {:>12.0} records/s", round + 1, b, e);
+        eprintln!(
+            "round {}: bare {:>12.0} records/s   executor {:>12.0} records/s",
+            round + 1,
+            b,
+            e
+        );
         bare = bare.max(b);
         exec = exec.max(e);
     }

@@ -69,7 +69,8 @@ impl JobFile {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read the config file {}", p.display()))?;
-                Self::parse(&text).with_context(|| format!("invalid config file {}", p.display()))?
+                Self::parse(&text)
+                    .with_context(|| format!("invalid config file {}", p.display()))?
             }
             None => Self::default(),
         };
@@ -86,7 +87,11 @@ impl JobFile {
     }
 
     /// Applies environment variables, then command-line overrides.
-    pub fn apply(&mut self, vars: impl IntoIterator<Item = (String, String)>, overrides: &Overrides) {
+    pub fn apply(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         self.kafka.apply_env(vars.iter().cloned());
         let env_group = vars
@@ -156,8 +161,9 @@ mod tests {
     fn unknown_sections_and_keys_are_named() {
         let err = JobFile::parse("[mirorr]\noutput = \"x\"\n").expect_err("typo");
         assert!(format!("{err:#}").contains("mirorr"), "{err:#}");
-        let err = JobFile::parse("[source]\ngroup_id = \"g\"\ntopics = [\"t\"]\ncommit_every = 1\n")
-            .expect_err("typo");
+        let err =
+            JobFile::parse("[source]\ngroup_id = \"g\"\ntopics = [\"t\"]\ncommit_every = 1\n")
+                .expect_err("typo");
         assert!(format!("{err:#}").contains("commit_every"), "{err:#}");
     }
 }

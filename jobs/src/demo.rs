@@ -128,7 +128,13 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let mut seen = HashSet::with_capacity(output.len());
     for m in &output {
         let event: VehicleState = serde_json::from_slice(m.payload().unwrap_or_default())
-            .with_context(|| format!("unreadable output at {OUTPUT}[{}]@{}", m.partition(), m.offset()))?;
+            .with_context(|| {
+                format!(
+                    "unreadable output at {OUTPUT}[{}]@{}",
+                    m.partition(),
+                    m.offset()
+                )
+            })?;
         seen.insert(event.seq);
     }
     let unique = seen.len() as u64;

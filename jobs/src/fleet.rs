@@ -131,7 +131,8 @@ impl FleetGenerator {
     /// Roughly normal noise (sum of uniforms), mean 0, standard deviation `sd`.
     fn noise(&mut self, sd: f64) -> f64 {
         let s: f64 = (0..6).map(|_| self.rng.random::<f64>()).sum();
-        (s - 3.0) * sd / 0.7071
+        // Six uniforms have variance 1/2, so divide by its square root.
+        (s - 3.0) * sd / std::f64::consts::FRAC_1_SQRT_2
     }
 }
 
@@ -189,7 +190,10 @@ mod tests {
         assert!(a.iter().enumerate().all(|(i, e)| e.seq == i as u64));
         assert!(a.iter().all(|e| (0.0..=100.0).contains(&e.battery_pct)));
         assert!(a.iter().all(|e| (0.0..=130.0).contains(&e.speed_kph)));
-        let driving = a.iter().filter(|e| e.status == VehicleStatus::Driving).count();
+        let driving = a
+            .iter()
+            .filter(|e| e.status == VehicleStatus::Driving)
+            .count();
         assert!(driving > 500, "only {driving} driving events");
         let vehicles: std::collections::HashSet<_> = a.iter().map(|e| &e.vehicle_id).collect();
         assert!(vehicles.len() > 250);

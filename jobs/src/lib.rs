@@ -11,5 +11,5 @@ pub mod config;
 pub mod demo;
 pub mod fleet;
 pub mod mirror;
-pub mod topic_io;
 mod progress;
+pub mod topic_io;

@@ -19,7 +19,12 @@ use eventbus_runtime::telemetry::{self, LogFormat};
 #[command(name = "eventbus", version, propagate_version = true)]
 struct Cli {
     /// Log format on stderr: pretty or json. Levels come from RUST_LOG (default info).
-    #[arg(long, global = true, default_value = "pretty", env = "EVENTBUS_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "pretty",
+        env = "EVENTBUS_LOG_FORMAT"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -93,7 +98,10 @@ fn main() -> ExitCode {
         Command::Run { .. } => "info",
     };
     telemetry::init_logging(cli.log_format, level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

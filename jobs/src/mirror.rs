@@ -90,7 +90,8 @@ pub fn job(
 pub fn stamp_source(mut r: Record<Bytes>) -> Record<Bytes> {
     let (topic, partition, offset) = (r.topic.to_string(), r.partition, r.offset);
     r.headers.set(HEADER_SOURCE_TOPIC, topic);
-    r.headers.set(HEADER_SOURCE_PARTITION, partition.to_string());
+    r.headers
+        .set(HEADER_SOURCE_PARTITION, partition.to_string());
     r.headers.set(HEADER_SOURCE_OFFSET, offset.to_string());
     r
 }
@@ -101,15 +102,24 @@ mod tests {
 
     #[test]
     fn stamping_names_the_origin() {
-        let r = stamp_source(Record::new("vehicle.state.v1", 4, 17, Bytes::from_static(b"x")));
-        assert_eq!(r.headers.get(HEADER_SOURCE_TOPIC), Some(&b"vehicle.state.v1"[..]));
+        let r = stamp_source(Record::new(
+            "vehicle.state.v1",
+            4,
+            17,
+            Bytes::from_static(b"x"),
+        ));
+        assert_eq!(
+            r.headers.get(HEADER_SOURCE_TOPIC),
+            Some(&b"vehicle.state.v1"[..])
+        );
         assert_eq!(r.headers.get(HEADER_SOURCE_PARTITION), Some(&b"4"[..]));
         assert_eq!(r.headers.get(HEADER_SOURCE_OFFSET), Some(&b"17"[..]));
     }
 
     #[test]
     fn the_section_is_required_and_checked() {
-        let f = JobFile::parse("[source]\ngroup_id = \"g\"\ntopics = [\"a.b.v1\"]\n").expect("valid");
+        let f =
+            JobFile::parse("[source]\ngroup_id = \"g\"\ntopics = [\"a.b.v1\"]\n").expect("valid");
         let err = job(&f).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("[mirror]"), "{err}");
         let err = JobFile::parse("[mirror]\noutput = \"x\"\npartitioning = \"round-robin\"\n")

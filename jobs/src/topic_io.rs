@@ -44,7 +44,12 @@ impl ProducerContext for Counting {
 ///
 /// # Errors
 /// The producer cannot be created, a record cannot be enqueued, or any delivery failed.
-pub fn produce<I>(brokers: &str, topic: &str, records: I, mut progress: impl FnMut(u64)) -> anyhow::Result<u64>
+pub fn produce<I>(
+    brokers: &str,
+    topic: &str,
+    records: I,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<u64>
 where
     I: IntoIterator<Item = (String, Vec<u8>)>,
 {
@@ -58,7 +63,9 @@ where
         .context("cannot create the producer")?;
     let mut sent = 0u64;
     for (key, value) in records {
-        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&value[..]);
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(&value[..]);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -70,7 +77,7 @@ where
             }
         }
         sent += 1;
-        if sent % 1024 == 0 {
+        if sent.is_multiple_of(1024) {
             progress(sent);
         }
     }
@@ -106,7 +113,9 @@ pub fn partitions(brokers: &str, topic: &str) -> anyhow::Result<i32> {
         .fetch_metadata(Some(topic), TIMEOUT)
         .with_context(|| format!("metadata of {topic}"))?;
     match md.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
         _ => bail!("topic {topic} does not exist"),
     }
 }
@@ -132,7 +141,11 @@ pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i
 ///
 /// # Errors
 /// The topic cannot be read to its end within `timeout`.
-pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let ends = end_offsets(brokers, topic)?;
     let c = plain_consumer(brokers, "eventbus-inspect")?;
     let mut tpl = TopicPartitionList::new();
@@ -213,7 +226,10 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Res
         .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
         .collect();
     let results = admin
-        .create_topics(new.iter(), &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
+        .create_topics(
+            new.iter(),
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        )
         .await
         .context("create topics")?;
     for r in results {

@@ -178,7 +178,10 @@ mod defaults {
 
 impl SourceConfig {
     /// A source over `topics` in group `group_id` with default intervals.
-    pub fn new(group_id: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        group_id: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Self {
             group_id: group_id.into(),
             topics: topics.into_iter().map(Into::into).collect(),
@@ -199,10 +202,16 @@ impl SourceConfig {
             return Err(config_error("source.topics", "name at least one topic"));
         }
         if let Some(t) = self.topics.iter().find(|t| t.trim().is_empty()) {
-            return Err(config_error("source.topics", format!("empty topic name {t:?}")));
+            return Err(config_error(
+                "source.topics",
+                format!("empty topic name {t:?}"),
+            ));
         }
         if self.commit_interval_ms == 0 {
-            return Err(config_error("source.commit_interval_ms", "must be at least 1"));
+            return Err(config_error(
+                "source.commit_interval_ms",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -243,7 +252,10 @@ mod tests {
         let mut k = f.kafka.clone();
         k.apply_env([
             ("EVENTBUS_BROKERS".to_owned(), "b:9092".to_owned()),
-            ("EVENTBUS_KAFKA_FETCH_MAX_BYTES".to_owned(), "1024".to_owned()),
+            (
+                "EVENTBUS_KAFKA_FETCH_MAX_BYTES".to_owned(),
+                "1024".to_owned(),
+            ),
             ("HOME".to_owned(), "/root".to_owned()),
         ]);
         assert_eq!(k.brokers(), Some("b:9092"));

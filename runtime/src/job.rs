@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::Classify;
 use crate::config::RuntimeConfig;
 use crate::error::{RuntimeError, SinkError};
 use crate::operator::{Filter, Identity, Map, MapRecord, Operator, Outcome, Then, TryMap};
@@ -15,7 +16,6 @@ use crate::partition::{PartitionState, Resolution};
 use crate::record::{Record, TopicPartition};
 use crate::sink::{Ack, Sink};
 use crate::source::{BoxFuture, Dispatch, Pipeline as ErasedPipeline, Source};
-use crate::Classify;
 
 /// Entry point of the builder: `Job::builder("name").source(..).map(..).sink(..).build()?`.
 #[derive(Debug)]

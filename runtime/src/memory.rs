@@ -126,7 +126,11 @@ impl<T> CollectSink<T> {
     where
         T: Clone,
     {
-        self.lock().records.iter().map(|r| r.value.clone()).collect()
+        self.lock()
+            .records
+            .iter()
+            .map(|r| r.value.clone())
+            .collect()
     }
 }
 

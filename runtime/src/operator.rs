@@ -192,7 +192,10 @@ mod tests {
     fn a_chain_changes_the_value_type_and_keeps_coordinates() {
         let chain = Then::new(
             Map(|b: Vec<u8>| b.len()),
-            Then::new(Filter(|r: &Record<usize>| r.value > 1), Map(|n: usize| n * 10)),
+            Then::new(
+                Filter(|r: &Record<usize>| r.value > 1),
+                Map(|n: usize| n * 10),
+            ),
         );
         let out = emitted(chain.apply(Record::new("t", 3, 42, vec![1, 2, 3])));
         let out = out.map(|r| (r.partition, r.offset, r.value));
@@ -205,9 +208,7 @@ mod tests {
 
     #[test]
     fn try_map_failures_name_the_record_and_keep_the_class() {
-        let op = TryMap(|s: &'static str| {
-            s.parse::<u32>().map_err(ProcessError::permanent)
-        });
+        let op = TryMap(|s: &'static str| s.parse::<u32>().map_err(ProcessError::permanent));
         match op.apply(Record::new("in", 1, 7, "x")) {
             Outcome::Failed { origin, error } => {
                 assert_eq!(origin.offset, 7);

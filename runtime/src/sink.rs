@@ -98,7 +98,9 @@ impl Drop for Ack {
         self.part.resolve(self.offset, Resolution::Failed);
         if !self.part.is_revoked() {
             let origin = self.origin();
-            self.part.job().fail_weak(SinkError::AckDropped { origin }.into());
+            self.part
+                .job()
+                .fail_weak(SinkError::AckDropped { origin }.into());
         }
     }
 }

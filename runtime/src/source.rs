@@ -49,7 +49,10 @@ pub(crate) trait Pipeline<T>: Send + Sync + 'static {
         part: Arc<PartitionState>,
         rx: mpsc::UnboundedReceiver<Vec<Record<T>>>,
     ) -> JoinHandle<()>;
-    fn revoked<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn revoked<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
 struct Lane<T> {
@@ -138,10 +141,11 @@ impl<T: Send + 'static> Dispatch<T> {
         let lane = lanes.entry(tp.clone()).or_insert_with(|| {
             let state = Arc::new(PartitionState::new(tp.clone(), self.inner.job.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
-            let task = self.inner
-                .pipeline
-                .clone()
-                .spawn_partition(&self.inner.runtime, state.clone(), rx);
+            let task =
+                self.inner
+                    .pipeline
+                    .clone()
+                    .spawn_partition(&self.inner.runtime, state.clone(), rx);
             tracing::debug!(partition = %tp, "partition task started");
             Lane { state, tx, task }
         });
@@ -201,7 +205,10 @@ impl<T: Send + 'static> Dispatch<T> {
 
     /// Number of partitions currently paused by flow control.
     pub fn paused_count(&self) -> usize {
-        self.lanes().values().filter(|l| l.state.is_paused()).count()
+        self.lanes()
+            .values()
+            .filter(|l| l.state.is_paused())
+            .count()
     }
 
     /// Stops feeding these partitions and drains them: queued records are processed, the

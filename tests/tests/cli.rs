@@ -1,4 +1,5 @@
 //! The `eventbus` binary's handling of bad input: every error names what is wrong.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::process::Command;
 
@@ -15,7 +16,10 @@ fn run(args: &[&str], config: &str) -> (bool, String) {
         .env_remove("EVENTBUS_BROKERS")
         .output()
         .expect("run eventbus");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -44,9 +48,21 @@ fn the_demo_reports_json_with_nothing_lost() {
         .args(["demo", "--messages", "5000", "--partitions", "6", "--json"])
         .output()
         .expect("run demo");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    for key in ["produced", "consumed", "committed", "lost", "duplicated", "elapsed", "records_per_sec"] {
+    for key in [
+        "produced",
+        "consumed",
+        "committed",
+        "lost",
+        "duplicated",
+        "elapsed",
+        "records_per_sec",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["produced"], 5000);

@@ -1,10 +1,13 @@
 //! End-to-end tests on librdkafka's in-process mock cluster: fast, no service needed.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::time::{Duration, Instant};
 
 use eventbus_jobs::config::JobFile;
 use eventbus_jobs::{mirror, topic_io};
-use eventbus_runtime::{Classify, ErrorClass, KafkaProperties, KafkaSource, RuntimeError, SourceConfig};
+use eventbus_runtime::{
+    Classify, ErrorClass, KafkaProperties, KafkaSource, RuntimeError, SourceConfig,
+};
 use eventbus_runtime::{Job, memory::CollectSink};
 use eventbus_tests::{duplicates, mirrored_offsets, missing, unique};
 use rdkafka::message::Message;
@@ -28,8 +31,16 @@ async fn mirror_of_100k_records_keeps_every_record_in_order_and_commits_the_end(
     cluster.create_topic(&input, 3, 1).expect("topic");
     cluster.create_topic(&output, 3, 1).expect("topic");
     let n = 100_000u64;
-    let records = (0..n).map(|i| (format!("vehicle-{}", i % 300), format!("event-{i}").into_bytes()));
-    assert_eq!(topic_io::produce(&brokers, &input, records, |_| {}).expect("produce"), n);
+    let records = (0..n).map(|i| {
+        (
+            format!("vehicle-{}", i % 300),
+            format!("event-{i}").into_bytes(),
+        )
+    });
+    assert_eq!(
+        topic_io::produce(&brokers, &input, records, |_| {}).expect("produce"),
+        n
+    );
     let ends = topic_io::end_offsets(&brokers, &input).expect("ends");
 
     let job = mirror::job(&mirror_file(&brokers, &group, &input, &output)).expect("job");
@@ -62,8 +73,16 @@ async fn mirror_of_100k_records_keeps_every_record_in_order_and_commits_the_end(
     }
     // Same key, value and order as the input, partition by partition.
     for p in 0..3 {
-        let a: Vec<_> = inp.iter().filter(|m| m.partition() == p).map(|m| (m.key(), m.payload())).collect();
-        let b: Vec<_> = out.iter().filter(|m| m.partition() == p).map(|m| (m.key(), m.payload())).collect();
+        let a: Vec<_> = inp
+            .iter()
+            .filter(|m| m.partition() == p)
+            .map(|m| (m.key(), m.payload()))
+            .collect();
+        let b: Vec<_> = out
+            .iter()
+            .filter(|m| m.partition() == p)
+            .map(|m| (m.key(), m.payload()))
+            .collect();
         assert_eq!(a, b, "partition {p} differs from its input");
     }
 }
@@ -84,7 +103,10 @@ async fn unreachable_brokers_fail_fast_with_a_clear_error() {
         .await
         .expect("returns in bounded time, not a hang")
         .expect_err("brokers are unreachable");
-    assert!(matches!(err, RuntimeError::BrokersUnreachable { .. }), "{err}");
+    assert!(
+        matches!(err, RuntimeError::BrokersUnreachable { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     assert_eq!(err.class(), ErrorClass::Fatal);
 }
@@ -98,7 +120,10 @@ async fn a_missing_topic_is_named() {
     let mut kafka = KafkaProperties::new();
     kafka.set("bootstrap.servers", brokers);
     let run = Job::builder("t")
-        .source(KafkaSource::new(kafka, SourceConfig::new("g", [present.as_str(), "fleet.nosuch.v1"])))
+        .source(KafkaSource::new(
+            kafka,
+            SourceConfig::new("g", [present.as_str(), "fleet.nosuch.v1"]),
+        ))
         .sink(CollectSink::new())
         .build()
         .expect("job")
@@ -107,7 +132,10 @@ async fn a_missing_topic_is_named() {
         .await
         .expect("bounded")
         .expect_err("topic is missing");
-    assert!(matches!(&err, RuntimeError::TopicMissing { topic, .. } if topic == "fleet.nosuch.v1"), "{err}");
+    assert!(
+        matches!(&err, RuntimeError::TopicMissing { topic, .. } if topic == "fleet.nosuch.v1"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -115,7 +143,11 @@ async fn an_unknown_librdkafka_property_is_named() {
     let mut f = mirror_file("127.0.0.1:1", "g", "a.b.v1", "c.d.v1");
     f.kafka.set("fetch.max.bites", "10");
     let err = match mirror::job(&f) {
-        Ok(job) => job.run(std::future::pending()).await.err().map(anyhow::Error::from),
+        Ok(job) => job
+            .run(std::future::pending())
+            .await
+            .err()
+            .map(anyhow::Error::from),
         Err(e) => Some(e),
     }
     .expect("an unknown property fails");
@@ -125,7 +157,9 @@ async fn an_unknown_librdkafka_property_is_named() {
 #[tokio::test]
 async fn auto_commit_cannot_be_switched_on() {
     let mut kafka = KafkaProperties::new();
-    kafka.set("bootstrap.servers", "127.0.0.1:1").set("enable.auto.commit", "true");
+    kafka
+        .set("bootstrap.servers", "127.0.0.1:1")
+        .set("enable.auto.commit", "true");
     let err = Job::builder("t")
         .source(KafkaSource::new(kafka, SourceConfig::new("g", ["a.b.v1"])))
         .sink(CollectSink::<bytes::Bytes>::new())
@@ -134,5 +168,8 @@ async fn auto_commit_cannot_be_switched_on() {
         .run(std::future::pending())
         .await
         .expect_err("refused");
-    assert!(err.to_string().contains("kafka.enable.auto.commit"), "{err}");
+    assert!(
+        err.to_string().contains("kafka.enable.auto.commit"),
+        "{err}"
+    );
 }

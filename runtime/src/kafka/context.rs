@@ -84,7 +84,9 @@ impl ConsumerContext for SourceContext {
                     .elements()
                     .iter()
                     .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+                        Offset::Offset(o) => {
+                            Some((TopicPartition::new(e.topic(), e.partition()), o))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -137,7 +139,11 @@ pub(super) fn commit(
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => {
-            tracing::debug!(partitions = offsets.len(), sync = matches!(mode, CommitMode::Sync), "commit sent");
+            tracing::debug!(
+                partitions = offsets.len(),
+                sync = matches!(mode, CommitMode::Sync),
+                "commit sent"
+            );
             if matches!(mode, CommitMode::Sync) {
                 dispatch.committed(offsets);
             }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
 use tokio::runtime::Handle;
 
 use super::context::{SourceContext, commit};
@@ -57,7 +57,11 @@ impl KafkaSource {
                 "set the group with source.group_id (or --group) instead",
             ));
         }
-        if self.properties.brokers().is_none_or(|b| b.trim().is_empty()) {
+        if self
+            .properties
+            .brokers()
+            .is_none_or(|b| b.trim().is_empty())
+        {
             return Err(config_error(
                 "kafka.bootstrap.servers",
                 "no brokers given: set it in [kafka], EVENTBUS_BROKERS or --brokers",
@@ -180,15 +184,19 @@ fn consume(
 
 /// Checks, within the start-up timeout, that the brokers answer and every subscribed
 /// topic exists: both are errors an operator must see at once, not a silent idle job.
-fn preflight(src: &KafkaSource, consumer: &BaseConsumer<SourceContext>) -> Result<(), RuntimeError> {
+fn preflight(
+    src: &KafkaSource,
+    consumer: &BaseConsumer<SourceContext>,
+) -> Result<(), RuntimeError> {
     let timeout = Duration::from_millis(src.config.startup_timeout_ms);
-    let metadata = consumer
-        .fetch_metadata(None, timeout)
-        .map_err(|e| RuntimeError::BrokersUnreachable {
-            brokers: src.brokers(),
-            timeout_ms: src.config.startup_timeout_ms,
-            reason: e.to_string(),
-        })?;
+    let metadata =
+        consumer
+            .fetch_metadata(None, timeout)
+            .map_err(|e| RuntimeError::BrokersUnreachable {
+                brokers: src.brokers(),
+                timeout_ms: src.config.startup_timeout_ms,
+                reason: e.to_string(),
+            })?;
     for topic in &src.config.topics {
         let found = metadata
             .topics()
@@ -288,7 +296,8 @@ impl Batcher {
             self.last = match self.lanes.iter().position(|(tp, _)| hit(tp)) {
                 Some(i) => i,
                 None => {
-                    self.lanes.push((TopicPartition::new(topic, partition), Vec::new()));
+                    self.lanes
+                        .push((TopicPartition::new(topic, partition), Vec::new()));
                     self.lanes.len() - 1
                 }
             };

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use eventbus_runtime::config::KafkaProperties;
 use eventbus_runtime::{Ack, ErrorClass, Record, RuntimeError, Sink, SinkError};
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 
 use super::config::{KafkaSinkConfig, Partitioning};
 
@@ -32,7 +32,9 @@ pub struct KafkaSink {
 
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink").field("config", &self.config).finish()
+        f.debug_struct("KafkaSink")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -43,14 +45,23 @@ impl KafkaSink {
     /// # Errors
     /// [`RuntimeError::Config`] when idempotence or `acks=all` is switched off, or when
     /// librdkafka rejects a property (its message names it).
-    pub fn new(properties: &KafkaProperties, config: KafkaSinkConfig) -> Result<Self, RuntimeError> {
-        if properties.get("enable.idempotence").is_some_and(|v| v != "true") {
+    pub fn new(
+        properties: &KafkaProperties,
+        config: KafkaSinkConfig,
+    ) -> Result<Self, RuntimeError> {
+        if properties
+            .get("enable.idempotence")
+            .is_some_and(|v| v != "true")
+        {
             return Err(config_error(
                 "kafka.enable.idempotence",
                 "the Kafka sink needs the idempotent producer to keep order across retries",
             ));
         }
-        if properties.get("acks").is_some_and(|v| v != "all" && v != "-1") {
+        if properties
+            .get("acks")
+            .is_some_and(|v| v != "all" && v != "-1")
+        {
             return Err(config_error(
                 "kafka.acks",
                 "the Kafka sink acknowledges only fully replicated records: use all",
@@ -62,8 +73,7 @@ impl KafkaSink {
                 cfg.set(k, v);
             }
         }
-        cfg.set("enable.idempotence", "true")
-            .set("acks", "all");
+        cfg.set("enable.idempotence", "true").set("acks", "all");
         if properties.get("linger.ms").is_none() {
             cfg.set("linger.ms", "5");
         }
@@ -139,15 +149,15 @@ fn config_error(key: &str, reason: impl Into<String>) -> RuntimeError {
 impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {
     async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
         let headers = (!record.headers.is_empty()).then(|| {
-            record
-                .headers
-                .iter()
-                .fold(OwnedHeaders::new_with_capacity(record.headers.len()), |hs, h| {
+            record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len()),
+                |hs, h| {
                     hs.insert(Header {
                         key: &h.key,
                         value: h.value.as_deref(),
                     })
-                })
+                },
+            )
         });
         let mut out = BaseRecord::with_opaque_to(&self.config.topic, Box::new(ack))
             .payload(record.value.as_ref());
@@ -222,11 +232,7 @@ impl ProducerContext for Deliveries {
                 ack.fail(SinkError::Delivery {
                     sink: NAME,
                     origin,
-                    reason: format!(
-                        "topic {} partition {}: {e}",
-                        self.topic,
-                        m.partition()
-                    ),
+                    reason: format!("topic {} partition {}: {e}", self.topic, m.partition()),
                     class: class_of(e),
                 });
             }

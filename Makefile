@@ -1,0 +1,41 @@
+# eventbus: `make test` is the whole suite, the same command CI runs.
+
+CARGO ?= cargo
+BROKER := scripts/test-broker.sh
+
+.PHONY: test lint unit real-broker demo bench clean-broker
+
+## Everything: lint, unit and mock-cluster tests, then the real-broker tests on tansu.
+test: lint unit real-broker
+
+## Formatting and clippy, warnings as errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p eventbus-tests --features real-broker --all-targets -- -D warnings
+
+## Unit tests, property tests, doc tests and the mock-cluster integration tests.
+unit:
+	$(CARGO) build -p eventbus-jobs --bin eventbus
+	EVENTBUS_BIN=$(CURDIR)/target/debug/eventbus $(CARGO) test --workspace
+
+## Installs tansu if missing (cached), starts it, runs the real-broker tests, stops it.
+real-broker:
+	$(CARGO) build -p eventbus-jobs --bin eventbus
+	@set -e; \
+	addr=$$($(BROKER) start); \
+	trap '$(BROKER) stop' EXIT; \
+	echo "tansu listening on $$addr"; \
+	EVENTBUS_TEST_BROKERS=$$addr TANSU_BIN=$$($(BROKER) bin) EVENTBUS_BIN=$(CURDIR)/target/debug/eventbus \
+	  $(CARGO) test -p eventbus-tests --features real-broker --test real_broker -- --test-threads=1
+
+## The embedded demo.
+demo:
+	$(CARGO) run --release -- demo
+
+## Executor against a bare rdkafka consumer, printed as a ratio.
+bench:
+	$(CARGO) run --release -- bench
+
+clean-broker:
+	$(BROKER) stop
