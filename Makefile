@@ -2,6 +2,8 @@
 
 CARGO ?= cargo
 BROKER := scripts/test-broker.sh
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+EVENTBUS_BIN := $(TARGET_DIR)/debug/eventbus
 
 .PHONY: test lint unit real-broker demo bench clean-broker
 
@@ -17,7 +19,7 @@ lint:
 ## Unit tests, property tests, doc tests and the mock-cluster integration tests.
 unit:
 	$(CARGO) build -p eventbus-jobs --bin eventbus
-	EVENTBUS_BIN=$(CURDIR)/target/debug/eventbus $(CARGO) test --workspace
+	EVENTBUS_BIN=$(EVENTBUS_BIN) $(CARGO) test --workspace
 
 ## Installs tansu if missing (cached), starts it, runs the real-broker tests, stops it.
 real-broker:
@@ -26,7 +28,7 @@ real-broker:
 	addr=$$($(BROKER) start); \
 	trap '$(BROKER) stop' EXIT; \
 	echo "tansu listening on $$addr"; \
-	EVENTBUS_TEST_BROKERS=$$addr TANSU_BIN=$$($(BROKER) bin) EVENTBUS_BIN=$(CURDIR)/target/debug/eventbus \
+	EVENTBUS_TEST_BROKERS=$$addr TANSU_BIN=$$($(BROKER) bin) EVENTBUS_BIN=$(EVENTBUS_BIN) \
 	  $(CARGO) test -p eventbus-tests --features real-broker --test real_broker -- --test-threads=1
 
 ## The embedded demo.
