@@ -137,6 +137,22 @@ pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i
         .collect()
 }
 
+/// Records currently kept in `topic`: the sum over partitions of end minus start offset.
+///
+/// # Errors
+/// The brokers do not answer or the topic does not exist.
+pub fn available(brokers: &str, topic: &str) -> anyhow::Result<u64> {
+    let c = plain_consumer(brokers, "eventbus-inspect")?;
+    let mut total = 0i64;
+    for p in 0..partitions(brokers, topic)? {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, TIMEOUT)
+            .with_context(|| format!("watermarks of {topic}[{p}]"))?;
+        total += high - low;
+    }
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
 /// Reads every record of `topic` from the beginning up to the end offsets it has now.
 ///
 /// # Errors

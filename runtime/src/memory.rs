@@ -216,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_record_stops_the_job_and_is_never_committed_past() {
         let sink = CollectSink::new();
-        let err = Job::builder("t")
+        let job = Job::builder("t")
             .source(MemorySource::new(records(1, 100)))
             .try_map(|v: i64| {
                 if v == 40 {
@@ -227,10 +227,17 @@ mod tests {
             })
             .sink(sink.clone())
             .build()
-            .expect("valid job")
+            .expect("valid job");
+        let stats = job.stats();
+        let err = job
             .run(std::future::pending())
             .await
             .expect_err("job fails");
+        assert_eq!(
+            stats.committed().get(&TopicPartition::new("in", 0)),
+            Some(&40),
+            "committed up to the failed record, not past it"
+        );
         assert_eq!(err.class(), ErrorClass::Transient);
         assert!(err.to_string().contains("offset 40"), "{err}");
         assert_eq!(sink.values(), (0..40).collect::<Vec<_>>());

@@ -1,6 +1,6 @@
 //! The executor's view of one assigned partition: its tracker and its flow control.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub(crate) struct PartitionState {
     idle: Notify,
     paused: AtomicBool,
     revoked: AtomicBool,
+    /// Records delivered since the last [`PartitionState::take_delivered`], so the
+    /// per-topic output metric is emitted in batches, not per record.
+    delivered: AtomicU64,
 }
 
 impl PartitionState {
@@ -45,6 +48,7 @@ impl PartitionState {
             idle: Notify::new(),
             paused: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
         }
     }
 
@@ -91,6 +95,9 @@ impl PartitionState {
         }
         self.job.sub_held(before - after);
         self.job.stats().count(how);
+        if how == Resolution::Delivered {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
         if idle {
             self.idle.notify_waiters();
         }
@@ -122,6 +129,11 @@ impl PartitionState {
                 return self.pending() == 0;
             }
         }
+    }
+
+    /// Records delivered since the last call.
+    pub(crate) fn take_delivered(&self) -> u64 {
+        self.delivered.swap(0, Ordering::Relaxed)
     }
 
     pub(crate) fn is_paused(&self) -> bool {

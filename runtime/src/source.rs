@@ -203,12 +203,19 @@ impl<T: Send + 'static> Dispatch<T> {
         flow
     }
 
-    /// Number of partitions currently paused by flow control.
-    pub fn paused_count(&self) -> usize {
-        self.lanes()
-            .values()
-            .filter(|l| l.state.is_paused())
-            .count()
+    /// Emits the job's gauges and the per-topic count of records delivered since the
+    /// last call. Sources call it on their commit tick.
+    pub fn emit_metrics(&self) {
+        let lanes = self.lanes();
+        let paused = lanes.values().filter(|l| l.state.is_paused()).count();
+        for (tp, lane) in lanes.iter() {
+            let n = lane.state.take_delivered();
+            if n > 0 {
+                crate::telemetry::records_out(&tp.topic, n);
+            }
+        }
+        drop(lanes);
+        crate::telemetry::flow(self.inner.job.held(), paused);
     }
 
     /// Stops feeding these partitions and drains them: queued records are processed, the
@@ -262,6 +269,10 @@ impl<T: Send + 'static> Dispatch<T> {
                 );
             }
             state.mark_revoked();
+            let n = state.take_delivered();
+            if n > 0 {
+                crate::telemetry::records_out(&state.tp().topic, n);
+            }
             if let Some(o) = state.committable() {
                 finals.push((state.tp().clone(), o));
             }

@@ -20,8 +20,7 @@ pub(crate) fn records_in(topic: &str, n: u64) {
     metrics::counter!(RECORDS_IN, "topic" => topic.to_owned()).increment(n);
 }
 
-/// Counts records acknowledged by a sink for a topic.
-pub fn records_out(topic: &str, n: u64) {
+pub(crate) fn records_out(topic: &str, n: u64) {
     metrics::counter!(RECORDS_OUT, "topic" => topic.to_owned()).increment(n);
 }
 

@@ -72,6 +72,10 @@ impl KafkaSource {
             .set_default("partition.assignment.strategy", "cooperative-sticky")
             .set_default("auto.offset.reset", "earliest")
             .set_default("enable.partition.eof", "false")
+            // When the local queue is full librdkafka stops fetching for this long; its
+            // default (1 s) turns every brief lag of the executor into a one-second
+            // stall of every partition. 10 ms keeps the pipeline full.
+            .set_default("fetch.queue.backoff.ms", "10")
             .set_default("client.id", format!("eventbus-{job}"))
             .set("group.id", self.config.group_id.clone())
             .set("enable.auto.commit", "false")
@@ -162,7 +166,7 @@ fn consume(
             if points != last_commit && commit(&consumer, &dispatch, &points, CommitMode::Sync) {
                 last_commit = points;
             }
-            crate::telemetry::flow(dispatch.held(), dispatch.paused_count());
+            dispatch.emit_metrics();
             next_commit = Instant::now() + interval;
         }
     }
