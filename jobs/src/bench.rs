@@ -119,7 +119,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         let start = cpu_seconds();
         let b = {
             let brokers = brokers.clone();
-            tokio::task::spawn_blocking(move || bare_consumer(&brokers, n, round)).await??
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // A named thread of its own, so profiles tell the two sides apart.
+            std::thread::Builder::new()
+                .name("bench-bare".to_owned())
+                .spawn(move || {
+                    let _ = tx.send(bare_consumer(&brokers, n, round));
+                })?;
+            rx.await??
         };
         let mid = cpu_seconds();
         let e = executor(&brokers, n, round).await?;
