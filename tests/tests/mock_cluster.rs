@@ -173,3 +173,105 @@ async fn auto_commit_cannot_be_switched_on() {
         "{err}"
     );
 }
+
+/// Holds every ack until opened: a destination that has stopped answering.
+#[derive(Clone, Default)]
+struct GateSink {
+    inner: std::sync::Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    received: std::sync::atomic::AtomicU64,
+    open: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<Vec<eventbus_runtime::Ack>>,
+}
+
+impl GateSink {
+    fn received(&self) -> u64 {
+        self.inner.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        self.inner.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        let held = std::mem::take(&mut *self.inner.held.lock().unwrap());
+        for ack in held {
+            ack.done();
+        }
+    }
+}
+
+impl eventbus_runtime::Sink<bytes::Bytes> for GateSink {
+    async fn send(
+        &self,
+        _record: eventbus_runtime::Record<bytes::Bytes>,
+        ack: eventbus_runtime::Ack,
+    ) -> Result<(), eventbus_runtime::SinkError> {
+        self.inner.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut held = self.inner.held.lock().unwrap();
+        if self.inner.open.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(held);
+            ack.done();
+        } else {
+            held.push(ack);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let (input, group) = (unique("in"), unique("group"));
+    cluster.create_topic(&input, 2, 1).expect("topic");
+    let n = 60_000u64;
+    let records = (0..n).map(|i| (format!("k{i}"), vec![b'x'; 100]));
+    topic_io::produce(&brokers, &input, records, |_| {}).expect("produce");
+
+    let mut kafka = KafkaProperties::new();
+    kafka.set("bootstrap.servers", brokers.clone());
+    let mut source = SourceConfig::new(group.clone(), [input.as_str()]);
+    source.commit_interval_ms = 100;
+    let runtime = eventbus_runtime::RuntimeConfig {
+        max_in_flight_per_partition: 500,
+        max_in_flight: 800,
+        ..Default::default()
+    };
+    let sink = GateSink::default();
+    let job = Job::builder("bounded")
+        .config(runtime)
+        .source(KafkaSource::new(kafka, source))
+        .sink(sink.clone())
+        .build()
+        .expect("job");
+    let stats = job.stats();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(job.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // With the sink stalled, intake stops near the bound: at most one poll batch (4096
+    // records) past it, whatever the backlog of 60k.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.received() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stalled = stats.consumed();
+    assert!(stalled > 0, "nothing consumed");
+    assert!(stalled <= 800 + 2 * 4096, "{stalled} records taken in while the sink was stalled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stats.consumed(), stalled, "intake went on while paused");
+
+    // Once the sink answers again, the partitions resume and everything is delivered.
+    sink.open();
+    let ends: i64 = topic_io::end_offsets(&brokers, &input).expect("ends").values().sum();
+    while stats.committed().values().sum::<i64>() < ends && Instant::now() < deadline + Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    let report = handle.await.expect("join").expect("job");
+    assert_eq!(report.delivered, n);
+    assert_eq!(report.committed_total(), ends);
+}
