@@ -9,8 +9,7 @@ use eventbus_runtime::{
     Classify, ErrorClass, KafkaProperties, KafkaSource, RuntimeError, SourceConfig,
 };
 use eventbus_runtime::{Job, memory::CollectSink};
-use eventbus_tests::{duplicates, mirrored_offsets, missing, unique};
-use rdkafka::message::Message;
+use eventbus_tests::{duplicates, mirror_end_to_end, mirrored_offsets, missing, unique};
 use rdkafka::mocking::MockCluster;
 
 fn mirror_file(brokers: &str, group: &str, input: &str, output: &str) -> JobFile {
@@ -27,82 +26,46 @@ fn mirror_file(brokers: &str, group: &str, input: &str, output: &str) -> JobFile
 async fn mirror_of_100k_records_keeps_every_record_in_order_and_commits_the_end() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    let (input, output) = (unique("in"), unique("out"));
     cluster.create_topic(&input, 3, 1).expect("topic");
     cluster.create_topic(&output, 3, 1).expect("topic");
-    let n = 100_000u64;
-    let records = (0..n).map(|i| {
-        (
-            format!("vehicle-{}", i % 300),
-            format!("event-{i}").into_bytes(),
-        )
-    });
-    assert_eq!(
-        topic_io::produce(&brokers, &input, records, |_| {}).expect("produce"),
-        n
-    );
+    let out = mirror_end_to_end(&brokers, &input, &output, 100_000, true).await;
+    // The stamped headers name each record's origin, in order, exactly once.
     let ends = topic_io::end_offsets(&brokers, &input).expect("ends");
+    let stamped = mirrored_offsets(&out);
+    assert!(missing(&ends, &stamped).is_empty());
+    assert_eq!(duplicates(&stamped), 0);
+    for (p, offsets) in &stamped {
+        assert_eq!(offsets, &(0..ends[p]).collect::<Vec<_>>(), "partition {p}");
+    }
+}
 
-    let job = mirror::job(&mirror_file(&brokers, &group, &input, &output)).expect("job");
-    let stats = job.stats();
-    let target: i64 = ends.values().sum();
-    let report = job
-        .run(async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while stats.committed().values().sum::<i64>() < target && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
+/// Runs a job that must fail before consuming anything; returns its error, which must
+/// come within a bounded time, not after a hang.
+async fn start_failure(kafka: KafkaProperties, source: SourceConfig) -> RuntimeError {
+    let run = Job::builder("t")
+        .source(KafkaSource::new(kafka, source))
+        .sink(CollectSink::<bytes::Bytes>::new())
+        .build()
+        .expect("job")
+        .run(std::future::pending());
+    tokio::time::timeout(Duration::from_secs(30), run)
         .await
-        .expect("job runs");
-    assert_eq!(report.consumed, n);
-    assert_eq!(report.delivered, n);
+        .expect("returns in bounded time, not a hang")
+        .expect_err("the job must fail")
+}
 
-    let committed = topic_io::committed(&brokers, &group, &input).expect("committed");
-    assert_eq!(committed, ends, "committed offsets equal the end offsets");
-
-    let out = topic_io::read_all(&brokers, &output, Duration::from_secs(60)).expect("read output");
-    let inp = topic_io::read_all(&brokers, &input, Duration::from_secs(60)).expect("read input");
-    assert_eq!(out.len() as u64, n);
-    let seen = mirrored_offsets(&out);
-    assert!(missing(&ends, &seen).is_empty());
-    assert_eq!(duplicates(&seen), 0);
-    for (p, offsets) in &seen {
-        let want: Vec<i64> = (0..ends[p]).collect();
-        assert_eq!(offsets, &want, "partition {p} out of order");
-    }
-    // Same key, value and order as the input, partition by partition.
-    for p in 0..3 {
-        let a: Vec<_> = inp
-            .iter()
-            .filter(|m| m.partition() == p)
-            .map(|m| (m.key(), m.payload()))
-            .collect();
-        let b: Vec<_> = out
-            .iter()
-            .filter(|m| m.partition() == p)
-            .map(|m| (m.key(), m.payload()))
-            .collect();
-        assert_eq!(a, b, "partition {p} differs from its input");
-    }
+fn brokers(b: &str) -> KafkaProperties {
+    let mut kafka = KafkaProperties::new();
+    kafka.set("bootstrap.servers", b);
+    kafka
 }
 
 #[tokio::test]
 async fn unreachable_brokers_fail_fast_with_a_clear_error() {
-    let mut kafka = KafkaProperties::new();
-    kafka.set("bootstrap.servers", "127.0.0.1:1");
     let mut source = SourceConfig::new("g", ["vehicle.state.v1"]);
     source.startup_timeout_ms = 2_000;
-    let run = Job::builder("t")
-        .source(KafkaSource::new(kafka, source))
-        .sink(CollectSink::new())
-        .build()
-        .expect("job")
-        .run(std::future::pending());
-    let err = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("returns in bounded time, not a hang")
-        .expect_err("brokers are unreachable");
+    let err = start_failure(brokers("127.0.0.1:1"), source).await;
     assert!(
         matches!(err, RuntimeError::BrokersUnreachable { .. }),
         "{err}"
@@ -114,24 +77,10 @@ async fn unreachable_brokers_fail_fast_with_a_clear_error() {
 #[tokio::test]
 async fn a_missing_topic_is_named() {
     let cluster = MockCluster::new(1).expect("mock cluster");
-    let brokers = cluster.bootstrap_servers();
     let present = unique("present");
     cluster.create_topic(&present, 1, 1).expect("topic");
-    let mut kafka = KafkaProperties::new();
-    kafka.set("bootstrap.servers", brokers);
-    let run = Job::builder("t")
-        .source(KafkaSource::new(
-            kafka,
-            SourceConfig::new("g", [present.as_str(), "fleet.nosuch.v1"]),
-        ))
-        .sink(CollectSink::new())
-        .build()
-        .expect("job")
-        .run(std::future::pending());
-    let err = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("bounded")
-        .expect_err("topic is missing");
+    let source = SourceConfig::new("g", [present.as_str(), "fleet.nosuch.v1"]);
+    let err = start_failure(brokers(&cluster.bootstrap_servers()), source).await;
     assert!(
         matches!(&err, RuntimeError::TopicMissing { topic, .. } if topic == "fleet.nosuch.v1"),
         "{err}"
@@ -156,18 +105,9 @@ async fn an_unknown_librdkafka_property_is_named() {
 
 #[tokio::test]
 async fn auto_commit_cannot_be_switched_on() {
-    let mut kafka = KafkaProperties::new();
-    kafka
-        .set("bootstrap.servers", "127.0.0.1:1")
-        .set("enable.auto.commit", "true");
-    let err = Job::builder("t")
-        .source(KafkaSource::new(kafka, SourceConfig::new("g", ["a.b.v1"])))
-        .sink(CollectSink::<bytes::Bytes>::new())
-        .build()
-        .expect("job")
-        .run(std::future::pending())
-        .await
-        .expect_err("refused");
+    let mut kafka = brokers("127.0.0.1:1");
+    kafka.set("enable.auto.commit", "true");
+    let err = start_failure(kafka, SourceConfig::new("g", ["a.b.v1"])).await;
     assert!(
         err.to_string().contains("kafka.enable.auto.commit"),
         "{err}"
@@ -189,11 +129,15 @@ struct Gate {
 
 impl GateSink {
     fn received(&self) -> u64 {
-        self.inner.received.load(std::sync::atomic::Ordering::SeqCst)
+        self.inner
+            .received
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn open(&self) {
-        self.inner.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .open
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let held = std::mem::take(&mut *self.inner.held.lock().unwrap());
         for ack in held {
             ack.done();
@@ -207,7 +151,9 @@ impl eventbus_runtime::Sink<bytes::Bytes> for GateSink {
         _record: eventbus_runtime::Record<bytes::Bytes>,
         ack: eventbus_runtime::Ack,
     ) -> Result<(), eventbus_runtime::SinkError> {
-        self.inner.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut held = self.inner.held.lock().unwrap();
         if self.inner.open.load(std::sync::atomic::Ordering::SeqCst) {
             drop(held);
@@ -229,8 +175,7 @@ async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
     let records = (0..n).map(|i| (format!("k{i}"), vec![b'x'; 100]));
     topic_io::produce(&brokers, &input, records, |_| {}).expect("produce");
 
-    let mut kafka = KafkaProperties::new();
-    kafka.set("bootstrap.servers", brokers.clone());
+    let kafka = self::brokers(&brokers);
     let mut source = SourceConfig::new(group.clone(), [input.as_str()]);
     source.commit_interval_ms = 100;
     let runtime = eventbus_runtime::RuntimeConfig {
@@ -260,14 +205,22 @@ async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stalled = stats.consumed();
     assert!(stalled > 0, "nothing consumed");
-    assert!(stalled <= 800 + 2 * 4096, "{stalled} records taken in while the sink was stalled");
+    assert!(
+        stalled <= 800 + 2 * 4096,
+        "{stalled} records taken in while the sink was stalled"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stats.consumed(), stalled, "intake went on while paused");
 
     // Once the sink answers again, the partitions resume and everything is delivered.
     sink.open();
-    let ends: i64 = topic_io::end_offsets(&brokers, &input).expect("ends").values().sum();
-    while stats.committed().values().sum::<i64>() < ends && Instant::now() < deadline + Duration::from_secs(60) {
+    let ends: i64 = topic_io::end_offsets(&brokers, &input)
+        .expect("ends")
+        .values()
+        .sum();
+    while stats.committed().values().sum::<i64>() < ends
+        && Instant::now() < deadline + Duration::from_secs(60)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_tx.send(());

@@ -3,15 +3,13 @@
 #![cfg(feature = "real-broker")]
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use eventbus_jobs::config::JobFile;
-use eventbus_jobs::{mirror, topic_io};
+use eventbus_jobs::topic_io;
 use eventbus_tests::{
-    JobProcess, StreamProducer, Tansu, duplicates, mirror_config, missing, positions_by_value,
-    shared_brokers, unique, wait_committed_to_end, wait_records,
+    JobProcess, StreamProducer, Tansu, duplicates, mirror_config, mirror_end_to_end, missing,
+    positions_by_value, shared_brokers, unique, wait_committed_to_end, wait_records,
 };
-use rdkafka::message::Message;
 
 const READ: Duration = Duration::from_secs(120);
 
@@ -53,145 +51,112 @@ fn check_complete(brokers: &str, input: &str, output: &str) -> usize {
 async fn mirror_end_to_end_keeps_order_and_commits_the_end() {
     let brokers = shared_brokers();
     let (input, output) = topics(&brokers, 3).await;
-    let group = unique("group");
-    let n = 100_000u64;
-    let records = (0..n).map(|i| {
-        (
-            format!("vehicle-{}", i % 300),
-            format!("event-{i}").into_bytes(),
-        )
-    });
-    assert_eq!(
-        topic_io::produce(&brokers, &input, records, |_| {}).expect("produce"),
-        n
-    );
-    let ends = topic_io::end_offsets(&brokers, &input).expect("ends");
+    mirror_end_to_end(&brokers, &input, &output, 100_000, false).await;
+}
 
-    let mut file = JobFile::parse(&format!(
-        "[source]\ngroup_id = \"{group}\"\ntopics = [\"{input}\"]\ncommit_interval_ms = 200\n\
-         [mirror]\noutput = \"{output}\"\npartitioning = \"source\"\nstamp_source = false\n"
-    ))
-    .expect("job file");
-    file.kafka.set("bootstrap.servers", brokers.clone());
-    let job = mirror::job(&file).expect("job");
-    let stats = job.stats();
-    let target: i64 = ends.values().sum();
-    let report = job
-        .run(async move {
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while stats.committed().values().sum::<i64>() < target && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("job runs");
-    assert_eq!(report.delivered, n);
-    assert_eq!(
-        topic_io::committed(&brokers, &group, &input).expect("committed"),
-        ends
-    );
+/// A mirror job's world on a real broker: input and output topics, a group, a job file,
+/// and a producer streaming into the input at a steady rate so that jobs can be
+/// disturbed mid-stream.
+struct Scenario {
+    brokers: String,
+    input: String,
+    output: String,
+    group: String,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    producer: Option<StreamProducer>,
+    count: u64,
+}
 
-    let out = topic_io::read_all(&brokers, &output, READ).expect("read output");
-    assert_eq!(out.len() as u64, n);
-    let inp = topic_io::read_all(&brokers, &input, READ).expect("read input");
-    let seen = positions_by_value(&inp, &out);
-    for (p, offsets) in &seen {
-        assert_eq!(
-            offsets,
-            &(0..ends[p]).collect::<Vec<_>>(),
-            "partition {p} out of order"
+impl Scenario {
+    async fn start(brokers: &str, partitions: i32, count: u64, per_sec: u64) -> Self {
+        let (input, output) = topics(brokers, partitions).await;
+        let group = unique("group");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = mirror_config(dir.path(), brokers, &group, &input, &output, "");
+        let producer = Some(StreamProducer::start(brokers, &input, count, per_sec));
+        Self {
+            brokers: brokers.to_owned(),
+            input,
+            output,
+            group,
+            dir,
+            config,
+            producer,
+            count,
+        }
+    }
+
+    fn job(&self, name: &str) -> JobProcess {
+        JobProcess::mirror(&self.config, self.dir.path(), name)
+    }
+
+    fn wait_output(&self, records: i64) {
+        wait_records(
+            &self.brokers,
+            &self.output,
+            records,
+            Duration::from_secs(90),
         );
     }
-    for p in 0..3 {
-        let a: Vec<_> = inp
-            .iter()
-            .filter(|m| m.partition() == p)
-            .map(|m| (m.key(), m.payload()))
-            .collect();
-        let b: Vec<_> = out
-            .iter()
-            .filter(|m| m.partition() == p)
-            .map(|m| (m.key(), m.payload()))
-            .collect();
-        assert_eq!(a, b, "partition {p} differs from its input");
+
+    /// Waits for the producer, then for the group to commit the end of the input.
+    fn wait_done(&mut self, diag: impl Fn() -> String) {
+        if let Some(p) = self.producer.take() {
+            assert_eq!(p.finish(), self.count);
+        }
+        let timeout = Duration::from_secs(180);
+        wait_committed_to_end(&self.brokers, &self.group, &self.input, timeout, diag);
     }
+
+    fn check_complete(&self) -> usize {
+        check_complete(&self.brokers, &self.input, &self.output)
+    }
+}
+
+/// SIGTERM, and the process must exit 0.
+fn stop(job: &mut JobProcess) {
+    job.signal("TERM");
+    let status = job.wait(Duration::from_secs(60));
+    assert!(status.success(), "exit {status:?}: {}", job.log_tail());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_killed_mid_stream_and_restarted_loses_nothing() {
-    let brokers = shared_brokers();
-    let (input, output) = topics(&brokers, 3).await;
-    let group = unique("group");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = mirror_config(dir.path(), &brokers, &group, &input, &output, "");
-    let producer = StreamProducer::start(&brokers, &input, 30_000, 4_000);
-
-    let mut job = JobProcess::mirror(&config, dir.path(), "first");
-    wait_records(&brokers, &output, 5_000, Duration::from_secs(60));
+    let mut s = Scenario::start(&shared_brokers(), 3, 30_000, 4_000).await;
+    let mut job = s.job("first");
+    s.wait_output(5_000);
     job.kill();
     // Killed mid-stream: the producer is still writing.
-    let mut job = JobProcess::mirror(&config, dir.path(), "second");
-    let produced = producer.finish();
-    assert_eq!(produced, 30_000);
-    wait_committed_to_end(&brokers, &group, &input, Duration::from_secs(120), || {
-        job.log_tail()
-    });
-    job.signal("TERM");
-    assert!(job.wait(Duration::from_secs(60)).success());
-    let dups = check_complete(&brokers, &input, &output);
+    let mut job = s.job("second");
+    s.wait_done(|| job.log_tail());
+    stop(&mut job);
+    let dups = s.check_complete();
     eprintln!("crash test: {dups} duplicates after SIGKILL (allowed)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_leaving_mid_stream_hands_its_partitions_over_without_loss() {
-    let brokers = shared_brokers();
-    let (input, output) = topics(&brokers, 6).await;
-    let group = unique("group");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = mirror_config(dir.path(), &brokers, &group, &input, &output, "");
-    let producer = StreamProducer::start(&brokers, &input, 36_000, 3_000);
-
-    let mut a = JobProcess::mirror(&config, dir.path(), "a");
-    let mut b = JobProcess::mirror(&config, dir.path(), "b");
-    wait_records(&brokers, &output, 9_000, Duration::from_secs(90));
-    a.signal("TERM");
-    assert!(
-        a.wait(Duration::from_secs(60)).success(),
-        "a: {}",
-        a.log_tail()
-    );
-    assert_eq!(producer.finish(), 36_000);
-    wait_committed_to_end(&brokers, &group, &input, Duration::from_secs(120), || {
-        format!("a:\n{}\nb:\n{}", a.log_tail(), b.log_tail())
-    });
-    b.signal("TERM");
-    assert!(
-        b.wait(Duration::from_secs(60)).success(),
-        "b: {}",
-        b.log_tail()
-    );
-    let dups = check_complete(&brokers, &input, &output);
+    let mut s = Scenario::start(&shared_brokers(), 6, 36_000, 3_000).await;
+    let mut a = s.job("a");
+    let mut b = s.job("b");
+    s.wait_output(9_000);
+    stop(&mut a);
+    s.wait_done(|| format!("a:\n{}\nb:\n{}", a.log_tail(), b.log_tail()));
+    stop(&mut b);
+    let dups = s.check_complete();
     eprintln!("rebalance test: {dups} duplicates");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_exits_zero_and_commits_exactly_what_was_delivered() {
-    let brokers = shared_brokers();
-    let (input, output) = topics(&brokers, 3).await;
-    let group = unique("group");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = mirror_config(dir.path(), &brokers, &group, &input, &output, "");
-    let producer = StreamProducer::start(&brokers, &input, 30_000, 4_000);
+    let s = Scenario::start(&shared_brokers(), 3, 30_000, 4_000).await;
+    let mut job = s.job("job");
+    s.wait_output(6_000);
+    stop(&mut job);
 
-    let mut job = JobProcess::mirror(&config, dir.path(), "job");
-    wait_records(&brokers, &output, 6_000, Duration::from_secs(60));
-    job.signal("TERM");
-    let status = job.wait(Duration::from_secs(60));
-    assert!(status.success(), "exit {status:?}: {}", job.log_tail());
-    producer.finish();
-
-    let committed = topic_io::committed(&brokers, &group, &input).expect("committed");
-    let seen = read_positions(&brokers, &input, &output);
+    let committed = topic_io::committed(&s.brokers, &s.group, &s.input).expect("committed");
+    let seen = read_positions(&s.brokers, &s.input, &s.output);
     assert_eq!(duplicates(&seen), 0);
     assert!(
         !committed.is_empty(),
@@ -213,29 +178,15 @@ async fn sigterm_drains_exits_zero_and_commits_exactly_what_was_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_is_survived() {
     let mut tansu = Tansu::start();
-    let brokers = tansu.brokers.clone();
-    let (input, output) = topics(&brokers, 3).await;
-    let group = unique("group");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = mirror_config(dir.path(), &brokers, &group, &input, &output, "");
-    let producer = StreamProducer::start(&brokers, &input, 16_000, 2_000);
-
-    let mut job = JobProcess::mirror(&config, dir.path(), "job");
-    wait_records(&brokers, &output, 2_000, Duration::from_secs(60));
+    let mut s = Scenario::start(&tansu.brokers.clone(), 3, 16_000, 2_000).await;
+    let mut job = s.job("job");
+    s.wait_output(2_000);
     // Down mid-stream, for longer than a few reconnect attempts.
     tansu.stop();
     std::thread::sleep(Duration::from_secs(3));
     tansu.restart();
-    assert_eq!(producer.finish(), 16_000);
-    wait_committed_to_end(&brokers, &group, &input, Duration::from_secs(180), || {
-        job.log_tail()
-    });
-    job.signal("TERM");
-    assert!(
-        job.wait(Duration::from_secs(60)).success(),
-        "{}",
-        job.log_tail()
-    );
-    let dups = check_complete(&brokers, &input, &output);
+    s.wait_done(|| job.log_tail());
+    stop(&mut job);
+    let dups = s.check_complete();
     eprintln!("broker restart: {dups} duplicates");
 }
