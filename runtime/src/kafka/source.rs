@@ -19,8 +19,10 @@ use crate::error::RuntimeError;
 use crate::record::{Header, Record, TopicPartition};
 use crate::source::{Dispatch, Source};
 
-/// Most messages taken from librdkafka in one batch before they are handed on.
-const MAX_BATCH: usize = 4096;
+/// Most messages taken from librdkafka in one batch before they are handed on. Large
+/// batches mean fewer task wake-ups; the batch is also capped at the per-partition
+/// in-flight bound, since flow control only acts between batches.
+const MAX_BATCH: usize = 16384;
 /// How long one poll waits for a first message; bounds how late a stop is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
@@ -150,10 +152,11 @@ fn consume(
     let mut next_commit = Instant::now() + interval;
     let mut last_commit: Vec<(TopicPartition, i64)> = Vec::new();
     let mut batcher = Batcher::default();
+    let batch_limit = MAX_BATCH.min(dispatch.config().max_in_flight_per_partition.max(64));
     let mut outcome = Ok(());
     while !dispatch.is_stopping() {
         apply_flow(&consumer, &dispatch);
-        if let Err(e) = poll_batch(&consumer, &mut batcher) {
+        if let Err(e) = poll_batch(&consumer, &mut batcher, batch_limit) {
             outcome = Err(e);
             break;
         }
@@ -240,13 +243,14 @@ fn apply_flow(consumer: &BaseConsumer<SourceContext>, dispatch: &Dispatch<Bytes>
 }
 
 /// Polls one batch: waits up to [`POLL_WAIT`] for a first message, then takes what is
-/// already fetched, up to [`MAX_BATCH`].
+/// already fetched, up to `limit`.
 fn poll_batch(
     consumer: &BaseConsumer<SourceContext>,
     batcher: &mut Batcher,
+    limit: usize,
 ) -> Result<(), RuntimeError> {
     let mut wait = POLL_WAIT;
-    for _ in 0..MAX_BATCH {
+    for _ in 0..limit {
         match consumer.poll(wait) {
             None => break,
             Some(Ok(m)) => batcher.push(&m),
