@@ -58,9 +58,12 @@ pub enum PartitioningSetting {
 
 /// Builds the mirror job from a job file.
 ///
+/// Blocks until the output topic is confirmed to exist (at most
+/// `source.startup_timeout_ms`).
+///
 /// # Errors
-/// A missing `[source]` or `[mirror]` section, or a setting the runtime or the producer
-/// refuses (the message names it).
+/// A missing `[source]` or `[mirror]` section, a setting the runtime or the producer
+/// refuses (the message names it), unreachable brokers, or a missing output topic.
 pub fn job(
     file: &JobFile,
 ) -> anyhow::Result<RunnableJob<KafkaSource, impl Operator<Bytes, Out = Bytes>, KafkaSink>> {
@@ -76,6 +79,7 @@ pub fn job(
         &file.kafka,
         KafkaSinkConfig::new(mirror.output.clone()).partitioning(partitioning),
     )?;
+    sink.check_topic(std::time::Duration::from_millis(source.startup_timeout_ms))?;
     let stamp = mirror.stamp_source;
     let job = Job::builder("mirror")
         .config(file.runtime.clone())

@@ -156,8 +156,8 @@ pub enum RuntimeError {
         /// librdkafka's last word.
         reason: String,
     },
-    /// A subscribed topic does not exist on the cluster.
-    #[error("subscribed topic `{topic}` does not exist on the cluster ({brokers})")]
+    /// A topic the job reads or writes does not exist on the cluster.
+    #[error("topic `{topic}` does not exist on the cluster ({brokers})")]
     TopicMissing {
         /// The topic name.
         topic: String,

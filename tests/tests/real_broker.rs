@@ -190,3 +190,21 @@ async fn a_broker_restart_mid_stream_is_survived() {
     let dups = s.check_complete();
     eprintln!("broker restart: {dups} duplicates");
 }
+
+/// The mock cluster creates topics on demand, so this one needs a broker that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_output_topic_is_named_at_start() {
+    let brokers = shared_brokers();
+    let (input, _) = topics(&brokers, 1).await;
+    let typo = unique("fleet.typo");
+    let mut f = eventbus_jobs::config::JobFile::parse(&format!(
+        "[source]\ngroup_id = \"g\"\ntopics = [\"{input}\"]\n[mirror]\noutput = \"{typo}\"\n"
+    ))
+    .expect("job file");
+    f.kafka.set("bootstrap.servers", brokers);
+    let err = tokio::task::spawn_blocking(move || eventbus_jobs::mirror::job(&f).err())
+        .await
+        .expect("join")
+        .expect("a missing output topic fails");
+    assert!(format!("{err:#}").contains(&typo), "{err:#}");
+}

@@ -28,6 +28,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Deliveries>>,
     config: Arc<KafkaSinkConfig>,
+    brokers: String,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -49,6 +50,12 @@ impl KafkaSink {
         properties: &KafkaProperties,
         config: KafkaSinkConfig,
     ) -> Result<Self, RuntimeError> {
+        if properties.brokers().is_none_or(|b| b.trim().is_empty()) {
+            return Err(config_error(
+                "kafka.bootstrap.servers",
+                "no brokers given: set it in [kafka], EVENTBUS_BROKERS or --brokers",
+            ));
+        }
         if properties
             .get("enable.idempotence")
             .is_some_and(|v| v != "true")
@@ -91,7 +98,39 @@ impl KafkaSink {
         Ok(Self {
             producer: Arc::new(producer),
             config: Arc::new(config),
+            brokers: properties.brokers().unwrap_or_default().to_owned(),
         })
+    }
+
+    /// Checks, within `timeout`, that the brokers answer and the output topic exists, so
+    /// a typo fails at start-up instead of after `message.timeout.ms`. Blocks.
+    ///
+    /// # Errors
+    /// [`RuntimeError::BrokersUnreachable`] or [`RuntimeError::TopicMissing`].
+    pub fn check_topic(&self, timeout: Duration) -> Result<(), RuntimeError> {
+        let topic = &self.config.topic;
+        let brokers = self.brokers.clone();
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| RuntimeError::BrokersUnreachable {
+                brokers: brokers.clone(),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                reason: e.to_string(),
+            })?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if exists {
+            Ok(())
+        } else {
+            Err(RuntimeError::TopicMissing {
+                topic: topic.clone(),
+                brokers,
+            })
+        }
     }
 
     async fn flush_now(&self) -> Result<(), SinkError> {
