@@ -1,0 +1,154 @@
+//! Errors of the schemas crate. Decode errors are Permanent: the bytes will not get
+//! better by retrying, so the record belongs in the dead-letter queue.
+
+use std::path::PathBuf;
+
+use eventbus_runtime::{Classify, ErrorClass, Origin};
+
+/// Why a record's bytes could not be decoded. Each variant names the record when the
+/// caller gave its coordinates.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer than the 5 header bytes of the wire format.
+    #[error("{} is {len} bytes, shorter than the 5-byte wire-format header", at(.origin))]
+    Truncated {
+        /// The record, where known.
+        origin: Option<Origin>,
+        /// Bytes present.
+        len: usize,
+    },
+    /// The first byte is not the wire format's magic byte 0.
+    #[error("{} starts with byte {found:#04x}, not the wire-format magic byte 0x00", at(.origin))]
+    WrongMagic {
+        /// The record, where known.
+        origin: Option<Origin>,
+        /// The byte found.
+        found: u8,
+    },
+    /// The schema id is not in the registry.
+    #[error("{} names schema id {id}, which the registry does not know", at(.origin))]
+    UnknownSchema {
+        /// The record, where known.
+        origin: Option<Origin>,
+        /// The id.
+        id: u32,
+    },
+    /// The body does not decode with its writer schema.
+    #[error("{}: body does not match schema id {id}: {reason}", at(.origin))]
+    BadBody {
+        /// The record, where known.
+        origin: Option<Origin>,
+        /// The writer schema id.
+        id: u32,
+        /// The Avro library's words.
+        reason: String,
+    },
+    /// The body decoded but bytes were left over: the writer used another schema.
+    #[error("{}: {extra} bytes left after decoding with schema id {id}", at(.origin))]
+    TrailingBytes {
+        /// The record, where known.
+        origin: Option<Origin>,
+        /// The writer schema id.
+        id: u32,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// The writer schema cannot be read as the job's reader schema.
+    #[error("{}: schema id {id} cannot be read as {reader}: {reason}", at(.origin))]
+    IncompatibleReader {
+        /// The record, where known.
+        origin: Option<Origin>,
+        /// The writer schema id.
+        id: u32,
+        /// The reader schema's full name.
+        reader: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn at(origin: &Option<Origin>) -> String {
+    match origin {
+        Some(o) => format!("the record at {o}"),
+        None => "the record".to_owned(),
+    }
+}
+
+impl Classify for DecodeError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+/// Errors loading the catalog or the file registry, or registering schemas.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TOML file is invalid (the message names the key and line).
+    #[error("invalid {}: {reason}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        reason: String,
+    },
+    /// A topic entry of the catalog is wrong.
+    #[error("catalog topic `{topic}`: {reason}")]
+    Topic {
+        /// The topic name as written.
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An Avro schema file does not parse.
+    #[error("schema {}: {reason}", path.display())]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// The Avro library's words.
+        reason: String,
+    },
+    /// A registry entry is wrong.
+    #[error("registry entry id {id} ({subject}): {reason}")]
+    Registry {
+        /// The id.
+        id: u32,
+        /// The subject.
+        subject: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A subject has no registered version.
+    #[error("subject `{subject}` has no registered schema")]
+    UnknownSubject {
+        /// The subject.
+        subject: String,
+    },
+    /// A value could not be encoded with its schema.
+    #[error("cannot encode a value as {schema}: {reason}")]
+    Encode {
+        /// The schema's full name.
+        schema: String,
+        /// The Avro library's words.
+        reason: String,
+    },
+}
+
+impl Classify for SchemaError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SchemaError::Encode { .. } => ErrorClass::Permanent,
+            _ => ErrorClass::Fatal,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Round trips, evolution, an independent implementation's bytes, and bad input.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use apache_avro::schema::{RecordField, UnionSchema};
+use apache_avro::types::Value;
+use eventbus_runtime::{Classify, ErrorClass, Origin};
+use eventbus_schemas::events::{VehicleState, VehicleStatus};
+use eventbus_schemas::{
+    Catalog, DecodeError, Decoder, FileRegistry, SchemaRegistry, bundled_dir, encode_value,
+};
+use proptest::prelude::*;
+
+fn registry() -> FileRegistry {
+    FileRegistry::open(&bundled_dir()).expect("the committed registry is valid")
+}
+
+type Names = std::collections::HashMap<String, Schema>;
+
+/// A value of any schema, with every optional part filled in where it can be. `names`
+/// collects named types as they are met, to follow references to them.
+fn sample(schema: &Schema, depth: u32, names: &mut Names) -> Value {
+    if let (Schema::Record(_) | Schema::Enum(_) | Schema::Fixed(_), Some(name)) =
+        (schema, schema.name())
+    {
+        names.insert(name.fullname(None), schema.clone());
+    }
+    match schema {
+        Schema::Null => Value::Null,
+        Schema::Boolean => Value::Boolean(true),
+        Schema::Int => Value::Int(7),
+        Schema::Long => Value::Long(1_234_567_890_123),
+        Schema::Float => Value::Float(1.5),
+        Schema::Double => Value::Double(2.25),
+        Schema::Bytes => Value::Bytes(vec![1, 2, 3]),
+        Schema::String => Value::String(format!("text-{depth}")),
+        Schema::Uuid => Value::Uuid(apache_avro::Uuid::from_u128(
+            0x1234_5678_9abc_def0_1234_5678_9abc_def0,
+        )),
+        Schema::TimestampMillis => Value::TimestampMillis(1_767_225_600_123),
+        // apache-avro wants bytes-backed decimals wide enough for their whole precision.
+        Schema::Decimal(_) => Value::Decimal(apache_avro::Decimal::from(vec![0, 0, 0, 0x30, 0x39])),
+        Schema::Array(a) => Value::Array(vec![
+            sample(&a.items, depth + 1, names),
+            sample(&a.items, depth + 2, names),
+        ]),
+        Schema::Map(m) => Value::Map(
+            [("k".to_owned(), sample(&m.types, depth + 1, names))]
+                .into_iter()
+                .collect(),
+        ),
+        Schema::Enum(e) => Value::Enum(
+            e.symbols.len() as u32 - 1,
+            e.symbols.last().cloned().unwrap(),
+        ),
+        Schema::Union(u) => union_sample(u, depth, names),
+        Schema::Record(r) => Value::Record(
+            r.fields
+                .iter()
+                .map(|f: &RecordField| (f.name.clone(), sample(&f.schema, depth + 1, names)))
+                .collect(),
+        ),
+        Schema::Ref { name } => {
+            let target = names
+                .get(&name.fullname(None))
+                .cloned()
+                .expect("a reference to a type defined earlier");
+            sample(&target, depth + 1, names)
+        }
+        other => panic!("no sample for {other:?}"),
+    }
+}
+
+fn union_sample(u: &UnionSchema, depth: u32, names: &mut Names) -> Value {
+    let (i, branch) = u
+        .variants()
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !matches!(s, Schema::Null))
+        .expect("a non-null branch");
+    Value::Union(i as u32, Box::new(sample(branch, depth, names)))
+}
+
+#[test]
+fn every_registered_schema_round_trips_through_the_wire_format() {
+    let reg = Arc::new(registry());
+    let decoder = Decoder::new(reg.clone());
+    let mut count = 0;
+    for entry in reg.entries() {
+        let value = sample(&entry.schema, 0, &mut Names::new());
+        let bytes = encode_value(entry.id, &entry.schema, value.clone()).expect("encode");
+        let (id, back) = decoder.decode(&bytes, None).expect("decode");
+        assert_eq!(id, entry.id);
+        assert_eq!(back, value, "{}", entry.file.display());
+        count += 1;
+    }
+    assert_eq!(count, 7, "one schema per event type");
+}
+
+#[test]
+fn every_catalog_topic_has_its_schema_registered() {
+    let catalog = Catalog::load(&bundled_dir().join("topics.toml")).expect("catalog");
+    let reg = registry();
+    for t in &catalog.topics {
+        let (_, schema) = reg
+            .latest(&t.subject)
+            .unwrap_or_else(|| panic!("{} not registered", t.subject));
+        let from_file =
+            eventbus_schemas::registry::read_schema(&catalog.dir.join(&t.schema)).expect("schema");
+        assert_eq!(*schema, from_file, "{}", t.name);
+    }
+}
+
+#[test]
+fn fastavro_bytes_decode_to_the_expected_values() {
+    let dir = bundled_dir().join("testdata");
+    let bytes = std::fs::read(dir.join("vehicle_state_v1.bin")).expect("vector");
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("vehicle_state_v1.json")).expect("json"),
+    )
+    .expect("json");
+    let got: VehicleState = Decoder::new(registry())
+        .decode_typed(&bytes, None)
+        .expect("decode");
+    assert_eq!(got.event_id, want["event_id"]);
+    assert_eq!(got.vehicle_id, want["vehicle_id"]);
+    assert_eq!(got.event_time, want["event_time"].as_i64().unwrap());
+    assert_eq!(got.position.lat, want["position"]["lat"].as_f64().unwrap());
+    assert_eq!(got.position.heading_deg, Some(271.5));
+    assert_eq!(got.speed_kph, 48.25);
+    assert_eq!(got.status, VehicleStatus::Charging);
+    assert_eq!(got.odometer_km, Some(120_345.75));
+    assert_eq!(got.driver_id, None);
+    assert_eq!(got.firmware_version.as_deref(), Some("4.2.1"));
+}
+
+fn vehicle_state_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(bundled_dir().join("VehicleState.avsc")).unwrap())
+        .unwrap()
+}
+
+fn reader_from(json: serde_json::Value) -> Arc<Schema> {
+    Arc::new(Schema::parse_str(&json.to_string()).expect("reader schema"))
+}
+
+fn v1_bytes() -> Vec<u8> {
+    std::fs::read(bundled_dir().join("testdata/vehicle_state_v1.bin")).unwrap()
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
+    match v {
+        Value::Record(fields) => &fields.iter().find(|(n, _)| n == name).unwrap().1,
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+#[test]
+fn a_v2_reader_with_an_added_defaulted_field_reads_v1_data() {
+    let mut v2 = vehicle_state_json();
+    v2["fields"].as_array_mut().unwrap().push(serde_json::json!(
+        {"name": "cabin_temp_c", "type": ["null", "float"], "default": null, "doc": "Cabin temperature."}
+    ));
+    let (_, v) = Decoder::with_reader(registry(), reader_from(v2))
+        .decode(&v1_bytes(), None)
+        .expect("resolves");
+    assert_eq!(
+        field(&v, "cabin_temp_c"),
+        &Value::Union(0, Box::new(Value::Null))
+    );
+    assert_eq!(field(&v, "vehicle_id"), &Value::String("veh-0042".into()));
+}
+
+#[test]
+fn a_reader_without_a_field_skips_it() {
+    let mut v2 = vehicle_state_json();
+    v2["fields"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["name"] != "firmware_version");
+    let (_, v) = Decoder::with_reader(registry(), reader_from(v2))
+        .decode(&v1_bytes(), None)
+        .expect("resolves");
+    match &v {
+        Value::Record(fields) => assert!(fields.iter().all(|(n, _)| n != "firmware_version")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_reader_needing_a_field_without_default_is_incompatible() {
+    let mut v2 = vehicle_state_json();
+    v2["fields"].as_array_mut().unwrap().push(serde_json::json!(
+        {"name": "depot_id", "type": "string", "doc": "Home depot."}
+    ));
+    let err = Decoder::with_reader(registry(), reader_from(v2))
+        .decode(&v1_bytes(), None)
+        .expect_err("no default");
+    assert!(
+        matches!(err, DecodeError::IncompatibleReader { id: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(err.class(), ErrorClass::Permanent);
+}
+
+#[test]
+fn each_bad_input_yields_its_typed_error_naming_the_record() {
+    let decoder = Decoder::new(registry());
+    let origin = Origin {
+        topic: "vehicle.state.v1".into(),
+        partition: 7,
+        offset: 4242,
+    };
+    let o = Some(&origin);
+    let good = v1_bytes();
+    let mut unknown = good.clone();
+    unknown[1..5].copy_from_slice(&999u32.to_be_bytes());
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"junk");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated header", vec![0, 0, 0]),
+        ("wrong magic", b"{\"json\": true}".to_vec()),
+        ("unknown id", unknown),
+        ("truncated body", good[..good.len() - 6].to_vec()),
+        ("trailing bytes", trailing),
+    ];
+    for (what, bytes) in cases {
+        let err = decoder.decode(&bytes, o).expect_err(what);
+        let ok = match what {
+            "truncated header" => matches!(err, DecodeError::Truncated { .. }),
+            "wrong magic" => matches!(err, DecodeError::WrongMagic { .. }),
+            "unknown id" => matches!(err, DecodeError::UnknownSchema { id: 999, .. }),
+            "truncated body" => matches!(err, DecodeError::BadBody { .. }),
+            _ => matches!(err, DecodeError::TrailingBytes { extra: 4, .. }),
+        };
+        assert!(ok, "{what}: {err:?}");
+        assert!(
+            err.to_string().contains("partition 7 offset 4242"),
+            "{what}: {err}"
+        );
+        assert_eq!(err.class(), ErrorClass::Permanent);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..200), id in 0u32..10, framed in any::<bool>()) {
+        let decoder = Decoder::new(registry());
+        let bytes = if framed { eventbus_schemas::wire::frame(id, &body) } else { body };
+        let _ = decoder.decode(&bytes, None);
+    }
+
+    #[test]
+    fn corrupting_valid_bytes_never_panics(flip in 5usize..200, to in any::<u8>()) {
+        let decoder = Decoder::new(registry());
+        let mut bytes = v1_bytes();
+        let i = flip % bytes.len();
+        bytes[i] = to;
+        let _ = decoder.decode(&bytes, None);
+    }
+}
