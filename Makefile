@@ -5,10 +5,11 @@ BROKER := scripts/test-broker.sh
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 EVENTBUS_BIN := $(TARGET_DIR)/debug/eventbus
 
-.PHONY: test lint unit real-broker demo bench clean-broker
+.PHONY: test lint unit schemas-check real-broker demo bench clean-broker
 
-## Everything: lint, unit and mock-cluster tests, then the real-broker tests on tansu.
-test: lint unit real-broker
+## Everything: lint, unit and mock-cluster tests, the schema compatibility check, then
+## the real-broker tests on tansu.
+test: lint unit schemas-check real-broker
 
 ## Formatting and clippy, warnings as errors.
 lint:
@@ -20,6 +21,11 @@ lint:
 unit:
 	$(CARGO) build -p eventbus-jobs --bin eventbus
 	EVENTBUS_BIN=$(EVENTBUS_BIN) $(CARGO) test --workspace
+
+## Every subject's working-tree schema against HEAD and its registered versions.
+schemas-check:
+	$(CARGO) build -p eventbus-jobs --bin eventbus
+	$(EVENTBUS_BIN) schemas check --against HEAD --dir schemas
 
 ## Installs tansu if missing (cached), starts it, runs the real-broker tests, stops it.
 real-broker:

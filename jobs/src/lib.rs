@@ -12,4 +12,5 @@ pub mod demo;
 pub mod fleet;
 pub mod mirror;
 mod progress;
+pub mod schemas_cmd;
 pub mod topic_io;

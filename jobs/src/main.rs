@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Work with the Avro schemas and the catalog under schemas/.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
     /// Measure the executor against a bare rdkafka consumer on the mock cluster.
     ///
     /// Prints records/s of both and their ratio (goal: executor at least 0.8 of bare).
@@ -91,11 +96,29 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Check every subject's working-tree schema against its earlier versions.
+    ///
+    /// Earlier versions are the file at the git ref (default HEAD) and the older versions
+    /// listed in registry.toml. Each comparison uses the subject's compatibility mode
+    /// from topics.toml (BACKWARD, FORWARD, FULL, NONE). Exits non-zero naming the
+    /// subject, the mode and the field that breaks.
+    Check {
+        /// Git ref to compare against.
+        #[arg(long, default_value = "HEAD")]
+        against: String,
+        /// Folder holding topics.toml, registry.toml and the .avsc files.
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and the benchmark print their own report; job logs would bury it.
     let level = match cli.command {
-        Command::Demo { .. } | Command::Bench { .. } => "warn",
+        Command::Demo { .. } | Command::Bench { .. } | Command::Schemas { .. } => "warn",
         Command::Run { .. } => "info",
     };
     telemetry::init_logging(cli.log_format, level);
@@ -170,6 +193,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 other => bail!("unknown job `{other}`"),
             }
         }
+        Command::Schemas {
+            command: SchemasCommand::Check { against, dir },
+        } => eventbus_jobs::schemas_cmd::run(&dir, &against),
         Command::Bench {
             messages,
             partitions,

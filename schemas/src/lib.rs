@@ -36,6 +36,7 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod compat;
 pub mod error;
 pub mod events;
 pub mod registry;
