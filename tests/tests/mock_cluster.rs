@@ -179,8 +179,8 @@ async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
     let mut source = SourceConfig::new(group.clone(), [input.as_str()]);
     source.commit_interval_ms = 100;
     let runtime = eventbus_runtime::RuntimeConfig {
-        max_in_flight_per_partition: 500,
-        max_in_flight: 800,
+        max_in_flight_per_partition: 2_000,
+        max_in_flight: 3_000,
         ..Default::default()
     };
     let sink = GateSink::default();
@@ -206,7 +206,7 @@ async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
     let stalled = stats.consumed();
     assert!(stalled > 0, "nothing consumed");
     assert!(
-        stalled <= 800 + 2 * 500,
+        stalled <= 3_000 + 2 * 2_000,
         "{stalled} records taken in while the sink was stalled"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
