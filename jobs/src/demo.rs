@@ -1,25 +1,35 @@
 //! `eventbus demo`: the whole path on librdkafka's in-process mock cluster, no service
-//! needed. Produces synthetic vehicle states, runs the mirror job over them, then checks
-//! the output and the committed offsets with plain clients and prints what it found.
+//! needed. Produces synthetic vehicle states as Avro in the Confluent wire format (ids
+//! from the file registry), runs a job that decodes and validates every record against
+//! its schema and forwards it through the Kafka sink, then checks the output and the
+//! committed offsets with plain clients and prints what it found.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
+use bytes::Bytes;
+use eventbus_operators::{KafkaSink, KafkaSinkConfig, Partitioning};
+use eventbus_runtime::operator::Operator;
+use eventbus_runtime::{Job, KafkaProperties, KafkaSource, Origin, RunnableJob, SourceConfig};
+use eventbus_schemas::{Decoder, FileRegistry, SchemaRegistry, encode};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use crate::config::JobFile;
-use crate::fleet::{FleetGenerator, VehicleState};
-use crate::{mirror, progress, topic_io};
+use crate::fleet::{self, FleetGenerator, VehicleState};
+use crate::{progress, topic_io};
 
 /// The demo's input topic, as in the catalog.
 pub const INPUT: &str = "vehicle.state.v1";
+/// The registry subject of the input's values.
+pub const SUBJECT: &str = "vehicle.state.v1-value";
 /// The demo's output topic.
-pub const OUTPUT: &str = "demo.vehicle_state_mirror.v1";
+pub const OUTPUT: &str = "demo.vehicle_state_validated.v1";
 /// The demo job's consumer group.
-pub const GROUP: &str = "eventbus-demo-mirror";
+pub const GROUP: &str = "eventbus-demo";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -81,21 +91,10 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             .create_topic(topic, opts.partitions, 1)
             .with_context(|| format!("cannot create {topic}"))?;
     }
-    let produced = produce(&brokers, opts)?;
+    let registry = Arc::new(FileRegistry::embedded()?);
+    let produced = produce(&brokers, opts, &registry)?;
 
-    let mut file = JobFile::parse(&format!(
-        r#"
-        [source]
-        group_id = "{GROUP}"
-        topics = ["{INPUT}"]
-        commit_interval_ms = 200
-        [mirror]
-        output = "{OUTPUT}"
-        partitioning = "source"
-        "#
-    ))?;
-    file.kafka.set("bootstrap.servers", brokers.clone());
-    let job = mirror::job(&file)?;
+    let job = validating_job(&brokers, registry.clone())?;
     let stats = job.stats();
     let bar = progress::bar(produced, "mirrored", opts.quiet);
     let started = Instant::now();
@@ -119,23 +118,29 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let report = job.run(done).await.context("the mirror job failed")?;
+    let report = job.run(done).await.context("the demo job failed")?;
     let elapsed = started.elapsed().as_secs_f64();
     let processing = first_rx.try_recv().ok().flatten().unwrap_or(elapsed);
     bar.finish_and_clear();
 
     let output = topic_io::read_all(&brokers, OUTPUT, Duration::from_secs(120))?;
+    let decoder = Decoder::new(registry);
     let mut seen = HashSet::with_capacity(output.len());
     for m in &output {
-        let event: VehicleState = serde_json::from_slice(m.payload().unwrap_or_default())
-            .with_context(|| {
-                format!(
-                    "unreadable output at {OUTPUT}[{}]@{}",
-                    m.partition(),
-                    m.offset()
-                )
-            })?;
-        seen.insert(event.seq);
+        let origin = Origin {
+            topic: OUTPUT.into(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let event: VehicleState =
+            decoder.decode_typed(m.payload().unwrap_or_default(), Some(&origin))?;
+        let seq = fleet::seq_of(&event.event_id).with_context(|| {
+            format!(
+                "output at {origin} has a foreign event id {}",
+                event.event_id
+            )
+        })?;
+        seen.insert(seq);
     }
     let unique = seen.len() as u64;
     let committed: i64 = topic_io::committed(&brokers, GROUP, INPUT)?.values().sum();
@@ -153,15 +158,52 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     })
 }
 
-fn produce(brokers: &str, opts: &DemoOptions) -> anyhow::Result<u64> {
+/// The demo's job: decode every record through the registry into the typed event (a
+/// record that does not decode fails the job, until the dead-letter queue exists), and
+/// forward the validated bytes to the output topic, partition for partition.
+fn validating_job(
+    brokers: &str,
+    registry: Arc<FileRegistry>,
+) -> anyhow::Result<RunnableJob<KafkaSource, impl Operator<Bytes, Out = Bytes>, KafkaSink>> {
+    let mut kafka = KafkaProperties::new();
+    kafka.set("bootstrap.servers", brokers);
+    let mut source = SourceConfig::new(GROUP, [INPUT]);
+    source.commit_interval_ms = 200;
+    let sink = KafkaSink::new(
+        &kafka,
+        KafkaSinkConfig::new(OUTPUT).partitioning(Partitioning::Source),
+    )?;
+    let decoder = Decoder::new(registry);
+    Ok(Job::builder("demo")
+        .source(KafkaSource::new(kafka, source))
+        .try_map(move |bytes: Bytes| {
+            decoder
+                .decode_typed::<VehicleState>(&bytes, None)
+                .map(|_| bytes)
+        })
+        .sink(sink)
+        .build()?)
+}
+
+fn produce(brokers: &str, opts: &DemoOptions, registry: &FileRegistry) -> anyhow::Result<u64> {
+    let (id, schema) = registry
+        .latest(SUBJECT)
+        .with_context(|| format!("{SUBJECT} is not registered"))?;
     let bar = progress::bar(opts.messages, "produced", opts.quiet);
+    let mut failed = None;
     let events = FleetGenerator::new(opts.vehicles, 42)
         .take(usize::try_from(opts.messages).unwrap_or(usize::MAX))
-        .map(|e| {
-            let value = serde_json::to_vec(&e).unwrap_or_default();
-            (e.vehicle_id, value)
+        .map_while(|e| match encode(id, &schema, &e) {
+            Ok(value) => Some((e.vehicle_id, value)),
+            Err(err) => {
+                failed = Some(err);
+                None
+            }
         });
     let produced = topic_io::produce(brokers, INPUT, events, |n| bar.set_position(n))?;
+    if let Some(err) = failed {
+        return Err(err.into());
+    }
     bar.finish_and_clear();
     if produced != opts.messages {
         bail!("only {produced} of {} records were produced", opts.messages);
@@ -174,7 +216,7 @@ impl DemoSummary {
     pub fn render(&self, partitions: i32) -> String {
         let ok = self.lost == 0 && self.duplicated == 0 && self.committed == self.produced;
         format!(
-            "eventbus demo: the mirror job on librdkafka's in-process mock cluster\n\
+            "eventbus demo: Avro vehicle states through a decoding job on librdkafka's in-process mock cluster\n\
              \n  produced    {:>10}  to {} ({partitions} partitions)\
              \n  consumed    {:>10}\
              \n  committed   {:>10}  (group {GROUP}, read back from the broker)\

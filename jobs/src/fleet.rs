@@ -2,53 +2,23 @@
 //!
 //! A fleet of a few hundred vehicles in a handful of cities: each event moves one
 //! vehicle a little, drains or charges its battery, and sometimes changes its status.
-//! The same seed always gives the same stream. Events are JSON for now; the schemas
-//! issue moves them to Avro in the Confluent wire format.
+//! The same seed always gives the same stream. Events are the typed Avro
+//! [`VehicleState`] of `eventbus-schemas`; each event's id encodes its position in the
+//! stream (see [`seq_of`]), so a reader can find losses and duplicates.
 
+pub use eventbus_schemas::events::{Position, VehicleState, VehicleStatus};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 
-/// What a vehicle is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum VehicleStatus {
-    /// Carrying out a trip.
-    Driving,
-    /// Parked, available.
-    Idle,
-    /// Plugged in.
-    Charging,
-    /// In the workshop.
-    Maintenance,
-    /// Not reporting a position fix.
-    Offline,
+/// The event id of the `seq`-th generated event: a UUID whose last group is `seq`.
+pub fn event_id(seq: u64) -> String {
+    format!("00000000-0000-4000-8000-{seq:012x}")
 }
 
-/// One vehicle state event, as published on `vehicle.state.v1`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VehicleState {
-    /// Unique id of the event.
-    pub event_id: String,
-    /// Position of the event in the generated stream (0-based); the demo uses it to find
-    /// losses and duplicates.
-    pub seq: u64,
-    /// Fleet the vehicle belongs to.
-    pub fleet_id: String,
-    /// The vehicle; also the Kafka key.
-    pub vehicle_id: String,
-    /// Latitude, degrees.
-    pub lat: f64,
-    /// Longitude, degrees.
-    pub lon: f64,
-    /// Speed, km/h.
-    pub speed_kph: f64,
-    /// State of charge, percent.
-    pub battery_pct: f64,
-    /// What the vehicle is doing.
-    pub status: VehicleStatus,
-    /// When the vehicle observed this state, ms since the epoch.
-    pub event_time: i64,
+/// The stream position encoded in an id made by [`event_id`].
+pub fn seq_of(event_id: &str) -> Option<u64> {
+    let last = event_id.rsplit('-').next()?;
+    u64::from_str_radix(last, 16).ok()
 }
 
 struct Vehicle {
@@ -67,6 +37,7 @@ const CITIES: [(f64, f64); 6] = [
     (51.227, 6.773),
     (48.775, 9.182),
 ];
+const FIRMWARE: [&str; 3] = ["4.1.7", "4.2.0", "4.2.1"];
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
 /// An endless, deterministic stream of [`VehicleState`] events.
@@ -152,6 +123,7 @@ impl Iterator for FleetGenerator {
             VehicleStatus::Driving => -self.rng.random_range(0.05..0.3),
             _ => -0.01,
         };
+        let heading = self.rng.random_range(0.0f32..360.0).round();
         self.clock_ms += self.rng.random_range(0..40);
         let skew = self.rng.random_range(-2_000..500);
         let vehicle = &mut self.vehicles[v];
@@ -164,16 +136,22 @@ impl Iterator for FleetGenerator {
         let seq = self.seq;
         self.seq += 1;
         Some(VehicleState {
-            event_id: format!("vs-{seq:012}"),
-            seq,
-            fleet_id: format!("fleet-{:02}", vehicle.fleet),
+            event_id: event_id(seq),
             vehicle_id: format!("veh-{v:04}"),
-            lat: (vehicle.lat * 1e6).round() / 1e6,
-            lon: (vehicle.lon * 1e6).round() / 1e6,
-            speed_kph: (speed * 10.0).round() / 10.0,
-            battery_pct: (vehicle.battery * 10.0).round() / 10.0,
-            status,
+            fleet_id: format!("fleet-{:02}", vehicle.fleet),
             event_time: self.clock_ms + skew,
+            position: Position {
+                lat: (vehicle.lat * 1e6).round() / 1e6,
+                lon: (vehicle.lon * 1e6).round() / 1e6,
+                heading_deg: (status == VehicleStatus::Driving).then_some(heading),
+            },
+            speed_kph: ((speed * 10.0).round() / 10.0) as f32,
+            battery_pct: ((vehicle.battery * 10.0).round() / 10.0) as f32,
+            status,
+            odometer_km: None,
+            driver_id: (status == VehicleStatus::Driving)
+                .then(|| format!("drv-{:05}", v * 7 % 10_000)),
+            firmware_version: Some(FIRMWARE[v % FIRMWARE.len()].to_owned()),
         })
     }
 }
@@ -183,11 +161,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn event_ids_are_uuids_that_carry_the_sequence() {
+        let id = event_id(0xabc_def);
+        assert_eq!(id.len(), 36);
+        assert_eq!(seq_of(&id), Some(0xabc_def));
+        assert_eq!(seq_of("not-a-uuid"), None);
+    }
+
+    #[test]
     fn the_stream_is_deterministic_and_plausible() {
         let a: Vec<VehicleState> = FleetGenerator::new(300, 7).take(5000).collect();
         let b: Vec<VehicleState> = FleetGenerator::new(300, 7).take(5000).collect();
         assert_eq!(a, b);
-        assert!(a.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+        assert!(
+            a.iter()
+                .enumerate()
+                .all(|(i, e)| seq_of(&e.event_id) == Some(i as u64))
+        );
         assert!(a.iter().all(|e| (0.0..=100.0).contains(&e.battery_pct)));
         assert!(a.iter().all(|e| (0.0..=130.0).contains(&e.speed_kph)));
         let driving = a

@@ -74,11 +74,42 @@ impl FileRegistry {
     /// A file cannot be read or parsed, an id or a (subject, version) repeats, or a
     /// schema is invalid. The error names the entry.
     pub fn open(dir: &Path) -> Result<Self, SchemaError> {
+        Self::load(dir, |path| {
+            std::fs::read_to_string(path).map_err(|source| SchemaError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        })
+    }
+
+    /// The schemas compiled into this crate: the committed `registry.toml` and `.avsc`
+    /// files, for binaries that run away from the source tree (the demo).
+    ///
+    /// # Errors
+    /// Only if the committed files are invalid, which the tests rule out.
+    pub fn embedded() -> Result<Self, SchemaError> {
+        Self::load(Path::new("<embedded>"), |path| {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            EMBEDDED
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, text)| (*text).to_owned())
+                .ok_or_else(|| SchemaError::Io {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "not embedded"),
+                })
+        })
+    }
+
+    fn load(
+        dir: &Path,
+        read: impl Fn(&Path) -> Result<String, SchemaError>,
+    ) -> Result<Self, SchemaError> {
         let path = dir.join("registry.toml");
-        let text = std::fs::read_to_string(&path).map_err(|source| SchemaError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = read(&path)?;
         let ids: IdsFile = toml::from_str(&text).map_err(|e| SchemaError::Toml {
             path: path.clone(),
             reason: e.to_string(),
@@ -101,7 +132,7 @@ impl FileRegistry {
                 return Err(entry_error(format!("version {} listed twice", e.version)));
             }
             let file = dir.join(&e.file);
-            let schema = read_schema(&file)?;
+            let schema = parse_schema(&file, &read(&file)?)?;
             let slot = latest.entry(e.subject.clone()).or_insert((e.version, e.id));
             if e.version >= slot.0 {
                 *slot = (e.version, e.id);
@@ -149,11 +180,39 @@ pub fn read_schema(path: &Path) -> Result<Schema, SchemaError> {
         path: path.to_owned(),
         source,
     })?;
-    Schema::parse_str(&text).map_err(|e| SchemaError::Schema {
+    parse_schema(path, &text)
+}
+
+fn parse_schema(path: &Path, text: &str) -> Result<Schema, SchemaError> {
+    Schema::parse_str(text).map_err(|e| SchemaError::Schema {
         path: path.to_owned(),
         reason: e.to_string(),
     })
 }
+
+/// The committed registry and schema files, compiled in.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("registry.toml", include_str!("../registry.toml")),
+    ("VehicleState.avsc", include_str!("../VehicleState.avsc")),
+    (
+        "VehicleCommand.avsc",
+        include_str!("../VehicleCommand.avsc"),
+    ),
+    (
+        "FleetOperation.avsc",
+        include_str!("../FleetOperation.avsc"),
+    ),
+    (
+        "EmergencyEvent.avsc",
+        include_str!("../EmergencyEvent.avsc"),
+    ),
+    (
+        "TelemetryBatch.avsc",
+        include_str!("../TelemetryBatch.avsc"),
+    ),
+    ("Alert.avsc", include_str!("../Alert.avsc")),
+    ("FleetMinute.avsc", include_str!("../FleetMinute.avsc")),
+];
 
 /// The folder of this crate's committed schemas, for tests, the demo and the generator.
 pub fn bundled_dir() -> PathBuf {

@@ -100,6 +100,18 @@ fn every_registered_schema_round_trips_through_the_wire_format() {
 }
 
 #[test]
+fn the_embedded_registry_equals_the_files() {
+    let files = registry();
+    let embedded = FileRegistry::embedded().expect("embedded registry");
+    let mut n = 0;
+    for e in files.entries() {
+        assert_eq!(embedded.schema(e.id), Some(e.schema.clone()), "id {}", e.id);
+        n += 1;
+    }
+    assert_eq!(embedded.entries().count(), n);
+}
+
+#[test]
 fn every_catalog_topic_has_its_schema_registered() {
     let catalog = Catalog::load(&bundled_dir().join("topics.toml")).expect("catalog");
     let reg = registry();
