@@ -112,6 +112,18 @@ enum SchemasCommand {
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
     },
+    /// Register every catalog subject's schema with a Confluent-API schema registry.
+    ///
+    /// Idempotent: schemas the registry already holds keep their ids. Basic auth comes
+    /// from EVENTBUS_REGISTRY_USER and EVENTBUS_REGISTRY_PASSWORD when set.
+    Register {
+        /// Registry base URL, e.g. http://127.0.0.1:8081.
+        #[arg(long, env = "EVENTBUS_REGISTRY_URL")]
+        registry: String,
+        /// Folder holding topics.toml and the .avsc files.
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -196,6 +208,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Schemas {
             command: SchemasCommand::Check { against, dir },
         } => eventbus_jobs::schemas_cmd::run(&dir, &against),
+        Command::Schemas {
+            command: SchemasCommand::Register { registry, dir },
+        } => {
+            let mut config = eventbus_schemas::http::HttpRegistryConfig::new(registry);
+            if let (Ok(user), Ok(password)) = (
+                std::env::var("EVENTBUS_REGISTRY_USER"),
+                std::env::var("EVENTBUS_REGISTRY_PASSWORD"),
+            ) {
+                config.basic_auth = Some((user, password));
+            }
+            let client = eventbus_schemas::http::HttpRegistry::new(config);
+            tokio::task::spawn_blocking(move || eventbus_jobs::schemas_cmd::register(&dir, &client))
+                .await?
+        }
         Command::Bench {
             messages,
             partitions,

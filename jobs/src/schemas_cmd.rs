@@ -150,17 +150,42 @@ pub fn run(dir: &Path, against: &str) -> anyhow::Result<()> {
     for s in &report.skipped {
         eprintln!("note: {s}");
     }
-    println!(
+    out(&format!(
         "checked {} subject versions in {}",
         report.compared.len(),
         dir.display()
-    );
+    ));
     if report.violations.is_empty() {
-        println!("all schema changes are compatible");
+        out("all schema changes are compatible");
         return Ok(());
     }
     for v in &report.violations {
         eprintln!("INCOMPATIBLE {v}");
     }
     anyhow::bail!("{} incompatible schema change(s)", report.violations.len())
+}
+
+/// Registers every catalog subject's working-tree schema with an HTTP registry.
+/// Idempotent: a schema the registry already holds keeps its id.
+///
+/// # Errors
+/// Unreadable inputs, or the first registry error (it names the URL and the reason).
+pub fn register(dir: &Path, registry: &eventbus_schemas::http::HttpRegistry) -> anyhow::Result<()> {
+    let catalog = Catalog::load(&dir.join("topics.toml"))?;
+    for topic in &catalog.topics {
+        let path = dir.join(&topic.schema);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let id = registry
+            .register(&topic.subject, &text)
+            .with_context(|| format!("registering {}", topic.subject))?;
+        out(&format!("{:<40} id {id}", topic.subject));
+    }
+    Ok(())
+}
+
+/// Prints a line; a closed stdout (`| head`) is not an error worth a panic.
+fn out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
