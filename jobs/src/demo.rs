@@ -14,12 +14,13 @@ use bytes::Bytes;
 use eventbus_operators::{KafkaSink, KafkaSinkConfig, Partitioning};
 use eventbus_runtime::operator::Operator;
 use eventbus_runtime::{Job, KafkaProperties, KafkaSource, Origin, RunnableJob, SourceConfig};
-use eventbus_schemas::{Decoder, FileRegistry, SchemaRegistry, encode};
+use eventbus_schemas::fast::VehicleStateDecoder;
+use eventbus_schemas::{FileRegistry, SchemaRegistry, encode};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use crate::fleet::{self, FleetGenerator, VehicleState};
+use crate::fleet::{self, FleetGenerator};
 use crate::{progress, topic_io};
 
 /// The demo's input topic, as in the catalog.
@@ -124,7 +125,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     bar.finish_and_clear();
 
     let output = topic_io::read_all(&brokers, OUTPUT, Duration::from_secs(120))?;
-    let decoder = Decoder::new(registry);
+    let decoder = VehicleStateDecoder::new(registry);
     let mut seen = HashSet::with_capacity(output.len());
     for m in &output {
         let origin = Origin {
@@ -132,8 +133,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             partition: m.partition(),
             offset: m.offset(),
         };
-        let event: VehicleState =
-            decoder.decode_typed(m.payload().unwrap_or_default(), Some(&origin))?;
+        let event = decoder.decode(m.payload().unwrap_or_default(), Some(&origin))?;
         let seq = fleet::seq_of(&event.event_id).with_context(|| {
             format!(
                 "output at {origin} has a foreign event id {}",
@@ -173,14 +173,10 @@ fn validating_job(
         &kafka,
         KafkaSinkConfig::new(OUTPUT).partitioning(Partitioning::Source),
     )?;
-    let decoder = Decoder::new(registry);
+    let decoder = VehicleStateDecoder::new(registry);
     Ok(Job::builder("demo")
         .source(KafkaSource::new(kafka, source))
-        .try_map(move |bytes: Bytes| {
-            decoder
-                .decode_typed::<VehicleState>(&bytes, None)
-                .map(|_| bytes)
-        })
+        .try_map(move |bytes: Bytes| decoder.decode(&bytes, None).map(|_| bytes))
         .sink(sink)
         .build()?)
 }

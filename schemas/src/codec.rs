@@ -39,6 +39,11 @@ impl<R: SchemaRegistry> Decoder<R> {
         }
     }
 
+    /// The registry this decoder looks writer schemas up in.
+    pub fn registry(&self) -> &R {
+        &self.registry
+    }
+
     /// Decodes one record's bytes; `origin` names it in errors.
     ///
     /// # Errors

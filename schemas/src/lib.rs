@@ -39,6 +39,7 @@ pub mod codec;
 pub mod compat;
 pub mod error;
 pub mod events;
+pub mod fast;
 pub mod http;
 pub mod registry;
 pub mod wire;
