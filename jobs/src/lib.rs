@@ -14,3 +14,4 @@ pub mod mirror;
 mod progress;
 pub mod schemas_cmd;
 pub mod topic_io;
+pub mod topics_cmd;

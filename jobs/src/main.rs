@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Compare the topic catalog with a cluster, and create what is missing.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
     /// Work with the Avro schemas and the catalog under schemas/.
     Schemas {
         #[command(subcommand)]
@@ -93,6 +98,38 @@ enum Command {
         /// Print the result as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct TopicsArgs {
+    /// Bootstrap servers.
+    #[arg(long, env = "EVENTBUS_BROKERS")]
+    brokers: String,
+    /// The catalog file.
+    #[arg(long, default_value = "schemas/topics.toml")]
+    catalog: PathBuf,
+    /// Replication factor for new topics instead of the catalog's (e.g. 1 on a
+    /// single-broker development cluster).
+    #[arg(long)]
+    replication_factor: Option<i32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Print what apply would change; change nothing.
+    Plan(TopicsArgs),
+    /// Create missing topics with the catalog's partitions and configs. Idempotent.
+    /// Refuses a partition decrease, naming the topic, before changing anything.
+    Apply(TopicsArgs),
+    /// Show the catalog beside the cluster's state.
+    List {
+        /// Bootstrap servers; without them only the catalog is shown.
+        #[arg(long, env = "EVENTBUS_BROKERS")]
+        brokers: Option<String>,
+        /// The catalog file.
+        #[arg(long, default_value = "schemas/topics.toml")]
+        catalog: PathBuf,
     },
 }
 
@@ -130,7 +167,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and the benchmark print their own report; job logs would bury it.
     let level = match cli.command {
-        Command::Demo { .. } | Command::Bench { .. } | Command::Schemas { .. } => "warn",
+        Command::Demo { .. }
+        | Command::Bench { .. }
+        | Command::Schemas { .. }
+        | Command::Topics { .. } => "warn",
         Command::Run { .. } => "info",
     };
     telemetry::init_logging(cli.log_format, level);
@@ -205,6 +245,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 other => bail!("unknown job `{other}`"),
             }
         }
+        Command::Topics { command } => topics(command).await,
         Command::Schemas {
             command: SchemasCommand::Check { against, dir },
         } => eventbus_jobs::schemas_cmd::run(&dir, &against),
@@ -259,5 +300,43 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
+    use eventbus_jobs::topics_cmd;
+    let load = |path: &std::path::Path| {
+        eventbus_schemas::Catalog::load(path)
+            .with_context(|| format!("loading the catalog {}", path.display()))
+    };
+    match command {
+        TopicsCommand::List { brokers, catalog } => {
+            topics_cmd::list(brokers.as_deref(), &load(&catalog)?)
+        }
+        TopicsCommand::Plan(a) => {
+            let changes =
+                topics_cmd::plan(&a.brokers, &load(&a.catalog)?, a.replication_factor).await?;
+            print_plan(&changes);
+            Ok(())
+        }
+        TopicsCommand::Apply(a) => {
+            let changes =
+                topics_cmd::plan(&a.brokers, &load(&a.catalog)?, a.replication_factor).await?;
+            print_plan(&changes);
+            topics_cmd::apply(&a.brokers, &changes).await?;
+            if !changes.is_empty() {
+                println!("applied {} change(s)", changes.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_plan(changes: &[eventbus_jobs::topics_cmd::Change]) {
+    if changes.is_empty() {
+        println!("no changes: the cluster matches the catalog");
+    }
+    for c in changes {
+        println!("{c}");
     }
 }

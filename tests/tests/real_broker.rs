@@ -208,3 +208,88 @@ async fn a_missing_output_topic_is_named_at_start() {
         .expect("a missing output topic fails");
     assert!(format!("{err:#}").contains(&typo), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_apply_creates_the_catalog_idempotently_and_refuses_a_decrease() {
+    use eventbus_jobs::topics_cmd::{Change, plan};
+    let brokers = shared_brokers();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let catalog_path = root.join("schemas/topics.toml");
+    let run = |catalog: &std::path::Path| {
+        std::process::Command::new(eventbus_tests::eventbus_bin())
+            .args([
+                "topics",
+                "apply",
+                "--replication-factor",
+                "1",
+                "--brokers",
+                &brokers,
+                "--catalog",
+            ])
+            .arg(catalog)
+            .output()
+            .expect("run eventbus")
+    };
+    let first = run(&catalog_path);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    // Every seed topic exists with the catalog's partitions, retention and cleanup policy.
+    let catalog = eventbus_schemas::Catalog::load(&catalog_path).expect("catalog");
+    for t in &catalog.topics {
+        assert_eq!(
+            topic_io::partitions(&brokers, &t.name).expect("exists"),
+            t.partitions,
+            "{}",
+            t.name
+        );
+    }
+    assert_eq!(
+        plan(&brokers, &catalog, Some(1)).await.expect("plan"),
+        Vec::<Change>::new()
+    );
+
+    let second = run(&catalog_path);
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("no changes"));
+
+    // A partition decrease is refused, naming the topic; a retention change is planned.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(&catalog_path).expect("read");
+    let fewer = dir.path().join("fewer.toml");
+    std::fs::write(
+        &fewer,
+        text.replacen("partitions = 5\n", "partitions = 3\n", 1),
+    )
+    .expect("write");
+    let refused = run(&fewer);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("safety.emergency.v1") && err.contains("5 -> 3"),
+        "{err}"
+    );
+    assert_eq!(
+        topic_io::partitions(&brokers, "safety.emergency.v1").expect("exists"),
+        5
+    );
+
+    let shorter = eventbus_schemas::Catalog::parse(
+        &text.replacen("retention_ms = 86400000 ", "retention_ms = 3600000 ", 1),
+        root.join("schemas"),
+    )
+    .expect("catalog");
+    let changes = plan(&brokers, &shorter, Some(1)).await.expect("plan");
+    assert_eq!(
+        changes,
+        vec![Change::AlterConfig {
+            topic: "telemetry.raw.v1".into(),
+            key: "retention.ms".into(),
+            from: Some("86400000".into()),
+            to: "3600000".into(),
+        }]
+    );
+}

@@ -1,0 +1,300 @@
+//! `eventbus topics plan|apply|list`: the catalog against a cluster.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use eventbus_schemas::Catalog;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One difference between the catalog and the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The topic is missing: create it with these settings.
+    Create {
+        /// Topic.
+        topic: String,
+        /// Partitions.
+        partitions: i32,
+        /// Replication factor.
+        replication: i32,
+        /// Topic configs to set.
+        configs: Vec<(String, String)>,
+    },
+    /// A topic config differs.
+    AlterConfig {
+        /// Topic.
+        topic: String,
+        /// Config key.
+        key: String,
+        /// Value on the cluster.
+        from: Option<String>,
+        /// Value in the catalog.
+        to: String,
+    },
+    /// The catalog wants more partitions.
+    AddPartitions {
+        /// Topic.
+        topic: String,
+        /// On the cluster.
+        from: i32,
+        /// In the catalog.
+        to: i32,
+    },
+    /// The catalog wants fewer partitions: Kafka cannot do that, so it is refused.
+    RemovePartitions {
+        /// Topic.
+        topic: String,
+        /// On the cluster.
+        from: i32,
+        /// In the catalog.
+        to: i32,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Create {
+                topic,
+                partitions,
+                replication,
+                configs,
+            } => {
+                let cfg: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(
+                    f,
+                    "+ create {topic} partitions={partitions} replication={replication} {}",
+                    cfg.join(" ")
+                )
+            }
+            Change::AlterConfig {
+                topic,
+                key,
+                from,
+                to,
+            } => {
+                write!(
+                    f,
+                    "~ {topic} {key}: {} -> {to}",
+                    from.as_deref().unwrap_or("(unset)")
+                )
+            }
+            Change::AddPartitions { topic, from, to } => {
+                write!(f, "~ {topic} partitions: {from} -> {to}")
+            }
+            Change::RemovePartitions { topic, from, to } => {
+                write!(
+                    f,
+                    "! {topic} partitions: {from} -> {to} (a partition count cannot decrease)"
+                )
+            }
+        }
+    }
+}
+
+fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create an admin client")
+}
+
+/// What the cluster has: partitions per topic.
+fn cluster_topics(brokers: &str) -> anyhow::Result<HashMap<String, i32>> {
+    let admin = admin(brokers)?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, TIMEOUT)
+        .with_context(|| format!("could not reach the brokers {brokers}"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Compares the catalog with the cluster. `replication` overrides the catalog's
+/// replication factor (for single-broker development clusters).
+///
+/// # Errors
+/// The brokers cannot be reached or configs cannot be described.
+pub async fn plan(
+    brokers: &str,
+    catalog: &Catalog,
+    replication: Option<i32>,
+) -> anyhow::Result<Vec<Change>> {
+    let existing = cluster_topics(brokers)?;
+    let admin = admin(brokers)?;
+    let mut changes = Vec::new();
+    for t in &catalog.topics {
+        let wanted = [
+            ("retention.ms".to_owned(), t.retention_ms.to_string()),
+            (
+                "cleanup.policy".to_owned(),
+                t.cleanup_policy.as_kafka().to_owned(),
+            ),
+        ];
+        let Some(&have) = existing.get(&t.name) else {
+            changes.push(Change::Create {
+                topic: t.name.clone(),
+                partitions: t.partitions,
+                replication: replication.unwrap_or(t.replication_factor),
+                configs: wanted.to_vec(),
+            });
+            continue;
+        };
+        if have < t.partitions {
+            changes.push(Change::AddPartitions {
+                topic: t.name.clone(),
+                from: have,
+                to: t.partitions,
+            });
+        } else if have > t.partitions {
+            changes.push(Change::RemovePartitions {
+                topic: t.name.clone(),
+                from: have,
+                to: t.partitions,
+            });
+        }
+        let spec = ResourceSpecifier::Topic(&t.name);
+        let described = admin
+            .describe_configs([&spec], &AdminOptions::new().request_timeout(Some(TIMEOUT)))
+            .await
+            .with_context(|| format!("describing the configs of {}", t.name))?;
+        let resource = described
+            .into_iter()
+            .next()
+            .context("empty describe-configs answer")?
+            .map_err(|code| anyhow::anyhow!("describing the configs of {}: {code}", t.name))?;
+        for (key, value) in wanted {
+            let current = resource.get(&key).and_then(|e| e.value.clone());
+            if current.as_deref() != Some(value.as_str()) {
+                changes.push(Change::AlterConfig {
+                    topic: t.name.clone(),
+                    key,
+                    from: current,
+                    to: value,
+                });
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// Applies a plan. Refuses, before changing anything, what cannot be done: fewer
+/// partitions, and config changes (they need the IncrementalAlterConfigs request, which
+/// the bundled rdkafka binding does not expose yet).
+///
+/// # Errors
+/// A refused change (all are named), or a broker error naming the topic.
+pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
+    let refused: Vec<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::RemovePartitions { .. } => Some(format!("{c}")),
+            Change::AlterConfig { .. } => Some(format!(
+                "{c} (changing a config of an existing topic needs IncrementalAlterConfigs, not supported yet)"
+            )),
+            _ => None,
+        })
+        .collect();
+    if !refused.is_empty() {
+        bail!(
+            "refusing to apply; nothing was changed:\n  {}",
+            refused.join("\n  ")
+        );
+    }
+    let admin = admin(brokers)?;
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let creates: Vec<NewTopic<'_>> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Create {
+                topic,
+                partitions,
+                replication,
+                configs,
+            } => Some(configs.iter().fold(
+                NewTopic::new(topic, *partitions, TopicReplication::Fixed(*replication)),
+                |n, (k, v)| n.set(k, v),
+            )),
+            _ => None,
+        })
+        .collect();
+    if !creates.is_empty() {
+        for r in admin
+            .create_topics(creates.iter(), &opts)
+            .await
+            .context("create topics")?
+        {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+            }
+        }
+    }
+    let grow: Vec<rdkafka::admin::NewPartitions<'_>> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::AddPartitions { topic, to, .. } => Some(rdkafka::admin::NewPartitions::new(
+                topic,
+                usize::try_from(*to).unwrap_or(0),
+            )),
+            _ => None,
+        })
+        .collect();
+    if !grow.is_empty() {
+        for r in admin
+            .create_partitions(grow.iter(), &opts)
+            .await
+            .context("create partitions")?
+        {
+            if let Err((name, code)) = r {
+                bail!(
+                    "cannot add partitions to {name}: {code} (the broker refused CreatePartitions)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints the catalog beside the cluster.
+///
+/// # Errors
+/// The brokers cannot be reached.
+pub fn list(brokers: Option<&str>, catalog: &Catalog) -> anyhow::Result<()> {
+    let existing = match brokers {
+        Some(b) => Some(cluster_topics(b)?),
+        None => None,
+    };
+    println!(
+        "{:<32} {:>10} {:>14} {:>10} {:>9}  on cluster",
+        "topic", "partitions", "retention ms", "compat", "pii"
+    );
+    for t in &catalog.topics {
+        let cluster = match &existing {
+            None => "-".to_owned(),
+            Some(m) => m
+                .get(&t.name)
+                .map_or("missing".to_owned(), |p| format!("{p} partitions")),
+        };
+        println!(
+            "{:<32} {:>10} {:>14} {:>10} {:>9}  {cluster}",
+            t.name,
+            t.partitions,
+            t.retention_ms,
+            format!("{:?}", t.compatibility).to_uppercase(),
+            t.pii.len()
+        );
+    }
+    Ok(())
+}
