@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod fleet;
+pub mod generate;
 pub mod mirror;
 mod progress;
 pub mod schemas_cmd;

@@ -24,6 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 struct Counting {
     ok: AtomicU64,
     failed: AtomicU64,
+    per_partition: std::sync::Mutex<BTreeMap<i32, u64>>,
 }
 
 impl ClientContext for Counting {}
@@ -32,9 +33,15 @@ impl ProducerContext for Counting {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
+            Ok(m) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                let mut map = self.per_partition.lock().unwrap_or_else(|p| p.into_inner());
+                *map.entry(m.partition()).or_insert(0) += 1;
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -48,8 +55,26 @@ pub fn produce<I>(
     brokers: &str,
     topic: &str,
     records: I,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> anyhow::Result<u64>
+where
+    I: IntoIterator<Item = (String, Vec<u8>)>,
+{
+    Ok(produce_by_partition(brokers, topic, records, progress)?
+        .values()
+        .sum())
+}
+
+/// As [`produce`], returning how many records each partition acknowledged.
+///
+/// # Errors
+/// As [`produce`].
+pub fn produce_by_partition<I>(
+    brokers: &str,
+    topic: &str,
+    records: I,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<BTreeMap<i32, u64>>
 where
     I: IntoIterator<Item = (String, Vec<u8>)>,
 {
@@ -90,7 +115,12 @@ where
     if failed > 0 {
         bail!("{failed} of {sent} records to {topic} were not delivered");
     }
-    Ok(ctx.ok.load(Ordering::Relaxed))
+    let map = ctx
+        .per_partition
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(map)
 }
 
 fn plain_consumer(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {

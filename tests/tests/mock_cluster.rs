@@ -228,3 +228,45 @@ async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
     assert_eq!(report.delivered, n);
     assert_eq!(report.committed_total(), ends);
 }
+
+#[tokio::test]
+async fn generate_produces_decodable_events_and_counts_them_per_partition() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    cluster
+        .create_topic("fleet.operations.v1", 4, 1)
+        .expect("topic");
+    let catalog = eventbus_schemas::bundled_dir().join("topics.toml");
+    let opts = eventbus_jobs::generate::GenerateOptions {
+        topic: "fleet.operations.v1".into(),
+        count: 2_000,
+        rate: 0,
+        seed: 3,
+        quiet: true,
+    };
+    let b = brokers.clone();
+    let counts =
+        tokio::task::spawn_blocking(move || eventbus_jobs::generate::run(&b, &catalog, &opts))
+            .await
+            .expect("join")
+            .expect("generate");
+    assert_eq!(counts.values().sum::<u64>(), 2_000);
+    let ends = topic_io::end_offsets(&brokers, "fleet.operations.v1").expect("ends");
+    for (p, n) in &counts {
+        assert_eq!(ends[p], i64::try_from(*n).unwrap(), "partition {p}");
+    }
+    let decoder = eventbus_schemas::Decoder::new(
+        eventbus_schemas::FileRegistry::embedded().expect("registry"),
+    );
+    let records =
+        topic_io::read_all(&brokers, "fleet.operations.v1", Duration::from_secs(60)).expect("read");
+    assert_eq!(records.len(), 2_000);
+    for m in &records {
+        use rdkafka::message::Message;
+        let (id, _) = decoder
+            .decode(m.payload().unwrap_or_default(), None)
+            .expect("decodes");
+        assert_eq!(id, 3, "fleet.operations.v1-value is id 3 in registry.toml");
+        assert!(m.key().is_some_and(|k| k.starts_with(b"fleet-")));
+    }
+}
