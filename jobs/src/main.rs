@@ -33,9 +33,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the mirror job end to end on an in-process mock cluster; needs no service.
+    /// Run a job end to end on an in-process mock cluster; needs no service.
     ///
-    /// Produces synthetic vehicle-state events, mirrors them through the Kafka sink,
+    /// Produces synthetic vehicle-state events as Avro in the Confluent wire format, runs
+    /// a job that decodes and validates each one and forwards it through the Kafka sink,
     /// then reads the output and the committed offsets back with plain clients and
     /// prints produced, consumed, committed, lost, duplicated, elapsed and records/s.
     Demo {
