@@ -90,25 +90,182 @@ fn records(topic: &str, seed: u64, id: u32, schema: &Schema) -> anyhow::Result<R
             FleetGenerator::new(400, seed)
                 .map(move |e| Ok((e.vehicle_id.clone(), encode(id, &schema, &e)?))),
         ),
-        "fleet.operations.v1" => {
-            let mut rng = SmallRng::seed_from_u64(seed);
-            Box::new((0u64..).map(move |i| {
-                let (key, value) = fleet_operation(&mut rng, i);
-                Ok((key, encode_value(id, &schema, value)?))
-            }))
-        }
-        "safety.emergency.v1" => {
-            let mut rng = SmallRng::seed_from_u64(seed);
-            Box::new((0u64..).map(move |i| {
-                let (key, value) = emergency(&mut rng, i);
-                Ok((key, encode_value(id, &schema, value)?))
-            }))
-        }
+        "fleet.operations.v1" => by_value(seed, id, schema, fleet_operation),
+        "safety.emergency.v1" => by_value(seed, id, schema, emergency),
+        "vehicle.commands.v1" => by_value(seed, id, schema, command),
+        "telemetry.raw.v1" => by_value(seed, id, schema, telemetry),
+        "vehicle.alerts.v1" => by_value(seed, id, schema, alert),
+        "analytics.fleet_minute.v1" => by_value(seed, id, schema, fleet_minute),
         other => bail!(
-            "no generator for topic {other} yet; there are generators for {}",
+            "no generator for topic {other}; there are generators for {}",
             TOPICS.join(", ")
         ),
     })
+}
+
+/// Records from a value generator `make(rng, i) -> (key, value)`.
+fn by_value(
+    seed: u64,
+    id: u32,
+    schema: Schema,
+    make: fn(&mut SmallRng, u64) -> (String, Value),
+) -> Records {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    Box::new((0u64..).map(move |i| {
+        let (key, value) = make(&mut rng, i);
+        Ok((key, encode_value(id, &schema, value)?))
+    }))
+}
+
+fn vehicle(rng: &mut SmallRng) -> String {
+    format!("veh-{:04}", rng.random_range(0..400))
+}
+
+fn pick<'a>(rng: &mut SmallRng, symbols: &[&'a str]) -> (u32, &'a str) {
+    let i = rng.random_range(0..symbols.len());
+    (i as u32, symbols[i])
+}
+
+fn command(rng: &mut SmallRng, i: u64) -> (String, Value) {
+    const KIND: [&str; 7] = [
+        "LOCK",
+        "UNLOCK",
+        "START_CHARGING",
+        "STOP_CHARGING",
+        "REROUTE",
+        "EMERGENCY_STOP",
+        "OTA_UPDATE",
+    ];
+    let v = vehicle(rng);
+    let (k, name) = pick(rng, &KIND);
+    let parameters: std::collections::HashMap<String, Value> = match name {
+        "REROUTE" => [(
+            "depot".to_owned(),
+            Value::String(format!("depot-{}", rng.random_range(0..5))),
+        )]
+        .into(),
+        "OTA_UPDATE" => [("version".to_owned(), Value::String("4.2.1".into()))].into(),
+        _ => Default::default(),
+    };
+    let value = record(vec![
+        ("command_id", Value::String(fleet::event_id(i))),
+        ("vehicle_id", Value::String(v.clone())),
+        ("issued_at", time(i)),
+        ("command_type", Value::Enum(k, name.to_owned())),
+        ("parameters", Value::Map(parameters)),
+        (
+            "issued_by",
+            Value::String(if rng.random_bool(0.8) {
+                "fleet-manager".into()
+            } else {
+                format!("operator-{}", rng.random_range(0..20))
+            }),
+        ),
+        (
+            "expires_at",
+            if rng.random_bool(0.5) {
+                some(Value::Long(1_767_225_600_000 + i as i64 * 250 + 60_000))
+            } else {
+                none()
+            },
+        ),
+    ]);
+    (v, value)
+}
+
+fn telemetry(rng: &mut SmallRng, i: u64) -> (String, Value) {
+    const SENSORS: [(&str, f64, f64); 4] = [
+        ("motor_temp_c", 40.0, 95.0),
+        ("cabin_temp_c", 16.0, 28.0),
+        ("tyre_pressure_kpa", 210.0, 260.0),
+        ("pack_voltage_v", 350.0, 410.0),
+    ];
+    let v = vehicle(rng);
+    let start = 1_767_225_600_000 + i as i64 * 1_000;
+    let readings: Vec<Value> = (0..rng.random_range(4..20))
+        .map(|n| {
+            let (sensor, lo, hi) = SENSORS[n % SENSORS.len()];
+            record(vec![
+                ("sensor", Value::String(sensor.to_owned())),
+                ("ts", Value::Long(start + n as i64 * 50)),
+                (
+                    "value",
+                    Value::Double((rng.random_range(lo..hi) * 10.0f64).round() / 10.0),
+                ),
+                ("unit", none()),
+            ])
+        })
+        .collect();
+    let end = start + readings.len() as i64 * 50;
+    let value = record(vec![
+        ("batch_id", Value::String(fleet::event_id(i))),
+        ("vehicle_id", Value::String(v.clone())),
+        ("window_start", Value::Long(start)),
+        ("window_end", Value::Long(end)),
+        ("readings", Value::Array(readings)),
+    ]);
+    (v, value)
+}
+
+fn alert(rng: &mut SmallRng, i: u64) -> (String, Value) {
+    const RULES: [(&str, &str); 3] = [
+        ("speeding", "speed above 110 km/h"),
+        ("low_battery", "battery below 15%"),
+        ("offline", "no state for 5 minutes"),
+    ];
+    let v = vehicle(rng);
+    let (severity, sname) = pick(rng, &["INFO", "WARNING", "CRITICAL"]);
+    let (rule, message) = RULES[rng.random_range(0..RULES.len())];
+    let value = record(vec![
+        ("alert_id", Value::String(fleet::event_id(i))),
+        ("vehicle_id", Value::String(v.clone())),
+        (
+            "fleet_id",
+            Value::String(format!("fleet-{:02}", rng.random_range(0..6))),
+        ),
+        ("raised_at", time(i)),
+        ("severity", Value::Enum(severity, sname.to_owned())),
+        ("rule", Value::String(rule.to_owned())),
+        ("message", Value::String(message.to_owned())),
+        ("source_topic", Value::String("vehicle.state.v1".into())),
+        ("source_partition", Value::Int(rng.random_range(0..50))),
+        ("source_offset", Value::Long(rng.random_range(0..1_000_000))),
+    ]);
+    (v, value)
+}
+
+fn fleet_minute(rng: &mut SmallRng, i: u64) -> (String, Value) {
+    let fleet = format!("fleet-{:02}", i % 6);
+    let active = rng.random_range(20..70);
+    let statuses: std::collections::HashMap<String, Value> =
+        [("DRIVING", 0.55), ("IDLE", 0.3), ("CHARGING", 0.15)]
+            .into_iter()
+            .map(|(s, share)| {
+                (
+                    s.to_owned(),
+                    Value::Long((f64::from(active) * 30.0 * share) as i64),
+                )
+            })
+            .collect();
+    let value = record(vec![
+        ("fleet_id", Value::String(fleet.clone())),
+        (
+            "minute",
+            Value::Long(1_767_225_600_000 + (i / 6) as i64 * 60_000),
+        ),
+        ("vehicles_active", Value::Int(active)),
+        ("events", Value::Long(i64::from(active) * 30)),
+        (
+            "avg_speed_kph",
+            Value::Double((rng.random_range(25.0..55.0) * 10.0f64).round() / 10.0),
+        ),
+        (
+            "min_battery_pct",
+            Value::Double((rng.random_range(5.0..40.0) * 10.0f64).round() / 10.0),
+        ),
+        ("status_counts", Value::Map(statuses)),
+    ]);
+    (fleet, value)
 }
 
 fn record(fields: Vec<(&str, Value)>) -> Value {
@@ -289,9 +446,9 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{topic}: {e}"));
             }
         }
-        let err = records("telemetry.raw.v1", 1, 5, &Schema::Null)
+        let err = records("fleet.unknown.v1", 1, 5, &Schema::Null)
             .err()
             .expect("no generator");
-        assert!(err.to_string().contains("telemetry.raw.v1"));
+        assert!(err.to_string().contains("fleet.unknown.v1"));
     }
 }

@@ -73,7 +73,6 @@ enum Command {
     ///
     /// Records are keyed like the real producers key them (vehicle or fleet id) and
     /// encoded with ids from the file registry. Prints how many each partition got.
-    /// Generators exist for vehicle.state.v1, fleet.operations.v1 and safety.emergency.v1.
     Generate {
         /// Bootstrap servers.
         #[arg(long, env = "EVENTBUS_BROKERS")]
