@@ -1,8 +1,9 @@
 //! `eventbus demo`: the whole path on librdkafka's in-process mock cluster, no service
-//! needed. Produces synthetic vehicle states as Avro in the Confluent wire format (ids
-//! from the file registry), runs a job that decodes and validates every record against
-//! its schema and forwards it through the Kafka sink, then checks the output and the
-//! committed offsets with plain clients and prints what it found.
+//! needed. Produces synthetic vehicle states, fleet operations and emergencies as Avro in
+//! the Confluent wire format (ids from the file registry), runs a job that decodes and
+//! validates every record against its writer schema and forwards it through the Kafka
+//! sink, then checks the output and the committed offsets with plain clients and prints
+//! what it found.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -10,25 +11,30 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use apache_avro::types::Value;
 use bytes::Bytes;
 use eventbus_operators::{KafkaSink, KafkaSinkConfig, Partitioning};
 use eventbus_runtime::operator::Operator;
 use eventbus_runtime::{Job, KafkaProperties, KafkaSource, Origin, RunnableJob, SourceConfig};
 use eventbus_schemas::fast::VehicleStateDecoder;
-use eventbus_schemas::{FileRegistry, SchemaRegistry, encode};
+use eventbus_schemas::{Catalog, Decoder, FileRegistry, SchemaRegistry, wire};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use crate::fleet::{self, FleetGenerator};
-use crate::{progress, topic_io};
+use crate::fleet;
+use crate::{generate, progress, topic_io};
 
-/// The demo's input topic, as in the catalog.
+/// The committed catalog, compiled in: the demo runs away from the source tree too.
+const CATALOG: &str = include_str!("../../schemas/topics.toml");
+
+/// The demo's main input topic, as in the catalog.
 pub const INPUT: &str = "vehicle.state.v1";
-/// The registry subject of the input's values.
-pub const SUBJECT: &str = "vehicle.state.v1-value";
+/// The other inputs, and how many records each gets per vehicle state.
+pub const SIDE_INPUTS: [(&str, u64); 2] =
+    [("fleet.operations.v1", 10), ("safety.emergency.v1", 20)];
 /// The demo's output topic.
-pub const OUTPUT: &str = "demo.vehicle_state_validated.v1";
+pub const OUTPUT: &str = "demo.fleet_events_validated.v1";
 /// The demo job's consumer group.
 pub const GROUP: &str = "eventbus-demo";
 
@@ -87,7 +93,7 @@ pub struct DemoSummary {
 pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let cluster = MockCluster::new(1).context("cannot start the in-process mock cluster")?;
     let brokers = cluster.bootstrap_servers();
-    for topic in [INPUT, OUTPUT] {
+    for topic in [INPUT, SIDE_INPUTS[0].0, SIDE_INPUTS[1].0, OUTPUT] {
         cluster
             .create_topic(topic, opts.partitions, 1)
             .with_context(|| format!("cannot create {topic}"))?;
@@ -125,7 +131,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     bar.finish_and_clear();
 
     let output = topic_io::read_all(&brokers, OUTPUT, Duration::from_secs(120))?;
-    let decoder = VehicleStateDecoder::new(registry);
+    let decoder = Decoder::new(registry);
     let mut seen = HashSet::with_capacity(output.len());
     for m in &output {
         let origin = Origin {
@@ -133,17 +139,27 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             partition: m.partition(),
             offset: m.offset(),
         };
-        let event = decoder.decode(m.payload().unwrap_or_default(), Some(&origin))?;
-        let seq = fleet::seq_of(&event.event_id).with_context(|| {
-            format!(
-                "output at {origin} has a foreign event id {}",
-                event.event_id
-            )
-        })?;
-        seen.insert(seq);
+        let (id, value) = decoder.decode(m.payload().unwrap_or_default(), Some(&origin))?;
+        // Every demo event's first field is its id, which carries its stream position.
+        let event_id = match &value {
+            Value::Record(fields) => match fields.first().map(|(_, v)| v) {
+                Some(Value::Uuid(u)) => u.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        let seq = fleet::seq_of(&event_id)
+            .with_context(|| format!("output at {origin} has a foreign event id {event_id:?}"))?;
+        seen.insert((id, seq));
     }
     let unique = seen.len() as u64;
-    let committed: i64 = topic_io::committed(&brokers, GROUP, INPUT)?.values().sum();
+    let mut committed = 0i64;
+    for topic in [INPUT, SIDE_INPUTS[0].0, SIDE_INPUTS[1].0] {
+        committed += topic_io::committed(&brokers, GROUP, topic)?
+            .values()
+            .sum::<i64>();
+    }
     drop(cluster);
     Ok(DemoSummary {
         produced,
@@ -153,7 +169,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         duplicated: output.len() as u64 - unique,
         elapsed,
         records_per_sec: report.consumed as f64 / processing.max(1e-9),
-        input_topic: INPUT.to_owned(),
+        input_topic: [INPUT, SIDE_INPUTS[0].0, SIDE_INPUTS[1].0].join(","),
         output_topic: OUTPUT.to_owned(),
     })
 }
@@ -167,42 +183,59 @@ fn validating_job(
 ) -> anyhow::Result<RunnableJob<KafkaSource, impl Operator<Bytes, Out = Bytes>, KafkaSink>> {
     let mut kafka = KafkaProperties::new();
     kafka.set("bootstrap.servers", brokers);
-    let mut source = SourceConfig::new(GROUP, [INPUT]);
+    let mut source = SourceConfig::new(GROUP, [INPUT, SIDE_INPUTS[0].0, SIDE_INPUTS[1].0]);
     source.commit_interval_ms = 200;
     let sink = KafkaSink::new(
         &kafka,
         KafkaSinkConfig::new(OUTPUT).partitioning(Partitioning::Source),
     )?;
-    let decoder = VehicleStateDecoder::new(registry);
+    let fast = VehicleStateDecoder::new(registry.clone());
+    let generic = Decoder::new(registry.clone());
+    let vehicle_state = registry.latest("vehicle.state.v1-value").map(|(id, _)| id);
     Ok(Job::builder("demo")
         .source(KafkaSource::new(kafka, source))
-        .try_map(move |bytes: Bytes| decoder.decode(&bytes, None).map(|_| bytes))
+        .try_map(move |bytes: Bytes| {
+            let (id, _) = wire::split(&bytes, None)?;
+            if Some(id) == vehicle_state {
+                fast.decode(&bytes, None).map(|_| bytes)
+            } else {
+                generic.decode(&bytes, None).map(|_| bytes)
+            }
+        })
         .sink(sink)
         .build()?)
 }
 
+/// Produces `opts.messages` vehicle states and a share of fleet operations and
+/// emergencies, all in the wire format; returns how many were acknowledged.
 fn produce(brokers: &str, opts: &DemoOptions, registry: &FileRegistry) -> anyhow::Result<u64> {
-    let (id, schema) = registry
-        .latest(SUBJECT)
-        .with_context(|| format!("{SUBJECT} is not registered"))?;
-    let bar = progress::bar(opts.messages, "produced", opts.quiet);
-    let mut failed = None;
-    let events = FleetGenerator::new(opts.vehicles, 42)
-        .take(usize::try_from(opts.messages).unwrap_or(usize::MAX))
-        .map_while(|e| match encode(id, &schema, &e) {
-            Ok(value) => Some((e.vehicle_id, value)),
-            Err(err) => {
-                failed = Some(err);
-                None
-            }
-        });
-    let produced = topic_io::produce(brokers, INPUT, events, |n| bar.set_position(n))?;
-    if let Some(err) = failed {
-        return Err(err.into());
+    let catalog = Catalog::parse(CATALOG, ".".into())?;
+    let mut plan = vec![(INPUT, opts.messages)];
+    plan.extend(SIDE_INPUTS.iter().map(|&(t, per)| (t, opts.messages / per)));
+    let total: u64 = plan.iter().map(|(_, n)| n).sum();
+    let bar = progress::bar(total, "produced", opts.quiet);
+    let mut produced = 0;
+    for (topic, count) in plan {
+        let subject = &catalog
+            .topic(topic)
+            .with_context(|| format!("{topic} not in the catalog"))?
+            .subject;
+        let (id, schema) = registry
+            .latest(subject)
+            .with_context(|| format!("{subject} is not registered"))?;
+        let mut failed = None;
+        let records = generate::records(topic, 42, id, &schema)?
+            .take(usize::try_from(count).unwrap_or(usize::MAX))
+            .map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+        let base = produced;
+        produced += topic_io::produce(brokers, topic, records, |n| bar.set_position(base + n))?;
+        if let Some(err) = failed {
+            return Err(err);
+        }
     }
     bar.finish_and_clear();
-    if produced != opts.messages {
-        bail!("only {produced} of {} records were produced", opts.messages);
+    if produced != total {
+        bail!("only {produced} of {total} records were produced");
     }
     Ok(produced)
 }
@@ -212,7 +245,7 @@ impl DemoSummary {
     pub fn render(&self, partitions: i32) -> String {
         let ok = self.lost == 0 && self.duplicated == 0 && self.committed == self.produced;
         format!(
-            "eventbus demo: Avro vehicle states through a decoding job on librdkafka's in-process mock cluster\n\
+            "eventbus demo: Avro fleet events through a decoding job on librdkafka's in-process mock cluster\n\
              \n  produced    {:>10}  to {} ({partitions} partitions)\
              \n  consumed    {:>10}\
              \n  committed   {:>10}  (group {GROUP}, read back from the broker)\

@@ -81,9 +81,14 @@ pub fn run(
     Ok(counts)
 }
 
-type Records = Box<dyn Iterator<Item = anyhow::Result<(String, Vec<u8>)>>>;
+/// Keyed, encoded records of one topic, endless.
+pub type Records = Box<dyn Iterator<Item = anyhow::Result<(String, Vec<u8>)>>>;
 
-fn records(topic: &str, seed: u64, id: u32, schema: &Schema) -> anyhow::Result<Records> {
+/// The generator of `topic`, encoding with schema `id`.
+///
+/// # Errors
+/// The topic has no generator.
+pub fn records(topic: &str, seed: u64, id: u32, schema: &Schema) -> anyhow::Result<Records> {
     let schema = schema.clone();
     Ok(match topic {
         "vehicle.state.v1" => Box::new(

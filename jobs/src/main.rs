@@ -35,12 +35,14 @@ struct Cli {
 enum Command {
     /// Run a job end to end on an in-process mock cluster; needs no service.
     ///
-    /// Produces synthetic vehicle-state events as Avro in the Confluent wire format, runs
-    /// a job that decodes and validates each one and forwards it through the Kafka sink,
+    /// Produces synthetic vehicle states, fleet operations and emergencies as Avro in the
+    /// Confluent wire format, runs a job that decodes and validates each record and
+    /// forwards it through the Kafka sink,
     /// then reads the output and the committed offsets back with plain clients and
     /// prints produced, consumed, committed, lost, duplicated, elapsed and records/s.
     Demo {
-        /// Number of events to produce.
+        /// Vehicle-state events to produce (plus a tenth as many fleet operations and a
+        /// twentieth as many emergencies).
         #[arg(long, default_value_t = 100_000)]
         messages: u64,
         /// Partitions of the demo topics.

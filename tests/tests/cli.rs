@@ -65,9 +65,10 @@ fn the_demo_reports_json_with_nothing_lost() {
     ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
-    assert_eq!(v["produced"], 5000);
-    assert_eq!(v["consumed"], 5000);
-    assert_eq!(v["committed"], 5000);
+    // 5000 vehicle states, plus one fleet operation per 10 and one emergency per 20.
+    assert_eq!(v["produced"], 5750);
+    assert_eq!(v["consumed"], 5750);
+    assert_eq!(v["committed"], 5750);
     assert_eq!(v["lost"], 0);
     assert_eq!(v["duplicated"], 0);
 }
