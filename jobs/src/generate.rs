@@ -126,6 +126,19 @@ fn vehicle(rng: &mut SmallRng) -> String {
     format!("veh-{:04}", rng.random_range(0..400))
 }
 
+/// An enum symbol drawn with the given weights (any scale); returns (index, symbol).
+fn weighted<'a>(rng: &mut SmallRng, symbols: &[(&'a str, u32)]) -> (u32, &'a str) {
+    let total: u32 = symbols.iter().map(|(_, w)| w).sum();
+    let mut x = rng.random_range(0..total.max(1));
+    for (i, &(symbol, w)) in symbols.iter().enumerate() {
+        if x < w {
+            return (i as u32, symbol);
+        }
+        x -= w;
+    }
+    (0, symbols[0].0)
+}
+
 fn pick<'a>(rng: &mut SmallRng, symbols: &[&'a str]) -> (u32, &'a str) {
     let i = rng.random_range(0..symbols.len());
     (i as u32, symbols[i])
@@ -297,25 +310,20 @@ fn point(rng: &mut SmallRng) -> Value {
 }
 
 fn fleet_operation(rng: &mut SmallRng, i: u64) -> (String, Value) {
-    const TYPES: [&str; 6] = [
-        "TRIP_CREATED",
-        "TRIP_STARTED",
-        "TRIP_COMPLETED",
-        "TRIP_CANCELLED",
-        "DISPATCH_ASSIGNED",
-        "CAPACITY_UPDATED",
-    ];
-    let kind = match rng.random_range(0..100) {
-        0..=24 => 0,
-        25..=44 => 1,
-        45..=64 => 2,
-        65..=69 => 3,
-        70..=89 => 4,
-        _ => 5,
-    };
+    let (kind, kind_name) = weighted(
+        rng,
+        &[
+            ("TRIP_CREATED", 25),
+            ("TRIP_STARTED", 20),
+            ("TRIP_COMPLETED", 20),
+            ("TRIP_CANCELLED", 5),
+            ("DISPATCH_ASSIGNED", 20),
+            ("CAPACITY_UPDATED", 10),
+        ],
+    );
     let fleet = format!("fleet-{:02}", rng.random_range(0..6));
     let trip_id = format!("trip-{:08}", i / 4);
-    let vehicle = format!("veh-{:04}", rng.random_range(0..400));
+    let vehicle = vehicle(rng);
     let trip = (kind <= 3).then(|| {
         let cents: i64 = rng.random_range(450..9_500);
         record(vec![
@@ -365,10 +373,7 @@ fn fleet_operation(rng: &mut SmallRng, i: u64) -> (String, Value) {
         ("operation_id", Value::String(fleet::event_id(i))),
         ("fleet_id", Value::String(fleet.clone())),
         ("event_time", time(i)),
-        (
-            "operation_type",
-            Value::Enum(kind, TYPES[kind as usize].to_owned()),
-        ),
+        ("operation_type", Value::Enum(kind, kind_name.to_owned())),
         ("trip", trip.map_or_else(none, some)),
         ("dispatch", dispatch.map_or_else(none, some)),
         ("capacity", capacity.map_or_else(none, some)),
@@ -385,41 +390,34 @@ fn fleet_operation(rng: &mut SmallRng, i: u64) -> (String, Value) {
 }
 
 fn emergency(rng: &mut SmallRng, i: u64) -> (String, Value) {
-    const SEVERITY: [&str; 4] = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
-    const KIND: [&str; 5] = [
-        "COLLISION",
-        "FIRE",
-        "MEDICAL",
-        "SYSTEM_FAILURE",
-        "MANUAL_ALERT",
-    ];
-    let severity = match rng.random_range(0..100) {
-        0..=49 => 0,
-        50..=79 => 1,
-        80..=94 => 2,
-        _ => 3,
-    };
-    let kind = rng.random_range(0..KIND.len() as u32);
-    let vehicle = format!("veh-{:04}", rng.random_range(0..400));
+    let (severity, severity_name) = weighted(
+        rng,
+        &[("LOW", 50), ("MEDIUM", 30), ("HIGH", 15), ("CRITICAL", 5)],
+    );
+    let (kind, kind_name) = pick(
+        rng,
+        &[
+            "COLLISION",
+            "FIRE",
+            "MEDICAL",
+            "SYSTEM_FAILURE",
+            "MANUAL_ALERT",
+        ],
+    );
+    let vehicle = vehicle(rng);
     let value = record(vec![
         ("emergency_id", Value::String(fleet::event_id(i))),
         ("vehicle_id", Value::String(vehicle.clone())),
         ("event_time", time(i)),
-        (
-            "severity",
-            Value::Enum(severity, SEVERITY[severity as usize].to_owned()),
-        ),
-        ("kind", Value::Enum(kind, KIND[kind as usize].to_owned())),
+        ("severity", Value::Enum(severity, severity_name.to_owned())),
+        ("kind", Value::Enum(kind, kind_name.to_owned())),
         ("lat", Value::Double(52.52 + rng.random_range(-0.1..0.1))),
         ("lon", Value::Double(13.405 + rng.random_range(-0.15..0.15))),
         ("occupants", Value::Int(rng.random_range(0..5))),
         (
             "description",
             if severity >= 2 {
-                some(Value::String(format!(
-                    "{} reported by vehicle",
-                    KIND[kind as usize]
-                )))
+                some(Value::String(format!("{kind_name} reported by vehicle")))
             } else {
                 none()
             },

@@ -60,10 +60,7 @@ impl RuntimeConfig {
 }
 
 pub(crate) fn config_error(key: &str, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Config {
-        key: key.to_owned(),
-        reason: reason.into(),
-    }
+    RuntimeError::config(key, reason)
 }
 
 /// librdkafka properties, passed through as given (`"session.timeout.ms" = 6000`).
@@ -132,6 +129,21 @@ impl KafkaProperties {
     /// The bootstrap servers, or `None` if not set.
     pub fn brokers(&self) -> Option<&str> {
         self.get("bootstrap.servers")
+    }
+
+    /// The bootstrap servers; every Kafka client of a job needs them.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] naming `kafka.bootstrap.servers` when unset or blank.
+    pub fn require_brokers(&self) -> Result<&str, RuntimeError> {
+        self.brokers()
+            .filter(|b| !b.trim().is_empty())
+            .ok_or_else(|| {
+                config_error(
+                    "kafka.bootstrap.servers",
+                    "no brokers given: set it in [kafka], EVENTBUS_BROKERS or --brokers",
+                )
+            })
     }
 
     /// Applies `EVENTBUS_BROKERS` and `EVENTBUS_KAFKA_*` from the given variables (pass

@@ -195,6 +195,16 @@ pub enum RuntimeError {
     },
 }
 
+impl RuntimeError {
+    /// A configuration error naming `key`.
+    pub fn config(key: &str, reason: impl Into<String>) -> Self {
+        RuntimeError::Config {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
 impl Classify for RuntimeError {
     fn class(&self) -> ErrorClass {
         match self {

@@ -128,12 +128,6 @@ pub enum SchemaError {
         /// What is wrong.
         reason: String,
     },
-    /// A subject has no registered version.
-    #[error("subject `{subject}` has no registered schema")]
-    UnknownSubject {
-        /// The subject.
-        subject: String,
-    },
     /// A value could not be encoded with its schema.
     #[error("cannot encode a value as {schema}: {reason}")]
     Encode {

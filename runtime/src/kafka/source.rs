@@ -59,16 +59,7 @@ impl KafkaSource {
                 "set the group with source.group_id (or --group) instead",
             ));
         }
-        if self
-            .properties
-            .brokers()
-            .is_none_or(|b| b.trim().is_empty())
-        {
-            return Err(config_error(
-                "kafka.bootstrap.servers",
-                "no brokers given: set it in [kafka], EVENTBUS_BROKERS or --brokers",
-            ));
-        }
+        self.properties.require_brokers()?;
         let mut props = self.properties.clone();
         props
             .set_default("partition.assignment.strategy", "cooperative-sticky")

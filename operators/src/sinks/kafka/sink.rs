@@ -50,17 +50,12 @@ impl KafkaSink {
         properties: &KafkaProperties,
         config: KafkaSinkConfig,
     ) -> Result<Self, RuntimeError> {
-        if properties.brokers().is_none_or(|b| b.trim().is_empty()) {
-            return Err(config_error(
-                "kafka.bootstrap.servers",
-                "no brokers given: set it in [kafka], EVENTBUS_BROKERS or --brokers",
-            ));
-        }
+        let brokers = properties.require_brokers()?.to_owned();
         if properties
             .get("enable.idempotence")
             .is_some_and(|v| v != "true")
         {
-            return Err(config_error(
+            return Err(RuntimeError::config(
                 "kafka.enable.idempotence",
                 "the Kafka sink needs the idempotent producer to keep order across retries",
             ));
@@ -69,7 +64,7 @@ impl KafkaSink {
             .get("acks")
             .is_some_and(|v| v != "all" && v != "-1")
         {
-            return Err(config_error(
+            return Err(RuntimeError::config(
                 "kafka.acks",
                 "the Kafka sink acknowledges only fully replicated records: use all",
             ));
@@ -89,7 +84,7 @@ impl KafkaSink {
                 topic: config.topic.clone(),
             })
             .map_err(|e| match e {
-                KafkaError::ClientCreation(reason) => config_error("kafka", reason),
+                KafkaError::ClientCreation(reason) => RuntimeError::config("kafka", reason),
                 source => RuntimeError::Kafka {
                     operation: "producer creation",
                     source,
@@ -98,7 +93,7 @@ impl KafkaSink {
         Ok(Self {
             producer: Arc::new(producer),
             config: Arc::new(config),
-            brokers: properties.brokers().unwrap_or_default().to_owned(),
+            brokers,
         })
     }
 
@@ -176,13 +171,6 @@ fn is_producer_property(key: &str) -> bool {
         "group.protocol",
     ];
     !CONSUMER_ONLY.contains(&key)
-}
-
-fn config_error(key: &str, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Config {
-        key: key.to_owned(),
-        reason: reason.into(),
-    }
 }
 
 impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {
