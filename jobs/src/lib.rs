@@ -4,8 +4,9 @@
 //! in, one topic out, through the Kafka sink) and the model for job authors; [`demo`]
 //! runs it end to end on librdkafka's in-process mock cluster; [`bench`] measures the
 //! executor against a bare consumer. [`config`] loads the TOML job file.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+mod alter_configs;
 pub mod bench;
 pub mod config;
 pub mod demo;

@@ -189,9 +189,10 @@ pub async fn plan(
     Ok(changes)
 }
 
-/// Applies a plan. Refuses, before changing anything, what cannot be done: fewer
-/// partitions, and config changes (they need the IncrementalAlterConfigs request, which
-/// the bundled rdkafka binding does not expose yet).
+/// Applies a plan. Refuses, before changing anything, what cannot be done (fewer
+/// partitions); then creates missing topics, sets changed configs with
+/// IncrementalAlterConfigs (other configs of the topic are left alone) and adds
+/// partitions.
 ///
 /// # Errors
 /// A refused change (all are named), or a broker error naming the topic.
@@ -200,9 +201,6 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
         .iter()
         .filter_map(|c| match c {
             Change::RemovePartitions { .. } => Some(format!("{c}")),
-            Change::AlterConfig { .. } => Some(format!(
-                "{c} (changing a config of an existing topic needs IncrementalAlterConfigs, not supported yet)"
-            )),
             _ => None,
         })
         .collect();
@@ -241,6 +239,27 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
             }
         }
     }
+    let mut alters: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for c in changes {
+        if let Change::AlterConfig { topic, key, to, .. } = c {
+            match alters.iter_mut().find(|(t, _)| t == topic) {
+                Some((_, kvs)) => kvs.push((key.clone(), to.clone())),
+                None => alters.push((topic.clone(), vec![(key.clone(), to.clone())])),
+            }
+        }
+    }
+    let answers = crate::alter_configs::set_topic_configs(admin.inner(), &alters, TIMEOUT)
+        .context("alter topic configs")?;
+    let failed: Vec<String> = answers
+        .into_iter()
+        .filter_map(|(topic, r)| r.err().map(|e| format!("{topic}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "the broker refused config changes:\n  {}",
+            failed.join("\n  ")
+        );
+    }
     let grow: Vec<rdkafka::admin::NewPartitions<'_>> = changes
         .iter()
         .filter_map(|c| match c {
@@ -255,7 +274,21 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
         for r in admin
             .create_partitions(grow.iter(), &opts)
             .await
-            .context("create partitions")?
+            .with_context(|| {
+                let what: Vec<String> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::AddPartitions { topic, from, to } => {
+                            Some(format!("{topic} partitions {from} -> {to}"))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                format!(
+                    "the broker refused CreatePartitions for {}",
+                    what.join(", ")
+                )
+            })?
         {
             if let Err((name, code)) = r {
                 bail!(

@@ -210,7 +210,7 @@ async fn a_missing_output_topic_is_named_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topics_apply_creates_the_catalog_idempotently_and_refuses_a_decrease() {
+async fn topics_apply_creates_the_catalog_idempotently_alters_configs_and_refuses_a_decrease() {
     use eventbus_jobs::topics_cmd::{Change, plan};
     let brokers = shared_brokers();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -277,19 +277,60 @@ async fn topics_apply_creates_the_catalog_idempotently_and_refuses_a_decrease() 
         5
     );
 
-    let shorter = eventbus_schemas::Catalog::parse(
-        &text.replacen("retention_ms = 86400000 ", "retention_ms = 3600000 ", 1),
-        root.join("schemas"),
+    // A partition increase goes through CreatePartitions, which tansu refuses: the error
+    // names the topic and nothing else changes.
+    let more = dir.path().join("more.toml");
+    std::fs::write(
+        &more,
+        text.replacen("partitions = 5\n", "partitions = 6\n", 1),
     )
-    .expect("catalog");
+    .expect("write");
+    let grow = run(&more);
+    assert!(!grow.status.success());
+    let err = String::from_utf8_lossy(&grow.stderr);
+    assert!(
+        err.contains("safety.emergency.v1") && err.contains("CreatePartitions"),
+        "{err}"
+    );
+
+    // A retention change is planned, applied, and touches nothing else.
+    let shorter_text = text.replacen("retention_ms = 86400000 ", "retention_ms = 3600000 ", 1);
+    let shorter =
+        eventbus_schemas::Catalog::parse(&shorter_text, root.join("schemas")).expect("catalog");
     let changes = plan(&brokers, &shorter, Some(1)).await.expect("plan");
+    let to_short = Change::AlterConfig {
+        topic: "telemetry.raw.v1".into(),
+        key: "retention.ms".into(),
+        from: Some("86400000".into()),
+        to: "3600000".into(),
+    };
+    assert_eq!(changes, vec![to_short]);
+    let shorter_path = dir.path().join("shorter.toml");
+    std::fs::write(&shorter_path, &shorter_text).expect("write");
+    let applied = run(&shorter_path);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     assert_eq!(
-        changes,
+        plan(&brokers, &shorter, Some(1)).await.expect("plan"),
+        Vec::<Change>::new()
+    );
+    // Against the original catalog only the retention differs: cleanup.policy and the
+    // other topics were left as they were.
+    assert_eq!(
+        plan(&brokers, &catalog, Some(1)).await.expect("plan"),
         vec![Change::AlterConfig {
             topic: "telemetry.raw.v1".into(),
             key: "retention.ms".into(),
-            from: Some("86400000".into()),
-            to: "3600000".into(),
+            from: Some("3600000".into()),
+            to: "86400000".into(),
         }]
+    );
+    assert!(run(&catalog_path).status.success());
+    assert_eq!(
+        plan(&brokers, &catalog, Some(1)).await.expect("plan"),
+        Vec::<Change>::new()
     );
 }
