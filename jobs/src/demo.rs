@@ -17,7 +17,7 @@ use eventbus_operators::{KafkaSink, KafkaSinkConfig, Partitioning};
 use eventbus_runtime::operator::Operator;
 use eventbus_runtime::{Job, KafkaProperties, KafkaSource, Origin, RunnableJob, SourceConfig};
 use eventbus_schemas::fast::VehicleStateDecoder;
-use eventbus_schemas::{Catalog, Decoder, FileRegistry, SchemaRegistry, wire};
+use eventbus_schemas::{Catalog, Decoder, FileRegistry, wire};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
@@ -191,7 +191,9 @@ fn validating_job(
     )?;
     let fast = VehicleStateDecoder::new(registry.clone());
     let generic = Decoder::new(registry.clone());
-    let vehicle_state = registry.latest("vehicle.state.v1-value").map(|(id, _)| id);
+    let vehicle_state = registry
+        .latest_of("vehicle.state.v1-value")
+        .map(|(id, _)| id);
     Ok(Job::builder("demo")
         .source(KafkaSource::new(kafka, source))
         .try_map(move |bytes: Bytes| {
@@ -221,7 +223,7 @@ fn produce(brokers: &str, opts: &DemoOptions, registry: &FileRegistry) -> anyhow
             .with_context(|| format!("{topic} not in the catalog"))?
             .subject;
         let (id, schema) = registry
-            .latest(subject)
+            .latest_of(subject)
             .with_context(|| format!("{subject} is not registered"))?;
         let mut failed = None;
         let records = generate::records(topic, 42, id, &schema)?

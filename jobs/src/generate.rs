@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use apache_avro::types::Value;
 use apache_avro::{Decimal, Schema};
-use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry, encode, encode_value};
+use eventbus_schemas::{Catalog, FileRegistry, encode, encode_value};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -53,7 +53,7 @@ pub fn run(
         .with_context(|| format!("topic {} is not in the catalog", opts.topic))?;
     let registry = FileRegistry::embedded()?;
     let (id, schema) = registry
-        .latest(&spec.subject)
+        .latest_of(&spec.subject)
         .with_context(|| format!("subject {} is not registered", spec.subject))?;
     let records = records(&opts.topic, opts.seed, id, &schema)?;
     let bar = progress::bar(opts.count, "produced", opts.quiet);
@@ -439,7 +439,7 @@ mod tests {
         let registry = FileRegistry::embedded().expect("registry");
         for topic in TOPICS {
             let subject = &catalog.topic(topic).expect("in catalog").subject;
-            let (id, schema) = registry.latest(subject).expect("registered");
+            let (id, schema) = registry.latest_of(subject).expect("registered");
             let decoder = Decoder::new(registry.clone());
             for r in records(topic, 7, id, &schema).expect("generator").take(500) {
                 let (key, bytes) = r.expect("encodes");

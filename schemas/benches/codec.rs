@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventbus_schemas::events::{Position, VehicleState, VehicleStatus};
 use eventbus_schemas::fast::VehicleStateDecoder;
-use eventbus_schemas::{Decoder, FileRegistry, SchemaRegistry, bundled_dir, encode};
+use eventbus_schemas::{Decoder, FileRegistry, bundled_dir, encode};
 
 fn event(i: u64) -> VehicleState {
     VehicleState {
@@ -33,7 +33,7 @@ fn event(i: u64) -> VehicleState {
 fn codec(c: &mut Criterion) {
     let registry = FileRegistry::open(&bundled_dir()).expect("registry");
     let (id, schema) = registry
-        .latest("vehicle.state.v1-value")
+        .latest_of("vehicle.state.v1-value")
         .expect("registered");
     let events: Vec<VehicleState> = (0..1024).map(event).collect();
     let frames: Vec<Vec<u8>> = events

@@ -58,6 +58,11 @@ impl<R: SchemaRegistry> Decoder<R> {
         let writer = self
             .registry
             .schema(id)
+            .map_err(|source| DecodeError::Registry {
+                origin: origin.cloned(),
+                id,
+                source,
+            })?
             .ok_or_else(|| DecodeError::UnknownSchema {
                 origin: origin.cloned(),
                 id,

@@ -1,5 +1,7 @@
 //! Errors of the schemas crate. Decode errors are Permanent: the bytes will not get
-//! better by retrying, so the record belongs in the dead-letter queue.
+//! better by retrying, so the record belongs in the dead-letter queue. The one exception
+//! is a registry that cannot answer: that says nothing about the bytes, and is classified
+//! by the registry's own error.
 
 use std::path::PathBuf;
 
@@ -33,6 +35,19 @@ pub enum DecodeError {
         origin: Option<Origin>,
         /// The id.
         id: u32,
+    },
+    /// The registry could not say which schema `id` is (unreachable, or refusing us).
+    /// Classified by the registry's error: usually Transient, so the record is retried
+    /// rather than dead-lettered as if its bytes were bad.
+    #[error("{}: cannot look up schema id {id}: {source}", at(.origin))]
+    Registry {
+        /// The record, where known.
+        origin: Option<Origin>,
+        /// The id.
+        id: u32,
+        /// The registry's error.
+        #[source]
+        source: RegistryError,
     },
     /// The body does not decode with its writer schema.
     #[error("{}: body does not match schema id {id}: {reason}", at(.origin))]
@@ -77,7 +92,10 @@ fn at(origin: &Option<Origin>) -> String {
 
 impl Classify for DecodeError {
     fn class(&self) -> ErrorClass {
-        ErrorClass::Permanent
+        match self {
+            DecodeError::Registry { source, .. } => source.class(),
+            _ => ErrorClass::Permanent,
+        }
     }
 }
 
@@ -143,6 +161,52 @@ impl Classify for SchemaError {
         match self {
             SchemaError::Encode { .. } => ErrorClass::Permanent,
             _ => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// Why a registry request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The registry could not be reached or kept failing with 5xx.
+    #[error("schema registry {url} unavailable after {attempts} attempt(s): {reason}")]
+    Unavailable {
+        /// The request URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        reason: String,
+    },
+    /// The registry refused the request.
+    #[error("schema registry refused {url} with HTTP {status}: {message}")]
+    Rejected {
+        /// The request URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The registry's message.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from {url}: {reason}")]
+    BadResponse {
+        /// The request URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl Classify for RegistryError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RegistryError::Unavailable { .. } => ErrorClass::Transient,
+            RegistryError::Rejected {
+                status: 401 | 403, ..
+            } => ErrorClass::Fatal,
+            _ => ErrorClass::Permanent,
         }
     }
 }

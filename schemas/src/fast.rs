@@ -53,7 +53,8 @@ impl<R: SchemaRegistry> VehicleStateDecoder<R> {
         {
             return known;
         }
-        let Some(schema) = registry.schema(id) else {
+        // An id the registry cannot resolve goes the generic way, which reports why.
+        let Ok(Some(schema)) = registry.schema(id) else {
             return false;
         };
         let v1 = *schema == self.registry_v1;

@@ -10,9 +10,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use apache_avro::Schema;
-use eventbus_runtime::{Classify, ErrorClass};
 use serde::Deserialize;
 
+pub use crate::error::RegistryError;
 use crate::registry::SchemaRegistry;
 
 /// Where the registry is and how to talk to it.
@@ -39,52 +39,6 @@ impl HttpRegistryConfig {
             timeout: Duration::from_secs(10),
             retries: 3,
             backoff: Duration::from_millis(100),
-        }
-    }
-}
-
-/// Why a registry request failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RegistryError {
-    /// The registry could not be reached or kept failing with 5xx.
-    #[error("schema registry {url} unavailable after {attempts} attempt(s): {reason}")]
-    Unavailable {
-        /// The request URL.
-        url: String,
-        /// Attempts made.
-        attempts: u32,
-        /// The last failure.
-        reason: String,
-    },
-    /// The registry refused the request.
-    #[error("schema registry refused {url} with HTTP {status}: {message}")]
-    Rejected {
-        /// The request URL.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// The registry's message.
-        message: String,
-    },
-    /// The answer was not what the API promises.
-    #[error("unexpected answer from {url}: {reason}")]
-    BadResponse {
-        /// The request URL.
-        url: String,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-impl Classify for RegistryError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            RegistryError::Unavailable { .. } => ErrorClass::Transient,
-            RegistryError::Rejected {
-                status: 401 | 403, ..
-            } => ErrorClass::Fatal,
-            _ => ErrorClass::Permanent,
         }
     }
 }
@@ -341,19 +295,12 @@ impl HttpRegistry {
 }
 
 impl SchemaRegistry for HttpRegistry {
-    fn schema(&self, id: u32) -> Option<Arc<Schema>> {
-        // The trait cannot tell "unknown" from "unreachable" yet: log the difference.
-        self.fetch_schema(id).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, id, "schema lookup failed");
-            None
-        })
+    fn schema(&self, id: u32) -> Result<Option<Arc<Schema>>, RegistryError> {
+        self.fetch_schema(id)
     }
 
-    fn latest(&self, subject: &str) -> Option<(u32, Arc<Schema>)> {
-        self.fetch_latest(subject).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, subject, "latest-version lookup failed");
-            None
-        })
+    fn latest(&self, subject: &str) -> Result<Option<(u32, Arc<Schema>)>, RegistryError> {
+        self.fetch_latest(subject)
     }
 }
 

@@ -13,7 +13,7 @@
 //! use eventbus_schemas::events::{Position, VehicleState, VehicleStatus};
 //!
 //! let registry = FileRegistry::open(&bundled_dir())?;
-//! let (id, schema) = registry.latest("vehicle.state.v1-value").expect("registered");
+//! let (id, schema) = registry.latest_of("vehicle.state.v1-value").expect("registered");
 //! let event = VehicleState {
 //!     event_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
 //!     vehicle_id: "veh-0001".into(),

@@ -7,23 +7,31 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use serde::Deserialize;
 
-use crate::error::SchemaError;
+use crate::error::{RegistryError, SchemaError};
 
 /// Resolves schema ids and subjects to schemas. Implementations cache: lookups sit on
 /// every record's path.
 pub trait SchemaRegistry: Send + Sync {
-    /// The schema registered under `id`.
-    fn schema(&self, id: u32) -> Option<Arc<Schema>>;
+    /// The schema registered under `id`; `Ok(None)` when the registry answers that it
+    /// has no such id (a Permanent fact about the record).
+    ///
+    /// # Errors
+    /// The registry could not answer (Transient when unreachable): the caller must not
+    /// conclude the id is unknown.
+    fn schema(&self, id: u32) -> Result<Option<Arc<Schema>>, RegistryError>;
 
-    /// The latest version of `subject`, with its id.
-    fn latest(&self, subject: &str) -> Option<(u32, Arc<Schema>)>;
+    /// The latest version of `subject`, with its id; `Ok(None)` for an unknown subject.
+    ///
+    /// # Errors
+    /// As [`SchemaRegistry::schema`].
+    fn latest(&self, subject: &str) -> Result<Option<(u32, Arc<Schema>)>, RegistryError>;
 }
 
 impl<R: SchemaRegistry + ?Sized> SchemaRegistry for Arc<R> {
-    fn schema(&self, id: u32) -> Option<Arc<Schema>> {
+    fn schema(&self, id: u32) -> Result<Option<Arc<Schema>>, RegistryError> {
         (**self).schema(id)
     }
-    fn latest(&self, subject: &str) -> Option<(u32, Arc<Schema>)> {
+    fn latest(&self, subject: &str) -> Result<Option<(u32, Arc<Schema>)>, RegistryError> {
         (**self).latest(subject)
     }
 }
@@ -160,14 +168,26 @@ impl FileRegistry {
     }
 }
 
-impl SchemaRegistry for FileRegistry {
-    fn schema(&self, id: u32) -> Option<Arc<Schema>> {
+impl FileRegistry {
+    /// The schema registered under `id`, if any (the file registry cannot fail).
+    pub fn get(&self, id: u32) -> Option<Arc<Schema>> {
         self.by_id.get(&id).map(|r| r.schema.clone())
     }
 
-    fn latest(&self, subject: &str) -> Option<(u32, Arc<Schema>)> {
+    /// The latest version of `subject` with its id, if the subject is registered.
+    pub fn latest_of(&self, subject: &str) -> Option<(u32, Arc<Schema>)> {
         let id = *self.latest.get(subject)?;
-        self.schema(id).map(|s| (id, s))
+        self.get(id).map(|s| (id, s))
+    }
+}
+
+impl SchemaRegistry for FileRegistry {
+    fn schema(&self, id: u32) -> Result<Option<Arc<Schema>>, RegistryError> {
+        Ok(self.get(id))
+    }
+
+    fn latest(&self, subject: &str) -> Result<Option<(u32, Arc<Schema>)>, RegistryError> {
+        Ok(self.latest_of(subject))
     }
 }
 

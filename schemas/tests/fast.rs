@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use eventbus_schemas::events::{Position, VehicleState, VehicleStatus};
 use eventbus_schemas::fast::VehicleStateDecoder;
-use eventbus_schemas::{DecodeError, Decoder, FileRegistry, SchemaRegistry, bundled_dir, encode};
+use eventbus_schemas::{DecodeError, Decoder, FileRegistry, bundled_dir, encode};
 use proptest::prelude::*;
 
 fn registry() -> Arc<FileRegistry> {
@@ -75,7 +75,7 @@ proptest! {
     #[test]
     fn fast_and_generic_decode_the_same_events(e in event()) {
         let reg = registry();
-        let (id, schema) = reg.latest("vehicle.state.v1-value").unwrap();
+        let (id, schema) = reg.latest_of("vehicle.state.v1-value").unwrap();
         let bytes = encode(id, &schema, &e).unwrap();
         let fast = VehicleStateDecoder::new(reg.clone()).decode(&bytes, None).unwrap();
         let generic: VehicleState = Decoder::new(reg).decode_typed(&bytes, None).unwrap();
@@ -140,7 +140,7 @@ fn another_writer_version_goes_through_the_generic_path() {
     )
     .unwrap();
     let reg = Arc::new(FileRegistry::open(dir.path()).unwrap());
-    let v2_schema = reg.schema(2).unwrap();
+    let v2_schema = reg.get(2).unwrap();
     let mut value = apache_avro::to_value(
         Decoder::new(registry())
             .decode_typed::<VehicleState>(

@@ -259,3 +259,49 @@ fn a_hung_registry_fails_within_the_timeout() {
         "bounded, not a hang"
     );
 }
+
+#[test]
+fn a_decoder_tells_an_unknown_id_from_an_unreachable_registry() {
+    let bytes = std::fs::read(bundled_dir().join("testdata/vehicle_state_v1.bin")).unwrap();
+    let origin = eventbus_runtime::Origin {
+        topic: "vehicle.state.v1".into(),
+        partition: 3,
+        offset: 77,
+    };
+
+    // The registry answers "no such schema": the bytes are bad, Permanent.
+    let knows_nothing = Server::start(Box::new(|_, _| {
+        Some((
+            404,
+            r#"{"error_code":40403,"message":"Schema not found"}"#.to_owned(),
+        ))
+    }));
+    let err = Decoder::new(HttpRegistry::new(config(&knows_nothing.url)))
+        .decode(&bytes, Some(&origin))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            eventbus_schemas::DecodeError::UnknownSchema { id: 1, .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.class(), ErrorClass::Permanent);
+
+    // The registry keeps failing: nothing is known about the bytes, Transient, and the
+    // error still names the record.
+    let down = Server::start(Box::new(|_, _| Some((503, "busy".to_owned()))));
+    let err = Decoder::new(HttpRegistry::new(config(&down.url)))
+        .decode(&bytes, Some(&origin))
+        .unwrap_err();
+    assert!(
+        matches!(err, eventbus_schemas::DecodeError::Registry { id: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(err.class(), ErrorClass::Transient);
+    let text = err.to_string();
+    assert!(
+        text.contains("vehicle.state.v1") && text.contains("77"),
+        "{text}"
+    );
+}
