@@ -2,6 +2,7 @@
 
 CARGO ?= cargo
 BROKER := scripts/test-broker.sh
+S3 := scripts/test-s3.sh
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 EVENTBUS_BIN := $(TARGET_DIR)/debug/eventbus
 
@@ -27,15 +28,18 @@ schemas-check:
 	$(CARGO) build -p eventbus-jobs --bin eventbus
 	$(EVENTBUS_BIN) schemas check --against HEAD --dir schemas
 
-## Installs tansu if missing (cached), starts it, runs the real-broker tests, stops it.
+## Installs tansu and the S3 server if missing (cached), starts both, runs the
+## real-broker and warehouse tests, stops them.
 real-broker:
 	$(CARGO) build -p eventbus-jobs --bin eventbus
 	@set -e; \
 	addr=$$($(BROKER) start); \
-	trap '$(BROKER) stop' EXIT; \
-	echo "tansu listening on $$addr"; \
+	s3=$$($(S3) start); \
+	trap '$(BROKER) stop; $(S3) stop' EXIT; \
+	echo "tansu listening on $$addr, S3 server on $$s3"; \
 	EVENTBUS_TEST_BROKERS=$$addr TANSU_BIN=$$($(BROKER) bin) EVENTBUS_BIN=$(EVENTBUS_BIN) \
-	  $(CARGO) test -p eventbus-tests --features real-broker --test real_broker -- --test-threads=1
+	EVENTBUS_TEST_S3=$$s3 EVENTBUS_TEST_S3_PID=$$($(S3) pid) \
+	  $(CARGO) test -p eventbus-tests --features real-broker --test real_broker --test warehouse -- --test-threads=1
 
 ## The embedded demo.
 demo:

@@ -47,6 +47,9 @@ pub struct JobFile {
     /// Settings of the `mirror` job.
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
+    /// Settings of the `warehouse` job.
+    #[serde(default)]
+    pub warehouse: Option<crate::warehouse::WarehouseConfig>,
 }
 
 /// Overrides from the command line.

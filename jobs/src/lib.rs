@@ -17,3 +17,4 @@ mod progress;
 pub mod schemas_cmd;
 pub mod topic_io;
 pub mod topics_cmd;
+pub mod warehouse;

@@ -54,12 +54,14 @@ enum Command {
     },
     /// Run a named job against the brokers in the config until SIGINT or SIGTERM.
     ///
-    /// Jobs: mirror (the [source] topics to the [mirror] output topic). On the first
-    /// signal the job stops fetching, drains in-flight records, flushes and commits, then
-    /// exits 0; a second signal exits at once.
+    /// Jobs: mirror (the [source] topics to the [mirror] output topic); warehouse (each
+    /// topic into a Hive-partitioned Parquet table under the table root, every record
+    /// exactly once; settings in [warehouse]). On the first signal the job stops
+    /// fetching, drains in-flight records, flushes and commits, then exits 0; a second
+    /// signal exits at once.
     Run {
         /// The job to run.
-        #[arg(value_parser = ["mirror"])]
+        #[arg(value_parser = ["mirror", "warehouse"])]
         job: String,
         /// The TOML job file ([kafka], [source], [runtime] and the job's own section).
         #[arg(long, short)]
@@ -70,6 +72,17 @@ enum Command {
         /// Consumer group; overrides the file and EVENTBUS_GROUP_ID.
         #[arg(long)]
         group: Option<String>,
+        /// warehouse: topics to load (comma-separated); overrides [source] topics.
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+        /// warehouse: table root, a path, file:///path or s3://bucket/prefix (default
+        /// data/warehouse); overrides [warehouse] table_root.
+        #[arg(long)]
+        table_root: Option<String>,
+        /// warehouse: stop once every partition has reached the end offset it had at
+        /// start, publish, commit and exit 0 (batch loading).
+        #[arg(long)]
+        until_caught_up: bool,
     },
     /// Produce realistic synthetic events for a catalog topic, in the wire format.
     ///
@@ -254,9 +267,53 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config,
             brokers,
             group,
+            topics,
+            table_root,
+            until_caught_up,
         } => {
-            let file = JobFile::load(config.as_deref(), &Overrides { brokers, group })?;
+            let mut file = JobFile::load(
+                config.as_deref(),
+                &Overrides {
+                    brokers: brokers.clone(),
+                    group: group.clone(),
+                },
+            )?;
             match job.as_str() {
+                "warehouse" => {
+                    if file.source.is_none() {
+                        let mut s = eventbus_runtime::SourceConfig::new(
+                            group.unwrap_or_else(|| {
+                                std::env::var(eventbus_jobs::config::ENV_GROUP_ID).unwrap_or_else(
+                                    |_| eventbus_jobs::warehouse::DEFAULT_GROUP.to_owned(),
+                                )
+                            }),
+                            Vec::<String>::new(),
+                        );
+                        s.topics = topics.clone();
+                        file.source = Some(s);
+                    }
+                    let args = eventbus_jobs::warehouse::WarehouseArgs {
+                        topics,
+                        table_root,
+                        until_caught_up,
+                    };
+                    let wh = tokio::task::block_in_place(|| {
+                        eventbus_jobs::warehouse::job(&file, &args)
+                    })?;
+                    let root = wh.table_root.clone();
+                    let report = wh
+                        .run(eventbus_runtime::shutdown::signals())
+                        .await
+                        .context("warehouse job stopped")?;
+                    tracing::info!(
+                        consumed = report.consumed,
+                        delivered = report.delivered,
+                        committed = report.committed_total(),
+                        table_root = root,
+                        "warehouse job finished"
+                    );
+                    Ok(())
+                }
                 "mirror" => {
                     let report = mirror::job(&file)?
                         .run(eventbus_runtime::shutdown::signals())

@@ -2,8 +2,10 @@
 //!
 //! Ready-made parts for eventbus jobs. For now, sinks: [`KafkaSink`] (idempotent
 //! producer, `acks=all`, a record is done only when its delivery report says so),
-//! [`LogSink`] and [`DiscardSink`]. Avro decoding, retry, rate limiting and the Parquet
-//! and webhook sinks come with their own issues.
+//! [`LogSink`], [`DiscardSink`], and [`ParquetSink`] (wire-format Avro into
+//! Hive-partitioned Parquet tables on the local filesystem or S3, each record in exactly
+//! one published file; see [`sinks::parquet`]). Retry, rate limiting and the webhook sink
+//! come with their own issues.
 //!
 //! ```no_run
 //! use eventbus_operators::{KafkaSink, KafkaSinkConfig};
@@ -27,3 +29,4 @@ pub mod sinks;
 pub use sinks::discard::DiscardSink;
 pub use sinks::kafka::{KafkaSink, KafkaSinkConfig, Partitioning};
 pub use sinks::log::LogSink;
+pub use sinks::parquet::{ParquetSink, ParquetSinkConfig, S3Config, SchemaLookup};

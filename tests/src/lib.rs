@@ -125,6 +125,25 @@ impl JobProcess {
         Self { child, log }
     }
 
+    /// Starts `eventbus run warehouse --config CONFIG ARGS...`.
+    pub fn warehouse(config: &Path, log_dir: &Path, name: &str, args: &[&str]) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(eventbus_bin())
+            .args(["run", "warehouse", "--config"])
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("EVENTBUS_BROKERS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start eventbus");
+        Self { child, log }
+    }
+
     /// Sends a signal (`"KILL"`, `"TERM"`).
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
@@ -499,4 +518,108 @@ pub async fn mirror_end_to_end(
         assert_eq!(a, b, "partition {p} differs from its input");
     }
     out
+}
+
+/// One row of a warehouse table, as the tests check it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableRow {
+    /// `_partition`.
+    pub partition: i32,
+    /// `_offset`.
+    pub offset: i64,
+    /// `event_id`.
+    pub event_id: String,
+}
+
+/// Reads every `*.parquet` object under `prefix` of `store` (and nothing else: staged
+/// files and the `_eventbus` folder are not data), in path order.
+pub async fn read_table(
+    store: &dyn object_store::ObjectStore,
+    prefix: &object_store::path::Path,
+) -> Vec<TableRow> {
+    use arrow::array::{Array, Int32Array, Int64Array, StringArray};
+    use futures_util::TryStreamExt;
+    let mut files: Vec<_> = store
+        .list(Some(prefix))
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("list the table");
+    files.retain(|o| o.location.as_ref().ends_with(".parquet"));
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut rows = Vec::new();
+    for f in files {
+        let bytes = store
+            .get(&f.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("read");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap_or_else(|e| panic!("{} is not a whole Parquet file: {e}", f.location))
+            .build()
+            .expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .unwrap_or_else(|| panic!("{} has no column {name}", f.location))
+                    .clone()
+            };
+            let parts = col("_partition");
+            let parts = parts.as_any().downcast_ref::<Int32Array>().expect("int32");
+            let offsets = col("_offset");
+            let offsets = offsets
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64");
+            // A uuid column is 16 bytes (Arrow's uuid storage); a plain string is text.
+            let ids = col("event_id");
+            let id_of = |i: usize| -> String {
+                if let Some(s) = ids.as_any().downcast_ref::<StringArray>() {
+                    return s.value(i).to_owned();
+                }
+                let b = ids
+                    .as_any()
+                    .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
+                    .expect("event_id is a string or a 16-byte uuid")
+                    .value(i);
+                uuid_text(b)
+            };
+            for i in 0..batch.num_rows() {
+                rows.push(TableRow {
+                    partition: parts.value(i),
+                    offset: offsets.value(i),
+                    event_id: id_of(i),
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// Rows read more than once, and the count of distinct (partition, offset) pairs.
+pub fn table_duplicates(rows: &[TableRow]) -> (usize, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut dups = 0;
+    for r in rows {
+        if !seen.insert((r.partition, r.offset)) {
+            dups += 1;
+        }
+    }
+    (dups, seen.len())
+}
+
+/// The canonical text of a 16-byte uuid.
+pub fn uuid_text(b: &[u8]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

@@ -3,3 +3,4 @@
 pub mod discard;
 pub mod kafka;
 pub mod log;
+pub mod parquet;

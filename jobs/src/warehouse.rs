@@ -1,0 +1,282 @@
+//! The `warehouse` job: topics → decode (wire format + registry) → one Parquet table
+//! per topic under the table root, each record exactly once (see
+//! [`eventbus_operators::sinks::parquet`]).
+//!
+//! ```text
+//! Job::builder("warehouse")
+//!     .source(KafkaSource::new(kafka, source))
+//!     .sink(ParquetSink::new(config, lookup, &ids)?)
+//! ```
+//!
+//! With `until_caught_up` it stops once every partition of its topics has reached the end
+//! offset it had at start (in this instance or, by the table's progress files, in any
+//! other of the group), publishes, commits and returns: the batch-loader mode.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use eventbus_operators::{ParquetSink, ParquetSinkConfig, S3Config, SchemaLookup};
+use eventbus_runtime::{JobReport, KafkaProperties, KafkaSource, SourceConfig, TopicPartition};
+use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Deserialize;
+
+use crate::config::JobFile;
+
+/// Default consumer group of the warehouse job.
+pub const DEFAULT_GROUP: &str = "eventbus-warehouse";
+/// Default table root.
+pub const DEFAULT_ROOT: &str = "data/warehouse";
+
+/// The `[warehouse]` section. Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseConfig {
+    /// Table root: a path, `file:///path` or `s3://bucket/prefix`. Default
+    /// `data/warehouse`.
+    pub table_root: Option<String>,
+    /// Roll a partition's file at this many rows. Default 500,000.
+    pub roll_rows: Option<usize>,
+    /// Roll at this many bytes of input. Default 128 MiB.
+    pub roll_bytes: Option<usize>,
+    /// Publish a partition's rows once the oldest is this old. Default 60,000.
+    pub max_age_ms: Option<u64>,
+    /// Rows per Parquet row group. Default 131,072.
+    pub row_group_rows: Option<usize>,
+    /// zstd level. Default 1.
+    pub zstd_level: Option<i32>,
+    /// Per topic, the event-time field that picks the `dt=/hour=` folder. Catalog topics
+    /// not listed use the field named `event_time` when their schema has one; all others
+    /// the Kafka timestamp.
+    #[serde(default)]
+    pub event_time: HashMap<String, String>,
+    /// S3 settings (else the AWS environment variables).
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// Command-line settings of `eventbus run warehouse`.
+#[derive(Debug, Clone, Default)]
+pub struct WarehouseArgs {
+    /// `--topics`.
+    pub topics: Vec<String>,
+    /// `--table-root`.
+    pub table_root: Option<String>,
+    /// `--until-caught-up`.
+    pub until_caught_up: bool,
+}
+
+/// A warehouse job ready to run.
+pub struct Warehouse {
+    kafka: KafkaProperties,
+    source: SourceConfig,
+    runtime: eventbus_runtime::RuntimeConfig,
+    sink: ParquetSink,
+    /// Where the tables are.
+    pub table_root: String,
+    until_caught_up: bool,
+}
+
+impl std::fmt::Debug for Warehouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warehouse")
+            .field("table_root", &self.table_root)
+            .field("topics", &self.source.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The schema lookup the sink uses: the file registry compiled in.
+fn lookup(registry: Arc<FileRegistry>) -> SchemaLookup {
+    Arc::new(move |id| match registry.schema(id) {
+        Ok(Some(schema)) => serde_json::to_string(&*schema)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// Builds the job from a job file and the command line.
+///
+/// # Errors
+/// No topics, a schema that cannot map to Arrow (named), or a table root that cannot be
+/// opened.
+pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
+    let wh = file.warehouse.clone().unwrap_or_default();
+    let mut source = match &file.source {
+        Some(s) => s.clone(),
+        None => SourceConfig::new(DEFAULT_GROUP, Vec::<String>::new()),
+    };
+    if !args.topics.is_empty() {
+        source.topics = args.topics.clone();
+    }
+    if source.topics.is_empty() {
+        bail!("no topics: give --topics T1,T2 or [source] topics in the config");
+    }
+    let registry = Arc::new(FileRegistry::embedded()?);
+    let catalog = Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
+    let mut ids = Vec::new();
+    let mut event_time = wh.event_time.clone();
+    for topic in &source.topics {
+        // A catalog topic: its subject's versions. Any other topic may carry any
+        // registered schema, so every one is checked.
+        let Some(spec) = catalog.topic(topic) else {
+            ids.extend(registry.entries().map(|e| e.id));
+            continue;
+        };
+        let (_, schema) = registry
+            .latest_of(&spec.subject)
+            .with_context(|| format!("subject {} is not registered", spec.subject))?;
+        ids.extend(
+            registry
+                .entries()
+                .filter(|e| e.subject == spec.subject)
+                .map(|e| e.id),
+        );
+        if !event_time.contains_key(topic)
+            && let apache_avro::Schema::Record(r) = &*schema
+            && r.fields.iter().any(|f| f.name == "event_time")
+        {
+            event_time.insert(topic.clone(), "event_time".to_owned());
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let table_root = args
+        .table_root
+        .clone()
+        .or(wh.table_root.clone())
+        .unwrap_or_else(|| DEFAULT_ROOT.to_owned());
+    let mut config = ParquetSinkConfig::new(table_root.clone());
+    if let Some(v) = wh.roll_rows {
+        config.roll_rows = v.max(1);
+    }
+    if let Some(v) = wh.roll_bytes {
+        config.roll_bytes = v.max(1);
+    }
+    if let Some(v) = wh.max_age_ms {
+        config.max_age = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = wh.row_group_rows {
+        config.row_group_rows = v.max(1);
+    }
+    if let Some(v) = wh.zstd_level {
+        config.zstd_level = v;
+    }
+    config.event_time_fields = event_time;
+    config.s3 = wh.s3.clone().unwrap_or_default();
+    let sink = ParquetSink::new(config, lookup(registry), &ids)
+        .with_context(|| format!("opening the tables under {table_root}"))?;
+    Ok(Warehouse {
+        kafka: file.kafka.clone(),
+        source,
+        runtime: file.runtime.clone(),
+        sink,
+        table_root,
+        until_caught_up: args.until_caught_up,
+    })
+}
+
+impl Warehouse {
+    /// Runs until `shutdown` resolves (or, in batch mode, until caught up).
+    ///
+    /// # Errors
+    /// The job failed; offsets were not committed past what the tables hold.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<JobReport> {
+        let ends = if self.until_caught_up {
+            Some(end_offsets(&self.kafka, &self.source.topics)?)
+        } else {
+            None
+        };
+        let sink = self.sink.clone();
+        let job = eventbus_runtime::Job::builder("warehouse")
+            .config(self.runtime)
+            .source(KafkaSource::new(self.kafka, self.source))
+            .sink(self.sink)
+            .build()?;
+        let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match ends {
+            None => Box::pin(shutdown),
+            Some(ends) => Box::pin(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = caught_up(sink, ends) => {
+                        tracing::info!("every partition reached its start-time end offset");
+                    }
+                }
+            }),
+        };
+        Ok(job.run(stop).await?)
+    }
+}
+
+/// Per partition, the (low, high) offsets now.
+fn end_offsets(
+    kafka: &KafkaProperties,
+    topics: &[String],
+) -> anyhow::Result<BTreeMap<TopicPartition, (i64, i64)>> {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in kafka.iter() {
+        cfg.set(k, v);
+    }
+    cfg.set("group.id", "eventbus-warehouse-watermarks");
+    let consumer: BaseConsumer = cfg.create().context("cannot create a consumer")?;
+    let timeout = Duration::from_secs(30);
+    let mut out = BTreeMap::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("metadata of {topic}"))?;
+        let Some(t) = md.topics().first().filter(|t| t.error().is_none()) else {
+            bail!("topic {topic} does not exist");
+        };
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .with_context(|| format!("end offsets of {topic}[{}]", p.id()))?;
+            out.insert(TopicPartition::new(topic.as_str(), p.id()), (low, high));
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves once every partition is in the table up to its start-time end offset.
+async fn caught_up(sink: ParquetSink, ends: BTreeMap<TopicPartition, (i64, i64)>) {
+    let topics: Vec<String> = {
+        let mut t: Vec<String> = ends.keys().map(|tp| tp.topic.to_string()).collect();
+        t.dedup();
+        t
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut published: HashMap<TopicPartition, i64> = HashMap::new();
+        for topic in &topics {
+            match sink.table_progress(topic).await {
+                Ok(list) => {
+                    for p in list {
+                        published.insert(
+                            TopicPartition::new(topic.as_str(), p.partition),
+                            p.next_offset,
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, topic, "cannot read table progress"),
+            }
+        }
+        let done = ends.iter().all(|(tp, (low, high))| {
+            high <= low
+                || published.get(tp).is_some_and(|n| n >= high)
+                || sink.seen(tp).is_some_and(|s| s + 1 >= *high)
+        });
+        if done {
+            return;
+        }
+    }
+}

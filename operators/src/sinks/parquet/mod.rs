@@ -1,0 +1,795 @@
+//! The Parquet sink: wire-format Avro records into Hive-partitioned Parquet tables on an
+//! object store, each consumed record in exactly one published file.
+//!
+//! # Layout
+//!
+//! One table per source topic under the table root:
+//!
+//! ```text
+//! <root>/<topic>/dt=YYYY-MM-DD/hour=HH/<partition>-<start offset>-<end offset>.parquet
+//! <root>/<topic>/_eventbus/commits/<partition>/<start offset>.json   commit log
+//! <root>/<topic>/_eventbus/progress/<partition>.json                 next offset, max event time
+//! <root>/<topic>/_eventbus/watermark.json                            hours complete in every partition
+//! <root>/<topic>/_eventbus/staging/...                               files not yet published
+//! ```
+//!
+//! Columns are the writer schema's top-level fields (decoded straight into Arrow by
+//! `arrow-avro`, no per-record value tree) plus `_topic`, `_partition`, `_offset` and
+//! `_kafka_ts`. The hour comes from the configured event-time field, else the Kafka
+//! timestamp. A record with a different writer schema id rolls the file, so each file
+//! has one schema and the table reads with union-by-name readers.
+//!
+//! # The exactly-once protocol
+//!
+//! Files belong to one partition and hold a contiguous offset range. The truth of what is
+//! in the table lives in the object store, never in the consumer's committed offsets; per
+//! partition, commit entries form a chain where each starts at the previous one's end + 1.
+//!
+//! 1. **Recover** (first record of a partition after it is assigned): read the partition's
+//!    newest commit entry; publish any of its files missing under their final names by
+//!    copying the staged copy (roll forward); `next` = its end + 1. Records below `next`
+//!    are already in the table and are acknowledged without being written again. Staged
+//!    leftovers below `next` are deleted.
+//! 2. **Buffer** records of the partition, decoding each into Arrow as it arrives.
+//! 3. **Stage** (on row count, byte size, maximum age, a schema change, revoke, shutdown):
+//!    write each hour's rows as a Parquet file under `_eventbus/staging/` with a name
+//!    unique to this writer. Staged names do not end in `.parquet`, so no reader of
+//!    `**/*.parquet` sees them.
+//! 4. **Commit**: create `_eventbus/commits/<partition>/<next>.json` listing the final and
+//!    staged names, offset range and row counts — with a conditional put (create only),
+//!    so of two writers that believe they own the partition exactly one wins. The loser
+//!    re-reads the chain, acknowledges what the winner wrote, and stages the rest again.
+//! 5. **Publish**: copy each staged file to its final name (a copy appears whole or not at
+//!    all, on S3 and on the local filesystem alike), delete the staged copy, update the
+//!    progress file.
+//! 6. **Acknowledge** the records; the runtime then commits their offsets to Kafka.
+//!
+//! Crash cases (the job killed at any instruction, the store failing mid-write):
+//! - before the commit entry exists: staged files are invisible leftovers; the records
+//!   were not acknowledged, so they are read again from the committed offset and staged
+//!   anew. Nothing published, nothing lost.
+//! - after the commit entry, before or during publication: recovery finds the entry and
+//!   copies the missing files. A final name is deterministic, so a copy done twice
+//!   writes the same bytes to the same name.
+//! - after publication, before the Kafka commit: the records come again; recovery says
+//!   they are below `next`, and they are acknowledged without writing.
+//! - a store that fails (unreachable, 5xx): the store client retries; a write that still
+//!   fails fails the flush, nothing is acknowledged, the job stops without committing.
+//! - a rebalance: revoked partitions publish before their offsets are committed; the
+//!   next owner recovers from the store, so it continues the chain exactly.
+//!
+//! Stores without conditional puts fall back to check-then-put for the commit entry,
+//! which is exact as long as one writer owns a partition at a time (the consumer group
+//! ensures that except for a member that lost its session while still writing).
+
+mod encode;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema as ArrowSchema;
+use arrow_avro::reader::{Decoder, ReaderBuilder};
+use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+use bytes::Bytes;
+use eventbus_runtime::{Ack, ErrorClass, Record, Sink, SinkError, TopicPartition};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use tokio::sync::Mutex;
+
+pub use encode::{COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC};
+use encode::{FileFormat, RowMeta};
+pub use table::{CommitEntry, CommitFile, Progress, Watermark};
+use table::{Committed, Table};
+
+const SINK: &str = "parquet";
+
+/// Looks a writer schema up by its registry id: the Avro schema JSON, `Ok(None)` when the
+/// registry has no such id, `Err` when it could not answer.
+pub type SchemaLookup = Arc<dyn Fn(u32) -> Result<Option<String>, String> + Send + Sync>;
+
+/// Where and how the sink writes.
+#[derive(Debug, Clone)]
+pub struct ParquetSinkConfig {
+    /// Table root: a local path or `file:///path` (the default store), or
+    /// `s3://bucket/prefix`.
+    pub table_root: String,
+    /// Roll a partition's file at this many rows. Default 500,000.
+    pub roll_rows: usize,
+    /// Roll at this many bytes of encoded input. Default 128 MiB.
+    pub roll_bytes: usize,
+    /// Publish whatever a partition holds once its oldest row is this old, even when no
+    /// new record arrives. Default 60 s.
+    pub max_age: Duration,
+    /// Rows per Parquet row group. Default 128 Ki.
+    pub row_group_rows: usize,
+    /// zstd level. Default 1.
+    pub zstd_level: i32,
+    /// Per topic, the field giving each row's event time (a timestamp or a long of
+    /// milliseconds) for the `dt=/hour=` folders; topics not listed use the Kafka
+    /// timestamp.
+    pub event_time_fields: HashMap<String, String>,
+    /// S3 settings for `s3://` roots.
+    pub s3: S3Config,
+}
+
+impl ParquetSinkConfig {
+    /// Defaults for a table root.
+    pub fn new(table_root: impl Into<String>) -> Self {
+        Self {
+            table_root: table_root.into(),
+            roll_rows: 500_000,
+            roll_bytes: 128 << 20,
+            max_age: Duration::from_secs(60),
+            row_group_rows: 128 * 1024,
+            zstd_level: 1,
+            event_time_fields: HashMap::new(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// S3 settings. Unset values come from the usual AWS environment variables
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000` for a local server.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+}
+
+/// Opens the object store a table root names, and the path of the root inside it.
+///
+/// # Errors
+/// The URL is not a path, `file://` or `s3://` URL, or the store cannot be built.
+pub fn open_store(
+    table_root: &str,
+    s3: &S3Config,
+) -> Result<(Arc<dyn ObjectStore>, Path), SinkError> {
+    let bad = |reason: String| SinkError::Flush {
+        sink: SINK,
+        reason: format!("table root {table_root:?}: {reason}"),
+    };
+    if let Some(rest) = table_root.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket in the s3:// URL".into()));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(e) = &s3.endpoint {
+            b = b.with_endpoint(e);
+        }
+        let endpoint = s3
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .unwrap_or_default();
+        if endpoint.starts_with("http://") {
+            b = b.with_allow_http(true);
+        }
+        if let Some(r) = &s3.region {
+            b = b.with_region(r);
+        }
+        if let Some(k) = &s3.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &s3.secret_access_key {
+            b = b.with_secret_access_key(k);
+        }
+        let store = b.build().map_err(|e| bad(e.to_string()))?;
+        return Ok((Arc::new(store), Path::from(prefix)));
+    }
+    let dir = table_root.strip_prefix("file://").unwrap_or(table_root);
+    if dir.contains("://") {
+        return Err(bad(
+            "only local paths, file:// and s3:// are supported".into()
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((Arc::new(store), Path::default()))
+}
+
+/// The Arrow schema rows of `avro_schema_json` get, before the Kafka columns. Fails,
+/// naming the schema, when a construct cannot be mapped.
+///
+/// # Errors
+/// The schema is not valid Avro or holds a construct arrow-avro cannot map.
+pub fn arrow_schema_of(id: u32, avro_schema_json: &str) -> Result<Arc<ArrowSchema>, String> {
+    let decoder = build_decoder(&[(id, avro_schema_json.to_owned())], Some(id), 16)?;
+    Ok(decoder.schema())
+}
+
+fn build_decoder(
+    schemas: &[(u32, String)],
+    active: Option<u32>,
+    batch_rows: usize,
+) -> Result<Decoder, String> {
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    for (id, json) in schemas {
+        store
+            .set(Fingerprint::Id(*id), AvroSchema::new(json.clone()))
+            .map_err(|e| format!("schema id {id}: {e}"))?;
+    }
+    let mut b = ReaderBuilder::new()
+        .with_writer_schema_store(store)
+        .with_batch_size(batch_rows);
+    if let Some(id) = active {
+        b = b.with_active_fingerprint(Fingerprint::Id(id));
+    }
+    b.build_decoder().map_err(|e| match active {
+        Some(id) => format!("schema id {id} cannot be mapped to Arrow: {e}"),
+        None => format!("cannot build the Avro decoder: {e}"),
+    })
+}
+
+/// One partition's buffered records.
+struct PartBuf {
+    tp: TopicPartition,
+    table: Table,
+    /// `None` until recovered; then the first offset not yet in the table, if known.
+    next: Option<Option<i64>>,
+    schema_id: Option<u32>,
+    decoder: Option<Decoder>,
+    raw: Vec<Bytes>,
+    meta: RowMeta,
+    acks: Vec<Ack>,
+    bytes: usize,
+    oldest: Option<Instant>,
+    /// Highest offset received, for callers waiting to catch up.
+    seen: Option<i64>,
+}
+
+impl PartBuf {
+    fn rows(&self) -> usize {
+        self.acks.len()
+    }
+}
+
+struct Inner {
+    config: ParquetSinkConfig,
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    lookup: SchemaLookup,
+    /// Writer schemas known so far, by id.
+    schemas: StdMutex<Vec<(u32, String)>>,
+    parts: StdMutex<HashMap<TopicPartition, Arc<Mutex<PartBuf>>>>,
+    tables: StdMutex<HashMap<String, Table>>,
+    writer: String,
+    timer: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Writes wire-format Avro records into Parquet tables exactly once; see the module
+/// docs for the layout and the protocol.
+#[derive(Clone)]
+pub struct ParquetSink {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ParquetSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParquetSink")
+            .field("table_root", &self.inner.config.table_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParquetSink {
+    /// A sink writing under `config.table_root`. `lookup` resolves writer schema ids;
+    /// `initial` lists the ids to check up front: each must map to Arrow, or this fails
+    /// naming the schema.
+    ///
+    /// # Errors
+    /// The store cannot be opened, or a schema in `initial` cannot be mapped.
+    pub fn new(
+        config: ParquetSinkConfig,
+        lookup: SchemaLookup,
+        initial: &[u32],
+    ) -> Result<Self, SinkError> {
+        let (store, root) = open_store(&config.table_root, &config.s3)?;
+        let mut schemas = Vec::new();
+        for id in initial {
+            let json = lookup(*id)
+                .map_err(|e| config_error(format!("schema id {id}: {e}")))?
+                .ok_or_else(|| config_error(format!("schema id {id} is not registered")))?;
+            arrow_schema_of(*id, &json).map_err(config_error)?;
+            schemas.push((*id, json));
+        }
+        let writer = format!(
+            "{:08x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32))
+                .unwrap_or(0)
+                & 0xffff_ffff
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                root,
+                lookup,
+                schemas: StdMutex::new(schemas),
+                parts: StdMutex::new(HashMap::new()),
+                tables: StdMutex::new(HashMap::new()),
+                writer,
+                timer: StdMutex::new(None),
+            }),
+        })
+    }
+
+    /// The table of `topic`.
+    fn table(&self, topic: &str) -> Table {
+        let mut tables = lock(&self.inner.tables);
+        tables
+            .entry(topic.to_owned())
+            .or_insert_with(|| {
+                Table::new(
+                    self.inner.store.clone(),
+                    self.inner.root.child(topic),
+                    topic,
+                )
+            })
+            .clone()
+    }
+
+    /// Every partition's progress as the table records it (written by any instance).
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub async fn table_progress(&self, topic: &str) -> Result<Vec<Progress>, SinkError> {
+        self.table(topic).progress().await.map_err(store_error)
+    }
+
+    /// The highest offset this sink has received for a partition, buffered or written.
+    pub fn seen(&self, tp: &TopicPartition) -> Option<i64> {
+        let part = lock(&self.inner.parts).get(tp).cloned()?;
+        part.try_lock().ok().and_then(|p| p.seen)
+    }
+
+    /// Recomputes each table's watermark file.
+    ///
+    /// # Errors
+    /// The store could not be read or written.
+    pub async fn write_watermarks(&self) -> Result<(), SinkError> {
+        let tables: Vec<Table> = lock(&self.inner.tables).values().cloned().collect();
+        for t in tables {
+            t.write_watermark().await.map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    fn part(&self, tp: &TopicPartition) -> Arc<Mutex<PartBuf>> {
+        let mut parts = lock(&self.inner.parts);
+        if let Some(p) = parts.get(tp) {
+            return p.clone();
+        }
+        let p = Arc::new(Mutex::new(PartBuf {
+            tp: tp.clone(),
+            table: self.table(&tp.topic),
+            next: None,
+            schema_id: None,
+            decoder: None,
+            raw: Vec::new(),
+            meta: RowMeta::default(),
+            acks: Vec::new(),
+            bytes: 0,
+            oldest: None,
+            seen: None,
+        }));
+        parts.insert(tp.clone(), p.clone());
+        p
+    }
+
+    fn start_timer(&self) {
+        let mut timer = lock(&self.inner.timer);
+        if timer.is_some() {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let tick = (self.inner.config.max_age / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        *timer = Some(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let sink = ParquetSink { inner };
+                sink.publish_aged().await;
+            }
+        }));
+    }
+
+    /// Publishes every partition whose oldest buffered row reached the maximum age.
+    async fn publish_aged(&self) {
+        let max_age = self.inner.config.max_age;
+        let parts: Vec<_> = lock(&self.inner.parts).values().cloned().collect();
+        for part in parts {
+            // A partition busy sending is not idle; it rolls by itself.
+            let Ok(mut p) = part.try_lock() else { continue };
+            if p.oldest.is_some_and(|t| t.elapsed() >= max_age) {
+                if let Err(e) = self.publish(&mut p).await {
+                    tracing::error!(error = %e, "publishing an aged Parquet file failed");
+                }
+            }
+        }
+    }
+
+    /// Recovers the partition's position from the table if not done since assignment.
+    async fn recover(&self, p: &mut PartBuf) -> Result<Option<i64>, SinkError> {
+        if let Some(next) = p.next {
+            return Ok(next);
+        }
+        let next = match p
+            .table
+            .last_commit(p.tp.partition)
+            .await
+            .map_err(store_error)?
+        {
+            Some(entry) => {
+                let copied = p.table.roll_forward(&entry).await.map_err(store_error)?;
+                if copied > 0 {
+                    tracing::info!(
+                        topic = %p.tp.topic, partition = p.tp.partition, files = copied,
+                        start = entry.start_offset, end = entry.end_offset,
+                        "rolled a committed Parquet file forward"
+                    );
+                }
+                Some(entry.end_offset + 1)
+            }
+            None => None,
+        };
+        if let Some(n) = next {
+            p.table
+                .clean_staging(p.tp.partition, n)
+                .await
+                .map_err(store_error)?;
+        }
+        p.next = Some(next);
+        Ok(next)
+    }
+
+    fn known_schemas(&self, id: u32) -> Result<Vec<(u32, String)>, SinkError> {
+        let mut schemas = lock(&self.inner.schemas);
+        if !schemas.iter().any(|(k, _)| *k == id) {
+            let json = (self.inner.lookup)(id).map_err(|e| SinkError::Flush {
+                sink: SINK,
+                reason: format!("looking up schema id {id}: {e}"),
+            })?;
+            if let Some(json) = json {
+                schemas.push((id, json));
+            }
+        }
+        Ok(schemas.clone())
+    }
+
+    /// Feeds one record's bytes to the partition's decoder. On a bad record the decoder
+    /// is rebuilt from the good records, so the buffer stays consistent.
+    fn decode_into(&self, p: &mut PartBuf, id: u32, bytes: &[u8]) -> Result<(), String> {
+        if p.decoder.is_none() || p.schema_id != Some(id) {
+            let schemas = self.known_schemas(id).map_err(|e| e.to_string())?;
+            if !schemas.iter().any(|(k, _)| *k == id) {
+                return Err(format!("schema id {id} is not registered"));
+            }
+            p.decoder = Some(build_decoder(
+                &schemas,
+                Some(id),
+                self.inner.config.roll_rows + 1,
+            )?);
+            p.schema_id = Some(id);
+        }
+        let decoder = p.decoder.as_mut().ok_or("no decoder")?;
+        let outcome = decoder.decode(bytes);
+        match outcome {
+            Ok(n) if n == bytes.len() => Ok(()),
+            other => {
+                let reason = match other {
+                    Ok(n) => format!("the body is {} bytes but the schema read {n}", bytes.len()),
+                    Err(e) => e.to_string(),
+                };
+                self.rebuild(p)
+                    .map_err(|e| format!("{reason}; then: {e}"))?;
+                Err(reason)
+            }
+        }
+    }
+
+    /// A fresh decoder holding the buffered records again.
+    fn rebuild(&self, p: &mut PartBuf) -> Result<(), String> {
+        let Some(id) = p.schema_id else {
+            return Ok(());
+        };
+        let schemas = self.known_schemas(id).map_err(|e| e.to_string())?;
+        let mut d = build_decoder(&schemas, Some(id), self.inner.config.roll_rows + 1)?;
+        for raw in &p.raw {
+            d.decode(raw).map_err(|e| e.to_string())?;
+        }
+        p.decoder = Some(d);
+        Ok(())
+    }
+
+    /// Stages, commits and publishes what a partition holds, then acknowledges it.
+    async fn publish(&self, p: &mut PartBuf) -> Result<(), SinkError> {
+        let result = self.try_publish(p).await;
+        if let Err(e) = &result {
+            for ack in p.acks.drain(..) {
+                ack.fail(SinkError::Flush {
+                    sink: SINK,
+                    reason: e.to_string(),
+                });
+            }
+            p.raw.clear();
+            p.meta = RowMeta::default();
+            p.decoder = None;
+            p.bytes = 0;
+            p.oldest = None;
+            // Whatever happened, the table is the truth: read it again before writing.
+            p.next = None;
+        }
+        result
+    }
+
+    async fn try_publish(&self, p: &mut PartBuf) -> Result<(), SinkError> {
+        for _attempt in 0..8 {
+            if p.rows() == 0 {
+                return Ok(());
+            }
+            let batch = p
+                .decoder
+                .as_mut()
+                .ok_or_else(|| flush_error("rows without a decoder"))?
+                .flush()
+                .map_err(|e| flush_error(e.to_string()))?
+                .ok_or_else(|| flush_error("the decoder holds no rows"))?;
+            match self.write_files(p, &batch).await? {
+                Committed::Yes => {
+                    for ack in p.acks.drain(..) {
+                        ack.done();
+                    }
+                    p.raw.clear();
+                    p.meta = RowMeta::default();
+                    p.bytes = 0;
+                    p.oldest = None;
+                    return Ok(());
+                }
+                Committed::Conflict => {
+                    // Another writer committed from the same offset: take its word, keep
+                    // only what lies beyond its entry, and try again.
+                    p.next = None;
+                    let next = self.recover(p).await?.unwrap_or(i64::MIN);
+                    tracing::warn!(
+                        topic = %p.tp.topic, partition = p.tp.partition, next,
+                        "another writer committed first; continuing after its entry"
+                    );
+                    let keep: Vec<bool> = p.meta.offsets.iter().map(|o| *o >= next).collect();
+                    let mut raw = Vec::new();
+                    let mut meta = RowMeta::default();
+                    let mut acks = Vec::new();
+                    let old_ts = std::mem::take(&mut p.meta.kafka_ts);
+                    let old_offsets = std::mem::take(&mut p.meta.offsets);
+                    for (i, ack) in p.acks.drain(..).enumerate() {
+                        if keep[i] {
+                            raw.push(p.raw[i].clone());
+                            meta.offsets.push(old_offsets[i]);
+                            meta.kafka_ts.push(old_ts[i]);
+                            acks.push(ack);
+                        } else {
+                            ack.done();
+                        }
+                    }
+                    p.bytes = raw.iter().map(Bytes::len).sum();
+                    p.raw = raw;
+                    p.meta = meta;
+                    p.acks = acks;
+                    self.rebuild(p).map_err(flush_error)?;
+                }
+            }
+        }
+        Err(flush_error("gave up after repeated commit conflicts"))
+    }
+
+    /// Steps 3–5 of the protocol for one decoded batch.
+    async fn write_files(
+        &self,
+        p: &mut PartBuf,
+        batch: &RecordBatch,
+    ) -> Result<Committed, SinkError> {
+        let tp = p.tp.clone();
+        let next = self.recover(p).await?;
+        let first = *p
+            .meta
+            .offsets
+            .first()
+            .ok_or_else(|| flush_error("no rows"))?;
+        let end = *p
+            .meta
+            .offsets
+            .last()
+            .ok_or_else(|| flush_error("no rows"))?;
+        let start = next.unwrap_or(first);
+        let full = encode::with_kafka_columns(batch, &tp.topic, tp.partition, &p.meta)
+            .map_err(|e| flush_error(e.to_string()))?;
+        let slices = encode::split_by_hour(
+            &full,
+            self.inner
+                .config
+                .event_time_fields
+                .get(tp.topic.as_ref())
+                .map(String::as_str),
+        )
+        .map_err(|e| flush_error(e.to_string()))?;
+        let format = FileFormat {
+            row_group_rows: self.inner.config.row_group_rows,
+            zstd_level: self.inner.config.zstd_level,
+        };
+        let mut files = Vec::with_capacity(slices.len());
+        let mut max_event = i64::MIN;
+        for (n, slice) in slices.iter().enumerate() {
+            let bytes = encode::parquet_bytes(&slice.batch, format).map_err(flush_error)?;
+            let staged = Table::staged_key(tp.partition, start, &self.inner.writer, n);
+            let size = bytes.len() as u64;
+            p.table.put(&staged, bytes).await.map_err(store_error)?;
+            files.push(CommitFile {
+                path: Table::final_key(&slice.dt, slice.hour, tp.partition, start, end),
+                staged,
+                rows: slice.batch.num_rows() as u64,
+                bytes: size,
+            });
+            max_event = max_event.max(slice.max_event_ms);
+        }
+        let entry = CommitEntry {
+            topic: tp.topic.to_string(),
+            partition: tp.partition,
+            start_offset: start,
+            end_offset: end,
+            rows: p.rows() as u64,
+            schema_id: p.schema_id.unwrap_or_default(),
+            max_event_time_ms: max_event,
+            files,
+            committed_at_ms: now_ms(),
+            writer: self.inner.writer.clone(),
+        };
+        if let Committed::Conflict = p.table.commit(&entry).await.map_err(store_error)? {
+            return Ok(Committed::Conflict);
+        }
+        p.table.roll_forward(&entry).await.map_err(store_error)?;
+        for f in &entry.files {
+            match p.table.store.delete(&p.table.path(&f.staged)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, "could not delete a staged file"),
+            }
+        }
+        p.next = Some(Some(end + 1));
+        p.table
+            .write_progress(&Progress {
+                partition: tp.partition,
+                next_offset: end + 1,
+                max_event_time_ms: max_event,
+            })
+            .await
+            .map_err(store_error)?;
+        tracing::debug!(
+            topic = %tp.topic, partition = tp.partition, start, end, rows = entry.rows,
+            files = entry.files.len(), "published Parquet files"
+        );
+        Ok(Committed::Yes)
+    }
+
+    async fn publish_all(&self, which: Option<&[TopicPartition]>) -> Result<(), SinkError> {
+        let parts: Vec<_> = lock(&self.inner.parts)
+            .iter()
+            .filter(|(tp, _)| which.is_none_or(|w| w.contains(tp)))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let mut first_error = None;
+        for part in parts {
+            let mut p = part.lock().await;
+            if let Err(e) = self.publish(&mut p).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(which) = which {
+            let mut map = lock(&self.inner.parts);
+            for tp in which {
+                map.remove(tp);
+            }
+        }
+        let _ = self.write_watermarks().await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Sink<Bytes> for ParquetSink {
+    async fn send(&self, record: Record<Bytes>, ack: Ack) -> Result<(), SinkError> {
+        self.start_timer();
+        let tp = TopicPartition::new(record.topic.clone(), record.partition);
+        let part = self.part(&tp);
+        let mut p = part.lock().await;
+        p.seen = Some(p.seen.map_or(record.offset, |s| s.max(record.offset)));
+        if let Some(next) = self.recover(&mut p).await? {
+            if record.offset < next {
+                ack.done(); // already in the table
+                return Ok(());
+            }
+        }
+        let bytes = &record.value;
+        let origin = ack.origin();
+        let bad = |reason: String| SinkError::Delivery {
+            sink: SINK,
+            origin: origin.clone(),
+            reason,
+            class: ErrorClass::Permanent,
+        };
+        if bytes.len() < 5 || bytes[0] != 0 {
+            ack.fail(bad(
+                "not in the wire format (magic byte 0 and a 4-byte schema id)".into(),
+            ));
+            return Ok(());
+        }
+        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        if p.rows() > 0 && p.schema_id != Some(id) {
+            // A new writer schema rolls the file: one schema per file.
+            self.publish(&mut p).await?;
+        }
+        if let Err(reason) = self.decode_into(&mut p, id, bytes) {
+            ack.fail(bad(format!("schema id {id}: {reason}")));
+            return Ok(());
+        }
+        p.bytes += bytes.len();
+        p.raw.push(record.value.clone());
+        p.meta.offsets.push(record.offset);
+        p.meta.kafka_ts.push(record.timestamp);
+        p.acks.push(ack);
+        if p.oldest.is_none() {
+            p.oldest = Some(Instant::now());
+        }
+        if p.rows() >= self.inner.config.roll_rows || p.bytes >= self.inner.config.roll_bytes {
+            self.publish(&mut p).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        self.publish_all(None).await
+    }
+
+    async fn partitions_revoked(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
+        self.publish_all(Some(partitions)).await
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn flush_error(reason: impl Into<String>) -> SinkError {
+    SinkError::Flush {
+        sink: SINK,
+        reason: reason.into(),
+    }
+}
+
+fn store_error(e: object_store::Error) -> SinkError {
+    flush_error(format!("object store: {e}"))
+}
+
+fn config_error(reason: String) -> SinkError {
+    SinkError::Flush { sink: SINK, reason }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,296 @@
+//! One table in the object store and the protocol that keeps its files exactly once.
+//! See the module docs of [`super`] for the protocol and its crash cases.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+/// One published file, as listed in a commit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitFile {
+    /// Path relative to the table, e.g. `dt=2026-11-27/hour=09/00003-....parquet`.
+    pub path: String,
+    /// Where the file was staged before publication, relative to the table.
+    pub staged: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// A commit entry: `<table>/_eventbus/commits/<partition>/<start_offset>.json`. Its
+/// existence is the decision that the offsets `start_offset..=end_offset` of the
+/// partition are in the table, in exactly these files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitEntry {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First offset covered: the previous entry's `end_offset + 1`, or the first record's
+    /// offset for the partition's first entry.
+    pub start_offset: i64,
+    /// Last offset covered (the last record's offset).
+    pub end_offset: i64,
+    /// Rows in all files together.
+    pub rows: u64,
+    /// Writer schema id of every row.
+    pub schema_id: u32,
+    /// Largest event time in the files, ms since the epoch.
+    pub max_event_time_ms: i64,
+    /// The files.
+    pub files: Vec<CommitFile>,
+    /// When the entry was written, ms since the epoch.
+    pub committed_at_ms: i64,
+    /// Which writer made it (for diagnosis).
+    pub writer: String,
+}
+
+/// What a partition's progress file says: `<table>/_eventbus/progress/<partition>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Source partition.
+    pub partition: i32,
+    /// Every offset below this is in the table.
+    pub next_offset: i64,
+    /// Largest event time published, ms since the epoch.
+    pub max_event_time_ms: i64,
+}
+
+/// `<table>/_eventbus/watermark.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// Source topic.
+    pub topic: String,
+    /// Every hour strictly before this one (`YYYY-MM-DDTHH:00:00Z`) is complete in every
+    /// partition listed.
+    pub complete_before: String,
+    /// The same as ms since the epoch.
+    pub complete_before_ms: i64,
+    /// Per partition, its progress.
+    pub partitions: Vec<Progress>,
+}
+
+/// The outcome of writing a commit entry.
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// Ours is the entry.
+    Yes,
+    /// Another writer committed this start offset first.
+    Conflict,
+}
+
+pub(crate) type StoreResult<T> = Result<T, object_store::Error>;
+
+/// A table: a prefix in an object store.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) root: Path,
+    pub(crate) topic: String,
+    /// Cleared the first time the store answers that it cannot put conditionally.
+    conditional: Arc<AtomicBool>,
+}
+
+impl Table {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, root: Path, topic: &str) -> Self {
+        Self {
+            store,
+            root,
+            topic: topic.to_owned(),
+            conditional: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    pub(crate) fn path(&self, relative: &str) -> Path {
+        let mut p = self.root.clone();
+        for part in relative.split('/').filter(|s| !s.is_empty()) {
+            p = p.child(part);
+        }
+        p
+    }
+
+    fn commits_dir(partition: i32) -> String {
+        format!("_eventbus/commits/{partition:05}")
+    }
+
+    pub(crate) fn commit_key(partition: i32, start: i64) -> String {
+        format!("{}/{start:020}.json", Self::commits_dir(partition))
+    }
+
+    pub(crate) fn staged_key(partition: i32, start: i64, writer: &str, n: usize) -> String {
+        format!("_eventbus/staging/{partition:05}/{start:020}-{writer}/{n:03}.parquet.staged")
+    }
+
+    pub(crate) fn final_key(dt: &str, hour: u32, partition: i32, start: i64, end: i64) -> String {
+        format!("dt={dt}/hour={hour:02}/{partition:05}-{start:020}-{end:020}.parquet")
+    }
+
+    fn progress_key(partition: i32) -> String {
+        format!("_eventbus/progress/{partition:05}.json")
+    }
+
+    pub(crate) async fn put(&self, relative: &str, bytes: Vec<u8>) -> StoreResult<()> {
+        self.store
+            .put(&self.path(relative), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(&self, relative: &str) -> StoreResult<T> {
+        let path = self.path(relative);
+        let bytes = self.store.get(&path).await?.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| object_store::Error::Generic {
+            store: "eventbus",
+            source: format!("{path} is not valid: {e}").into(),
+        })
+    }
+
+    /// The newest commit entry of a partition, if any.
+    pub(crate) async fn last_commit(&self, partition: i32) -> StoreResult<Option<CommitEntry>> {
+        let dir = self.path(&Self::commits_dir(partition));
+        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
+        let newest = listed
+            .objects
+            .iter()
+            .filter(|o| o.location.extension() == Some("json"))
+            .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+        let Some(meta) = newest else {
+            return Ok(None);
+        };
+        let key = format!(
+            "{}/{}",
+            Self::commits_dir(partition),
+            meta.location.filename().unwrap_or_default()
+        );
+        self.get_json(&key).await.map(Some)
+    }
+
+    /// Makes sure every file of `entry` is published: a file missing under its final name
+    /// is copied from its staged copy (the roll-forward after a crash between the commit
+    /// entry and publication).
+    pub(crate) async fn roll_forward(&self, entry: &CommitEntry) -> StoreResult<usize> {
+        let mut copied = 0;
+        for f in &entry.files {
+            let target = self.path(&f.path);
+            match self.store.head(&target).await {
+                Ok(_) => continue,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.store.copy(&self.path(&f.staged), &target).await?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
+    /// Deletes staged files of a partition whose start offset is below `next`: they were
+    /// published (copied) or abandoned. Staged files at or above `next` may belong to a
+    /// writer still running elsewhere and are left alone.
+    pub(crate) async fn clean_staging(&self, partition: i32, next: i64) -> StoreResult<()> {
+        let dir = self.path(&format!("_eventbus/staging/{partition:05}"));
+        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
+        for prefix in listed.common_prefixes {
+            let name = prefix.filename().unwrap_or_default();
+            let start = name
+                .split('-')
+                .next()
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(i64::MAX);
+            if start >= next {
+                continue;
+            }
+            let inner = self.store.list_with_delimiter(Some(&prefix)).await?;
+            for o in inner.objects {
+                match self.store.delete(&o.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the commit entry unless one exists for the same start offset.
+    pub(crate) async fn commit(&self, entry: &CommitEntry) -> StoreResult<Committed> {
+        let key = Self::commit_key(entry.partition, entry.start_offset);
+        let path = self.path(&key);
+        let body = serde_json::to_vec_pretty(entry).unwrap_or_default();
+        if self.conditional.load(Ordering::Relaxed) {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(body.clone()), opts)
+                .await
+            {
+                Ok(_) => return Ok(Committed::Yes),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => return Ok(Committed::Conflict),
+                Err(object_store::Error::NotImplemented) => {
+                    tracing::warn!(
+                        table = %self.root,
+                        "the object store cannot put conditionally; commit entries fall back to check-then-put (safe with one writer per partition)"
+                    );
+                    self.conditional.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match self.store.head(&path).await {
+            Ok(_) => return Ok(Committed::Conflict),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.store.put(&path, PutPayload::from(body)).await?;
+        Ok(Committed::Yes)
+    }
+
+    pub(crate) async fn write_progress(&self, progress: &Progress) -> StoreResult<()> {
+        self.put(
+            &Self::progress_key(progress.partition),
+            serde_json::to_vec(progress).unwrap_or_default(),
+        )
+        .await
+    }
+
+    /// Every partition's progress file.
+    pub(crate) async fn progress(&self) -> StoreResult<Vec<Progress>> {
+        let dir = self.path("_eventbus/progress");
+        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
+        let mut out = Vec::new();
+        for o in listed.objects {
+            let name = o.location.filename().unwrap_or_default().to_owned();
+            out.push(self.get_json(&format!("_eventbus/progress/{name}")).await?);
+        }
+        out.sort_by_key(|p: &Progress| p.partition);
+        Ok(out)
+    }
+
+    /// Recomputes `_eventbus/watermark.json` from the progress files.
+    pub(crate) async fn write_watermark(&self) -> StoreResult<Option<Watermark>> {
+        let partitions = self.progress().await?;
+        let Some(min) = partitions.iter().map(|p| p.max_event_time_ms).min() else {
+            return Ok(None);
+        };
+        let hour = min.div_euclid(3_600_000);
+        let (dt, h) = super::encode::hour_path(hour);
+        let mark = Watermark {
+            topic: self.topic.clone(),
+            complete_before: format!("{dt}T{h:02}:00:00Z"),
+            complete_before_ms: hour * 3_600_000,
+            partitions,
+        };
+        self.put(
+            "_eventbus/watermark.json",
+            serde_json::to_vec_pretty(&mark).unwrap_or_default(),
+        )
+        .await?;
+        Ok(Some(mark))
+    }
+}

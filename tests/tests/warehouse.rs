@@ -1,0 +1,291 @@
+//! The warehouse job against the real broker (tansu) and, for `s3://` tables, a real
+//! S3-compatible server (moto): SIGKILLs at random moments, a store outage, two members
+//! in one group. The tables are read back with the parquet crate: every produced record
+//! exactly once, with its value. `make test` starts both servers.
+#![cfg(feature = "real-broker")]
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus_jobs::topic_io;
+use eventbus_schemas::events::VehicleState;
+use eventbus_schemas::{Decoder, FileRegistry};
+use eventbus_tests::{JobProcess, TableRow, read_table, shared_brokers, table_duplicates, unique};
+use futures_util::StreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as StorePath;
+use rand::Rng;
+
+const READ: Duration = Duration::from_secs(180);
+
+/// Produces `count` vehicle states to a new topic; returns (partition, offset) → event id.
+async fn load(
+    brokers: &str,
+    partitions: i32,
+    count: usize,
+) -> (String, BTreeMap<(i32, i64), String>) {
+    let topic = unique("wh");
+    topic_io::create_topics(brokers, &[(&topic, partitions)])
+        .await
+        .expect("create topic");
+    let registry = FileRegistry::embedded().expect("registry");
+    let (id, schema) = registry
+        .latest_of("vehicle.state.v1-value")
+        .expect("registered");
+    let (b, t) = (brokers.to_owned(), topic.clone());
+    tokio::task::spawn_blocking(move || {
+        let records = eventbus_jobs::generate::records("vehicle.state.v1", 7, id, &schema)
+            .expect("generator")
+            .take(count)
+            .map(|r| r.expect("encode"));
+        topic_io::produce(&b, &t, records, |_| {})
+    })
+    .await
+    .expect("join")
+    .expect("produce");
+    let (b, t) = (brokers.to_owned(), topic.clone());
+    let produced = tokio::task::spawn_blocking(move || topic_io::read_all(&b, &t, READ))
+        .await
+        .expect("join")
+        .expect("read back");
+    assert_eq!(produced.len(), count);
+    let decoder = Decoder::new(Arc::new(registry));
+    let mut by_pos = BTreeMap::new();
+    for m in produced {
+        use rdkafka::Message;
+        let v: VehicleState = decoder
+            .decode_typed(m.payload().expect("value"), None)
+            .expect("decode");
+        by_pos.insert((m.partition(), m.offset()), v.event_id);
+    }
+    (topic, by_pos)
+}
+
+fn config(
+    dir: &Path,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    root: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{group}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[kafka]
+"bootstrap.servers" = "{brokers}"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+[source]
+group_id = "{group}"
+topics = ["{topic}"]
+commit_interval_ms = 200
+[warehouse]
+table_root = "{root}"
+roll_rows = 4000
+max_age_ms = 500
+[warehouse.event_time]
+"{topic}" = "event_time"
+{extra}
+"#
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// Every produced record exactly once, with its value.
+fn check_exactly_once(rows: &[TableRow], produced: &BTreeMap<(i32, i64), String>) {
+    let (dups, distinct) = table_duplicates(rows);
+    assert_eq!(dups, 0, "rows written twice");
+    assert_eq!(distinct, produced.len(), "rows missing");
+    assert_eq!(rows.len(), produced.len());
+    for r in rows {
+        assert_eq!(
+            produced.get(&(r.partition, r.offset)),
+            Some(&r.event_id),
+            "the row at {}/{} holds the value produced there",
+            r.partition,
+            r.offset
+        );
+    }
+}
+
+/// Runs the job with `--until-caught-up` to the end and expects exit 0.
+fn finish(cfg: &Path, logs: &Path, name: &str) {
+    let mut last = JobProcess::warehouse(cfg, logs, name, &["--until-caught-up"]);
+    let status = last.wait(Duration::from_secs(300));
+    assert!(status.success(), "final run failed:\n{}", last.log_tail());
+}
+
+fn sigkill_at_random_moments(cfg: &Path, logs: &Path, kills: usize) {
+    let mut rng = rand::rng();
+    for n in 0..kills {
+        let mut job = JobProcess::warehouse(cfg, logs, &format!("run{n}"), &[]);
+        std::thread::sleep(Duration::from_millis(rng.random_range(700..3500)));
+        job.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
+    let brokers = shared_brokers();
+    let (topic, produced) = load(&brokers, 6, 200_000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let cfg = config(
+        dir.path(),
+        &brokers,
+        &topic,
+        &unique("g"),
+        root.to_str().unwrap(),
+        "",
+    );
+    let logs = dir.path();
+    let (cfg2, logs2) = (cfg.clone(), logs.to_owned());
+    tokio::task::spawn_blocking(move || {
+        sigkill_at_random_moments(&cfg2, &logs2, 5);
+        finish(&cfg2, &logs2, "final");
+    })
+    .await
+    .expect("join");
+
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+    let rows = read_table(&store, &StorePath::from(topic.as_str())).await;
+    check_exactly_once(&rows, &produced);
+
+    // The commit log lists every published file; the watermark names an hour.
+    let commits: Vec<_> = store
+        .list(Some(&StorePath::from(format!("{topic}/_eventbus/commits"))))
+        .map(|o| o.expect("list").location)
+        .collect()
+        .await;
+    let mut listed_rows = 0;
+    let mut writers = std::collections::BTreeSet::new();
+    for c in &commits {
+        let bytes = store.get(c).await.unwrap().bytes().await.unwrap();
+        let entry: eventbus_operators::sinks::parquet::CommitEntry =
+            serde_json::from_slice(&bytes).expect("entry");
+        listed_rows += entry.rows;
+        writers.insert(entry.writer.clone());
+        for f in &entry.files {
+            let p = StorePath::from(format!("{topic}/{}", f.path));
+            assert!(store.head(&p).await.is_ok(), "{} is published", f.path);
+        }
+    }
+    assert_eq!(
+        listed_rows as usize,
+        produced.len(),
+        "the commit log lists every row once"
+    );
+    let wm = store
+        .get(&StorePath::from(format!(
+            "{topic}/_eventbus/watermark.json"
+        )))
+        .await
+        .expect("watermark")
+        .bytes()
+        .await
+        .unwrap();
+    let wm: eventbus_operators::sinks::parquet::Watermark = serde_json::from_slice(&wm).unwrap();
+    assert_eq!(wm.partitions.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_one_killed_still_write_every_record_once() {
+    let brokers = shared_brokers();
+    let (topic, produced) = load(&brokers, 6, 60_000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let cfg = config(
+        dir.path(),
+        &brokers,
+        &topic,
+        &unique("g"),
+        root.to_str().unwrap(),
+        "",
+    );
+    let logs = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut a = JobProcess::warehouse(&cfg, &logs, "a", &[]);
+        let mut b = JobProcess::warehouse(&cfg, &logs, "b", &[]);
+        std::thread::sleep(Duration::from_millis(2500));
+        a.kill();
+        // b takes a's partitions after the session timeout and finishes them.
+        std::thread::sleep(Duration::from_secs(10));
+        b.signal("TERM");
+        let status = b.wait(Duration::from_secs(60));
+        assert!(status.success(), "{}", b.log_tail());
+        finish(&cfg, &logs, "final");
+    })
+    .await
+    .expect("join");
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+    let rows = read_table(&store, &StorePath::from(topic.as_str())).await;
+    check_exactly_once(&rows, &produced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_mid_run_loses_and_doubles_nothing() {
+    let Ok(endpoint) = std::env::var("EVENTBUS_TEST_S3") else {
+        panic!("EVENTBUS_TEST_S3 is not set: run through `make test`, which starts the S3 server");
+    };
+    let pid: u32 = std::env::var("EVENTBUS_TEST_S3_PID")
+        .expect("EVENTBUS_TEST_S3_PID")
+        .trim()
+        .parse()
+        .expect("pid");
+    let brokers = shared_brokers();
+    let (topic, produced) = load(&brokers, 6, 100_000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = unique("run");
+    let extra = format!(
+        "[warehouse.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
+    );
+    let root = format!("s3://eventbus-test/{prefix}");
+    let cfg = config(dir.path(), &brokers, &topic, &unique("g"), &root, &extra);
+    let logs = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "kill -{sig} {pid}");
+        };
+        let mut job = JobProcess::warehouse(&cfg, &logs, "outage", &[]);
+        std::thread::sleep(Duration::from_millis(1500));
+        // The server stops answering for a few seconds, then comes back.
+        signal("STOP");
+        std::thread::sleep(Duration::from_secs(4));
+        signal("CONT");
+        std::thread::sleep(Duration::from_secs(2));
+        job.kill();
+        finish(&cfg, &logs, "final");
+    })
+    .await
+    .expect("join");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("eventbus-test")
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .expect("s3");
+    let started = Instant::now();
+    let rows = read_table(&store, &StorePath::from(format!("{prefix}/{topic}"))).await;
+    eprintln!(
+        "read {} rows back from S3 in {:?}",
+        rows.len(),
+        started.elapsed()
+    );
+    check_exactly_once(&rows, &produced);
+}
