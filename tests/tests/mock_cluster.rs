@@ -270,3 +270,75 @@ async fn generate_produces_decodable_events_and_counts_them_per_partition() {
         assert!(m.key().is_some_and(|k| k.starts_with(b"fleet-")));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_goes_quiet_is_published_within_the_maximum_age() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("quiet");
+    cluster.create_topic(&topic, 2, 1).expect("topic");
+    let registry = eventbus_schemas::FileRegistry::embedded().expect("registry");
+    let (id, schema) = registry
+        .latest_of("vehicle.state.v1-value")
+        .expect("registered");
+    let records: Vec<_> = eventbus_jobs::generate::records("vehicle.state.v1", 3, id, &schema)
+        .expect("generator")
+        .take(37)
+        .map(|r| r.expect("encode"))
+        .collect();
+    topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let group = unique("g");
+    let mut file = JobFile::parse(&format!(
+        "[source]\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\ncommit_interval_ms = 100\n\
+         [warehouse]\ntable_root = \"{}\"\nmax_age_ms = 1000\n",
+        root.display()
+    ))
+    .expect("job file");
+    file.kafka.set("bootstrap.servers", &brokers);
+    let job = eventbus_jobs::warehouse::job(&file, &Default::default()).expect("job");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(job.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    // No more records arrive, and the job keeps running: the files must appear by age.
+    let started = Instant::now();
+    let rows = loop {
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root);
+        if let Ok(store) = store {
+            let rows = eventbus_tests::read_table(&store, &topic.as_str().into()).await;
+            if rows.len() == 37 {
+                break rows;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no file published by age"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(eventbus_tests::table_duplicates(&rows), (0, 37));
+    assert!(!running.is_finished(), "published while still running");
+    // And the offsets follow the published data while the job runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = topic_io::committed(&brokers, &group, &topic).expect("committed");
+        let ends = topic_io::end_offsets(&brokers, &topic).expect("ends");
+        if ends
+            .iter()
+            .all(|(p, e)| *e == 0 || committed.get(p) == Some(e))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets not committed: {committed:?} vs {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_tx.send(()).expect("stop");
+    running.await.expect("join").expect("clean stop");
+}

@@ -417,10 +417,10 @@ impl ParquetSink {
         for part in parts {
             // A partition busy sending is not idle; it rolls by itself.
             let Ok(mut p) = part.try_lock() else { continue };
-            if p.oldest.is_some_and(|t| t.elapsed() >= max_age) {
-                if let Err(e) = self.publish(&mut p).await {
-                    tracing::error!(error = %e, "publishing an aged Parquet file failed");
-                }
+            if p.oldest.is_some_and(|t| t.elapsed() >= max_age)
+                && let Err(e) = self.publish(&mut p).await
+            {
+                tracing::error!(error = %e, "publishing an aged Parquet file failed");
             }
         }
     }
@@ -716,11 +716,11 @@ impl Sink<Bytes> for ParquetSink {
         let part = self.part(&tp);
         let mut p = part.lock().await;
         p.seen = Some(p.seen.map_or(record.offset, |s| s.max(record.offset)));
-        if let Some(next) = self.recover(&mut p).await? {
-            if record.offset < next {
-                ack.done(); // already in the table
-                return Ok(());
-            }
+        if let Some(next) = self.recover(&mut p).await?
+            && record.offset < next
+        {
+            ack.done(); // already in the table
+            return Ok(());
         }
         let bytes = &record.value;
         let origin = ack.origin();

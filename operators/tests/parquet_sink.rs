@@ -1,0 +1,406 @@
+//! The Parquet sink on the local filesystem: the Avro → Arrow mapping of every construct,
+//! the Kafka columns, the hour folders, schema changes rolling files, a construct that
+//! cannot map failing at start, and bad bytes failing only their record.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+
+use apache_avro::types::Value;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int32Type, TimeUnit};
+use bytes::Bytes;
+use eventbus_operators::sinks::parquet::CommitEntry;
+use eventbus_operators::{ParquetSink, ParquetSinkConfig, SchemaLookup};
+use eventbus_runtime::memory::MemorySource;
+use eventbus_runtime::{Job, Record};
+
+const EVERYTHING: &str = r#"{"type":"record","name":"Everything","namespace":"t","fields":[
+ {"name":"id","type":{"type":"string","logicalType":"uuid"}},
+ {"name":"ts_ms","type":{"type":"long","logicalType":"timestamp-millis"}},
+ {"name":"ts_us","type":{"type":"long","logicalType":"timestamp-micros"}},
+ {"name":"day","type":{"type":"int","logicalType":"date"}},
+ {"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}},
+ {"name":"raw","type":"bytes"},
+ {"name":"mac","type":{"type":"fixed","name":"Mac","size":6}},
+ {"name":"color","type":{"type":"enum","name":"Color","symbols":["RED","GREEN"]}},
+ {"name":"tags","type":{"type":"array","items":"string"}},
+ {"name":"attrs","type":{"type":"map","values":"long"}},
+ {"name":"maybe","type":["null","double"],"default":null},
+ {"name":"inner","type":["null",{"type":"record","name":"Inner","fields":[
+   {"name":"a","type":"int"},
+   {"name":"b","type":["null","string"],"default":null}]}],"default":null}
+]}"#;
+
+/// The same record with one added defaulted field: a newer writer version.
+fn everything_v2() -> String {
+    EVERYTHING.replacen(
+        r#"{"name":"id","#,
+        r#"{"name":"note","type":"string","default":""},{"name":"id","#,
+        1,
+    )
+}
+
+fn lookup(schemas: Vec<(u32, String)>) -> SchemaLookup {
+    Arc::new(move |id| {
+        Ok(schemas
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, s)| s.clone()))
+    })
+}
+
+fn wire(id: u32, schema: &apache_avro::Schema, value: Value) -> Bytes {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend(apache_avro::to_avro_datum(schema, value).expect("encode"));
+    Bytes::from(out)
+}
+
+const HOUR_MS: i64 = 3_600_000;
+/// 2026-11-27 10:00 UTC.
+const T0: i64 = 1_795_773_600_000;
+
+fn sample(schema: &apache_avro::Schema, full: bool, ts: i64, v2: bool) -> Value {
+    let mut fields = Vec::new();
+    if v2 {
+        fields.push(("note".into(), Value::String("v2".into())));
+    }
+    fields.extend([
+        (
+            "id".into(),
+            Value::Uuid("6f1c8a4e-1b2d-4c3e-9f00-112233445566".parse().unwrap()),
+        ),
+        ("ts_ms".into(), Value::TimestampMillis(ts)),
+        ("ts_us".into(), Value::TimestampMicros(ts * 1000)),
+        ("day".into(), Value::Date(20_000)),
+        (
+            "price".into(),
+            Value::Decimal(apache_avro::Decimal::from(vec![0, 0, 0, 0x30, 0x39])),
+        ),
+        ("raw".into(), Value::Bytes(vec![1, 2, 3])),
+        (
+            "mac".into(),
+            Value::Fixed(6, vec![0xa, 0xb, 0xc, 0xd, 0xe, 0xf]),
+        ),
+        ("color".into(), Value::Enum(1, "GREEN".into())),
+        (
+            "tags".into(),
+            Value::Array(vec![Value::String("x".into()), Value::String("y".into())]),
+        ),
+        (
+            "attrs".into(),
+            Value::Map([("k".to_owned(), Value::Long(7))].into()),
+        ),
+        (
+            "maybe".into(),
+            if full {
+                Value::Union(1, Box::new(Value::Double(2.5)))
+            } else {
+                Value::Union(0, Box::new(Value::Null))
+            },
+        ),
+        (
+            "inner".into(),
+            if full {
+                Value::Union(
+                    1,
+                    Box::new(Value::Record(vec![
+                        ("a".into(), Value::Int(4)),
+                        ("b".into(), Value::Union(0, Box::new(Value::Null))),
+                    ])),
+                )
+            } else {
+                Value::Union(0, Box::new(Value::Null))
+            },
+        ),
+    ]);
+    let v = Value::Record(fields);
+    assert!(v.validate(schema), "the sample fits the schema");
+    v
+}
+
+/// Runs records through a sink into `root`, to the end of the source.
+async fn run(
+    root: &std::path::Path,
+    schemas: Vec<(u32, String)>,
+    records: Vec<Record<Bytes>>,
+) -> Result<(), String> {
+    let mut config = ParquetSinkConfig::new(root.to_str().unwrap());
+    config
+        .event_time_fields
+        .insert("t.v1".into(), "ts_ms".into());
+    let ids: Vec<u32> = schemas.iter().map(|(k, _)| *k).collect();
+    let sink = ParquetSink::new(config, lookup(schemas), &ids).map_err(|e| e.to_string())?;
+    Job::builder("t")
+        .source(MemorySource::new(records))
+        .sink(sink)
+        .build()
+        .map_err(|e| e.to_string())?
+        .run(std::future::pending())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Every published file, read back, by path.
+fn read(root: &std::path::Path) -> Vec<(String, RecordBatch)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let f = std::fs::File::open(&p).unwrap();
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                for b in reader {
+                    let rel = p.strip_prefix(root).unwrap().display().to_string();
+                    out.push((rel, b.unwrap()));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn record(offset: i64, bytes: Bytes) -> Record<Bytes> {
+    let mut r = Record::new("t.v1", 0, offset, bytes);
+    r.timestamp = Some(T0 + offset);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_avro_construct_maps_to_its_arrow_type_and_values_survive() {
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records = vec![
+        record(0, wire(1, &schema, sample(&schema, true, T0, false))),
+        record(1, wire(1, &schema, sample(&schema, false, T0 + 1, false))),
+    ];
+    run(dir.path(), vec![(1, EVERYTHING.to_owned())], records)
+        .await
+        .unwrap();
+    let files = read(dir.path());
+    assert_eq!(files.len(), 1);
+    let (path, batch) = &files[0];
+    assert!(
+        path.starts_with("t.v1/dt=2026-11-27/hour=10/00000-"),
+        "{path}"
+    );
+    let s = batch.schema();
+    let ty = |n: &str| s.field_with_name(n).unwrap().data_type().clone();
+    let nullable = |n: &str| s.field_with_name(n).unwrap().is_nullable();
+    assert_eq!(ty("id"), DataType::FixedSizeBinary(16));
+    assert!(
+        matches!(ty("ts_ms"), DataType::Timestamp(TimeUnit::Millisecond, Some(tz)) if tz.as_ref() == "+00:00")
+    );
+    assert!(matches!(
+        ty("ts_us"),
+        DataType::Timestamp(TimeUnit::Microsecond, Some(_))
+    ));
+    assert_eq!(ty("day"), DataType::Date32);
+    assert_eq!(ty("price"), DataType::Decimal128(10, 2));
+    assert_eq!(ty("raw"), DataType::Binary);
+    assert_eq!(ty("mac"), DataType::FixedSizeBinary(6));
+    assert!(
+        matches!(ty("color"), DataType::Dictionary(k, v) if *k == DataType::Int32 && *v == DataType::Utf8)
+    );
+    assert!(matches!(ty("tags"), DataType::List(f) if *f.data_type() == DataType::Utf8));
+    assert!(matches!(ty("attrs"), DataType::Map(_, _)));
+    assert_eq!(ty("maybe"), DataType::Float64);
+    assert!(nullable("maybe") && !nullable("ts_ms"));
+    assert!(matches!(ty("inner"), DataType::Struct(f) if f.len() == 2 && f[1].is_nullable()));
+    assert!(nullable("inner"));
+    for (col, t) in [
+        ("_topic", DataType::Utf8),
+        ("_partition", DataType::Int32),
+        ("_offset", DataType::Int64),
+    ] {
+        assert_eq!(ty(col), t);
+    }
+    assert!(matches!(
+        ty("_kafka_ts"),
+        DataType::Timestamp(TimeUnit::Millisecond, Some(_))
+    ));
+
+    // Values.
+    assert_eq!(batch.num_rows(), 2);
+    let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+    let price = col("price");
+    assert_eq!(
+        price
+            .as_primitive::<arrow::datatypes::Decimal128Type>()
+            .value(0),
+        12_345
+    );
+    let color = col("color");
+    let color = color.as_dictionary::<Int32Type>();
+    let symbols = color.values().as_string::<i32>();
+    assert_eq!(symbols.value(color.keys().value(0) as usize), "GREEN");
+    let maybe = col("maybe");
+    assert_eq!(
+        maybe
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .value(0),
+        2.5
+    );
+    assert!(maybe.is_null(1));
+    let inner = col("inner");
+    let inner = inner.as_struct();
+    assert!(inner.is_valid(0) && inner.is_null(1));
+    assert_eq!(inner.column(0).as_primitive::<Int32Type>().value(0), 4);
+    assert!(inner.column(1).is_null(0));
+    let offsets = col("_offset");
+    assert_eq!(
+        offsets
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .values(),
+        &[0, 1]
+    );
+    let id = col("id");
+    assert_eq!(
+        id.as_fixed_size_binary().value(0),
+        &[
+            0x6f, 0x1c, 0x8a, 0x4e, 0x1b, 0x2d, 0x4c, 0x3e, 0x9f, 0x00, 0x11, 0x22, 0x33, 0x44,
+            0x55, 0x66
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hours_and_a_newer_schema_roll_files_and_the_commit_log_lists_them() {
+    let v1 = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let v2_text = everything_v2();
+    let v2 = apache_avro::Schema::parse_str(&v2_text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records = vec![
+        record(0, wire(1, &v1, sample(&v1, true, T0, false))),
+        record(1, wire(1, &v1, sample(&v1, true, T0 + HOUR_MS, false))),
+        record(2, wire(2, &v2, sample(&v2, true, T0 + HOUR_MS + 5, true))),
+        record(3, wire(2, &v2, sample(&v2, false, T0 + HOUR_MS + 6, true))),
+    ];
+    run(
+        dir.path(),
+        vec![(1, EVERYTHING.to_owned()), (2, v2_text)],
+        records,
+    )
+    .await
+    .unwrap();
+    let files = read(dir.path());
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(files.len(), 3, "{paths:?}");
+    // Hour 10 from v1; hour 11 once from v1, once from v2 (the schema change rolled).
+    assert!(paths[0].contains("hour=10/00000-00000000000000000000-00000000000000000001"));
+    assert!(paths[1].contains("hour=11/00000-00000000000000000000-00000000000000000001"));
+    assert!(paths[2].contains("hour=11/00000-00000000000000000002-00000000000000000003"));
+    assert!(files[2].1.schema().field_with_name("note").is_ok());
+    assert!(files[0].1.schema().field_with_name("note").is_err());
+
+    let commits = dir.path().join("t.v1/_eventbus/commits/00000");
+    let mut entries: Vec<CommitEntry> = std::fs::read_dir(&commits)
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    entries.sort_by_key(|e| e.start_offset);
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        (
+            entries[0].start_offset,
+            entries[0].end_offset,
+            entries[0].rows
+        ),
+        (0, 1, 2)
+    );
+    assert_eq!(
+        (
+            entries[1].start_offset,
+            entries[1].end_offset,
+            entries[1].schema_id
+        ),
+        (2, 3, 2)
+    );
+    assert_eq!(entries[0].files.len(), 2);
+    // Nothing staged is left, and a second run over the same records writes nothing.
+    assert!(
+        !dir.path().join("t.v1/_eventbus/staging/00000").exists()
+            || std::fs::read_dir(dir.path().join("t.v1/_eventbus/staging/00000"))
+                .unwrap()
+                .all(|d| {
+                    std::fs::read_dir(d.unwrap().path())
+                        .unwrap()
+                        .next()
+                        .is_none()
+                })
+    );
+    let again = vec![
+        record(2, wire(2, &v2, sample(&v2, true, T0 + HOUR_MS + 5, true))),
+        record(3, wire(2, &v2, sample(&v2, false, T0 + HOUR_MS + 6, true))),
+    ];
+    run(
+        dir.path(),
+        vec![(1, EVERYTHING.to_owned()), (2, everything_v2())],
+        again,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read(dir.path()).len(),
+        3,
+        "records already in the table are not written again"
+    );
+}
+
+#[test]
+fn a_schema_that_cannot_map_fails_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_avro = r#"{"type":"record","name":"Bad","fields":[{"name":"x","type":"nope"}]}"#;
+    let err = ParquetSink::new(
+        ParquetSinkConfig::new(dir.path().to_str().unwrap()),
+        lookup(vec![(5, not_avro.to_owned())]),
+        &[5],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("schema id 5") && err.contains("nope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bytes_fail_their_record_and_publish_nothing_past_it() {
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = wire(1, &schema, sample(&schema, true, T0, false));
+    let truncated = good.slice(..good.len() - 3);
+    let records = vec![
+        record(0, good.clone()),
+        record(1, truncated),
+        record(2, good.clone()),
+    ];
+    let err = run(dir.path(), vec![(1, EVERYTHING.to_owned())], records)
+        .await
+        .unwrap_err();
+    assert!(err.contains("t.v1") && err.contains('1'), "{err}");
+    // The record before the bad one is published; nothing after it is.
+    let files = read(dir.path());
+    let offsets: Vec<i64> = files
+        .iter()
+        .flat_map(|(_, b)| {
+            b.column_by_name("_offset")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(offsets, vec![0]);
+    let unknown = vec![record(5, Bytes::from_static(&[0, 0, 0, 0, 42, 1, 2]))];
+    let err = run(dir.path(), vec![(1, EVERYTHING.to_owned())], unknown)
+        .await
+        .unwrap_err();
+    assert!(err.contains("42"), "{err}");
+}
