@@ -232,6 +232,46 @@ fn build_decoder(
     })
 }
 
+/// Decodes wire-format records of one writer schema straight into Arrow and writes them
+/// as one Parquet file in memory, with the Kafka columns (offsets `0..n`): the sink's
+/// per-file work without the store, for benchmarks and tools.
+///
+/// # Errors
+/// The schema cannot be mapped, a record does not decode, or Parquet writing fails.
+pub fn wire_to_parquet(
+    id: u32,
+    avro_schema_json: &str,
+    records: &[Bytes],
+    zstd_level: i32,
+) -> Result<Vec<u8>, String> {
+    let mut decoder = build_decoder(
+        &[(id, avro_schema_json.to_owned())],
+        Some(id),
+        records.len() + 1,
+    )?;
+    let mut meta = RowMeta::default();
+    for (i, r) in records.iter().enumerate() {
+        let n = decoder.decode(r).map_err(|e| format!("record {i}: {e}"))?;
+        if n != r.len() {
+            return Err(format!("record {i}: {} of {} bytes read", n, r.len()));
+        }
+        meta.offsets.push(i as i64);
+        meta.kafka_ts.push(None);
+    }
+    let batch = decoder
+        .flush()
+        .map_err(|e| e.to_string())?
+        .ok_or("no records")?;
+    let full = encode::with_kafka_columns(&batch, "bench", 0, &meta).map_err(|e| e.to_string())?;
+    encode::parquet_bytes(
+        &full,
+        FileFormat {
+            row_group_rows: 128 * 1024,
+            zstd_level,
+        },
+    )
+}
+
 /// One partition's buffered records.
 struct PartBuf {
     tp: TopicPartition,
