@@ -49,6 +49,8 @@ pub struct DemoOptions {
     pub vehicles: usize,
     /// Hide progress bars.
     pub quiet: bool,
+    /// Where the warehouse stage writes the vehicle-state table; `None` skips it.
+    pub warehouse_root: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -58,6 +60,7 @@ impl Default for DemoOptions {
             partitions: 50,
             vehicles: 400,
             quiet: false,
+            warehouse_root: Some("data/warehouse".into()),
         }
     }
 }
@@ -83,6 +86,12 @@ pub struct DemoSummary {
     pub input_topic: String,
     /// The output topic.
     pub output_topic: String,
+    /// The vehicle-state table the warehouse stage wrote, if it ran.
+    pub warehouse_table: Option<String>,
+    /// Rows in that table's Parquet files, read back.
+    pub warehouse_rows: u64,
+    /// Vehicle-state records produced (the rows the table must hold).
+    pub vehicle_states: u64,
 }
 
 /// Runs the demo.
@@ -160,8 +169,18 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             .values()
             .sum::<i64>();
     }
+    let (warehouse_table, warehouse_rows) = match &opts.warehouse_root {
+        Some(root) => {
+            let (table, rows) = warehouse_stage(&brokers, root, opts.quiet).await?;
+            (Some(table), rows)
+        }
+        None => (None, 0),
+    };
     drop(cluster);
     Ok(DemoSummary {
+        warehouse_table,
+        warehouse_rows,
+        vehicle_states: opts.messages,
         produced,
         consumed: report.consumed,
         committed: u64::try_from(committed).unwrap_or(0),
@@ -172,6 +191,55 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         input_topic: [INPUT, SIDE_INPUTS[0].0, SIDE_INPUTS[1].0].join(","),
         output_topic: OUTPUT.to_owned(),
     })
+}
+
+/// Loads the vehicle-state topic into a Parquet table under `root` with the warehouse job
+/// in batch mode (until caught up); returns the table's path and its rows, read back.
+async fn warehouse_stage(
+    brokers: &str,
+    root: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<(String, u64)> {
+    let table = root.join(INPUT);
+    // The mock cluster starts empty every run: an old table would claim its offsets.
+    if table.exists() {
+        std::fs::remove_dir_all(&table)
+            .with_context(|| format!("cannot clear the old demo table {}", table.display()))?;
+    }
+    let mut file = crate::config::JobFile::default();
+    file.kafka.set("bootstrap.servers", brokers);
+    let mut source = SourceConfig::new("eventbus-demo-warehouse", [INPUT]);
+    source.commit_interval_ms = 200;
+    file.source = Some(source);
+    let args = crate::warehouse::WarehouseArgs {
+        topics: vec![INPUT.to_owned()],
+        table_root: Some(root.display().to_string()),
+        until_caught_up: true,
+    };
+    let spinner = progress::bar(0, "writing Parquet", quiet);
+    let job = tokio::task::block_in_place(|| crate::warehouse::job(&file, &args))?;
+    job.run(std::future::pending())
+        .await
+        .context("the warehouse stage failed")?;
+    spinner.finish_and_clear();
+    let mut rows = 0u64;
+    let mut stack = vec![table.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                use parquet::file::reader::FileReader;
+                let reader =
+                    parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path)?)
+                        .with_context(|| format!("{} is not a Parquet file", path.display()))?;
+                rows += u64::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(0);
+            }
+        }
+    }
+    let shown = std::fs::canonicalize(&table).unwrap_or(table);
+    Ok((shown.display().to_string(), rows))
 }
 
 /// The demo's job: decode every record through the registry into the typed event (a
@@ -269,6 +337,23 @@ impl DemoSummary {
                 "every record arrived exactly once and every offset is committed."
             } else {
                 "MISMATCH: see the counts above."
+            }
+        ) + &self.render_warehouse()
+    }
+
+    fn render_warehouse(&self) -> String {
+        let Some(table) = &self.warehouse_table else {
+            return String::new();
+        };
+        format!(
+            "\nwarehouse: {} rows of {} vehicle states in the Parquet table {table}{}\n\
+             read it with DuckDB:\n\n  SELECT status, count(*) FROM read_parquet('{table}/**/*.parquet', hive_partitioning = true) GROUP BY status;\n",
+            self.warehouse_rows,
+            self.vehicle_states,
+            if self.warehouse_rows == self.vehicle_states {
+                " (exactly once)"
+            } else {
+                " (MISMATCH)"
             }
         )
     }

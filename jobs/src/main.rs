@@ -51,6 +51,10 @@ enum Command {
         /// Print the summary as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Where the warehouse stage writes the vehicle-state Parquet table (its old
+        /// demo table there is replaced).
+        #[arg(long, default_value = "data/warehouse")]
+        warehouse_root: PathBuf,
     },
     /// Run a named job against the brokers in the config until SIGINT or SIGTERM.
     ///
@@ -241,6 +245,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             messages,
             partitions,
             json,
+            warehouse_root,
         } => {
             if messages == 0 || partitions < 1 {
                 bail!("--messages and --partitions must be at least 1");
@@ -249,6 +254,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 messages,
                 partitions,
                 quiet: json,
+                warehouse_root: Some(warehouse_root),
                 ..DemoOptions::default()
             };
             let summary = demo::run(&opts).await?;
@@ -259,6 +265,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if summary.lost > 0 {
                 bail!("{} records were lost", summary.lost);
+            }
+            if summary.warehouse_table.is_some() && summary.warehouse_rows != summary.vehicle_states
+            {
+                bail!(
+                    "the warehouse table holds {} rows for {} vehicle states",
+                    summary.warehouse_rows,
+                    summary.vehicle_states
+                );
             }
             Ok(())
         }

@@ -44,8 +44,11 @@ fn missing_brokers_are_named() {
 
 #[test]
 fn the_demo_reports_json_with_nothing_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(eventbus_bin())
         .args(["demo", "--messages", "5000", "--partitions", "6", "--json"])
+        .arg("--warehouse-root")
+        .arg(dir.path())
         .output()
         .expect("run demo");
     assert!(
@@ -71,6 +74,14 @@ fn the_demo_reports_json_with_nothing_lost() {
     assert_eq!(v["committed"], 5750);
     assert_eq!(v["lost"], 0);
     assert_eq!(v["duplicated"], 0);
+    // The warehouse stage wrote every vehicle state into the table once.
+    assert_eq!(v["warehouse_rows"], 5000);
+    let table = v["warehouse_table"].as_str().expect("table path");
+    assert!(
+        std::path::Path::new(table)
+            .join("_eventbus/commits")
+            .is_dir()
+    );
 }
 
 fn git(dir: &std::path::Path, args: &[&str]) {
