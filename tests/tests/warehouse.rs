@@ -194,6 +194,28 @@ async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
         .unwrap();
     let wm: eventbus_operators::sinks::parquet::Watermark = serde_json::from_slice(&wm).unwrap();
     assert_eq!(wm.partitions.len(), 6);
+
+    // A reader no one here wrote agrees: DuckDB over the Hive layout.
+    let python = std::env::var("EVENTBUS_TEST_PYTHON")
+        .expect("EVENTBUS_TEST_PYTHON (a python with duckdb; `make test` sets it)");
+    let glob = root.join(&topic).join("**/*.parquet");
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(format!(
+            "import duckdb; print(*duckdb.sql(\"SELECT count(*), count(DISTINCT (_partition, _offset)), count(DISTINCT hour) > 0 FROM read_parquet('{}', hive_partitioning = true)\").fetchall()[0])",
+            glob.display()
+        ))
+        .output()
+        .expect("run duckdb");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200000 200000 True"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
