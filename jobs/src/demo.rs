@@ -22,7 +22,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use crate::fleet;
+use eventbus_schemas::fleet;
 use crate::{generate, progress, topic_io};
 
 /// The committed catalog, compiled in: the demo runs away from the source tree too.

@@ -12,7 +12,7 @@ use eventbus_schemas::{Catalog, FileRegistry, encode, encode_value};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::fleet::{self, FleetGenerator};
+use eventbus_schemas::fleet::{self, FleetGenerator};
 use crate::{progress, topic_io};
 
 /// Topics with a generator.

@@ -10,7 +10,6 @@ mod alter_configs;
 pub mod bench;
 pub mod config;
 pub mod demo;
-pub mod fleet;
 pub mod generate;
 pub mod mirror;
 mod progress;

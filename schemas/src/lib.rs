@@ -40,6 +40,7 @@ pub mod compat;
 pub mod error;
 pub mod events;
 pub mod fast;
+pub mod fleet;
 pub mod http;
 pub mod registry;
 pub mod wire;

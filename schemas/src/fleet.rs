@@ -3,10 +3,10 @@
 //! A fleet of a few hundred vehicles in a handful of cities: each event moves one
 //! vehicle a little, drains or charges its battery, and sometimes changes its status.
 //! The same seed always gives the same stream. Events are the typed Avro
-//! [`VehicleState`] of `eventbus-schemas`; each event's id encodes its position in the
-//! stream (see [`seq_of`]), so a reader can find losses and duplicates.
+//! [`VehicleState`]; each event's id encodes its position in the stream (see
+//! [`seq_of`]), so a reader can find losses and duplicates.
 
-pub use eventbus_schemas::events::{Position, VehicleState, VehicleStatus};
+pub use crate::events::{Position, VehicleState, VehicleStatus};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
