@@ -22,8 +22,8 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use eventbus_schemas::fleet;
 use crate::{generate, progress, topic_io};
+use eventbus_schemas::fleet;
 
 /// The committed catalog, compiled in: the demo runs away from the source tree too.
 const CATALOG: &str = include_str!("../../schemas/topics.toml");

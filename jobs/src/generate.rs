@@ -12,8 +12,8 @@ use eventbus_schemas::{Catalog, FileRegistry, encode, encode_value};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use eventbus_schemas::fleet::{self, FleetGenerator};
 use crate::{progress, topic_io};
+use eventbus_schemas::fleet::{self, FleetGenerator};
 
 /// Topics with a generator.
 pub const TOPICS: [&str; 3] = [

@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventbus_schemas::events::VehicleState;
-use eventbus_schemas::fleet::FleetGenerator;
 use eventbus_schemas::fast::VehicleStateDecoder;
+use eventbus_schemas::fleet::FleetGenerator;
 use eventbus_schemas::{Decoder, FileRegistry, bundled_dir, encode};
 
 fn codec(c: &mut Criterion) {

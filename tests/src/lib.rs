@@ -107,31 +107,13 @@ pub struct JobProcess {
 }
 
 impl JobProcess {
-    /// Starts `eventbus run mirror --config CONFIG`.
-    pub fn mirror(config: &Path, log_dir: &Path, name: &str) -> Self {
+    /// Starts `eventbus run JOB --config CONFIG ARGS...`, its output in `LOG_DIR/NAME.log`.
+    pub fn run(job: &str, config: &Path, log_dir: &Path, name: &str, args: &[&str]) -> Self {
         let log = log_dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(eventbus_bin())
-            .args(["run", "mirror", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("EVENTBUS_BROKERS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start eventbus");
-        Self { child, log }
-    }
-
-    /// Starts `eventbus run warehouse --config CONFIG ARGS...`.
-    pub fn warehouse(config: &Path, log_dir: &Path, name: &str, args: &[&str]) -> Self {
-        let log = log_dir.join(format!("{name}.log"));
-        let out = fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(eventbus_bin())
-            .args(["run", "warehouse", "--config"])
+            .args(["run", job, "--config"])
             .arg(config)
             .args(args)
             .env("RUST_LOG", "info")
@@ -142,6 +124,16 @@ impl JobProcess {
             .spawn()
             .expect("start eventbus");
         Self { child, log }
+    }
+
+    /// Starts `eventbus run mirror --config CONFIG`.
+    pub fn mirror(config: &Path, log_dir: &Path, name: &str) -> Self {
+        Self::run("mirror", config, log_dir, name, &[])
+    }
+
+    /// Starts `eventbus run warehouse --config CONFIG ARGS...`.
+    pub fn warehouse(config: &Path, log_dir: &Path, name: &str, args: &[&str]) -> Self {
+        Self::run("warehouse", config, log_dir, name, args)
     }
 
     /// Sends a signal (`"KILL"`, `"TERM"`).

@@ -64,19 +64,29 @@ async fn load(
     (topic, by_pos)
 }
 
-fn config(
-    dir: &Path,
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    root: &str,
-    extra: &str,
-) -> std::path::PathBuf {
-    let path = dir.join(format!("{group}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+/// A loaded topic, a job file for it, and a folder for logs and local tables.
+struct Fixture {
+    topic: String,
+    produced: BTreeMap<(i32, i64), String>,
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+}
+
+impl Fixture {
+    /// Loads `count` records on `partitions` partitions; the table root is `root`, or
+    /// `<dir>/tables` when `None`; `extra` is appended to the job file.
+    async fn new(partitions: i32, count: usize, root: Option<&str>, extra: &str) -> Self {
+        let brokers = shared_brokers();
+        let (topic, produced) = load(&brokers, partitions, count).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = dir.path().join("tables");
+        let root = root.map_or_else(|| local.display().to_string(), str::to_owned);
+        let group = unique("g");
+        let cfg = dir.path().join(format!("{group}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
 [kafka]
 "bootstrap.servers" = "{brokers}"
 "session.timeout.ms" = "6000"
@@ -93,10 +103,27 @@ max_age_ms = 500
 "{topic}" = "event_time"
 {extra}
 "#
-        ),
-    )
-    .expect("write config");
-    path
+            ),
+        )
+        .expect("write config");
+        Self {
+            topic,
+            produced,
+            dir,
+            cfg,
+        }
+    }
+
+    fn local_root(&self) -> std::path::PathBuf {
+        self.dir.path().join("tables")
+    }
+
+    /// The local table's rows.
+    async fn local_rows(&self) -> Vec<TableRow> {
+        let store = object_store::local::LocalFileSystem::new_with_prefix(self.local_root())
+            .expect("store");
+        read_table(&store, &StorePath::from(self.topic.as_str())).await
+    }
 }
 
 /// Every produced record exactly once, with its value.
@@ -134,30 +161,17 @@ fn sigkill_at_random_moments(cfg: &Path, logs: &Path, kills: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
-    let brokers = shared_brokers();
-    let (topic, produced) = load(&brokers, 6, 200_000).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("tables");
-    let cfg = config(
-        dir.path(),
-        &brokers,
-        &topic,
-        &unique("g"),
-        root.to_str().unwrap(),
-        "",
-    );
-    let logs = dir.path();
-    let (cfg2, logs2) = (cfg.clone(), logs.to_owned());
+    let fx = Fixture::new(6, 200_000, None, "").await;
+    let (cfg, logs) = (fx.cfg.clone(), fx.dir.path().to_owned());
     tokio::task::spawn_blocking(move || {
-        sigkill_at_random_moments(&cfg2, &logs2, 5);
-        finish(&cfg2, &logs2, "final");
+        sigkill_at_random_moments(&cfg, &logs, 5);
+        finish(&cfg, &logs, "final");
     })
     .await
     .expect("join");
-
+    let (topic, produced, root) = (&fx.topic, &fx.produced, fx.local_root());
     let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
-    let rows = read_table(&store, &StorePath::from(topic.as_str())).await;
-    check_exactly_once(&rows, &produced);
+    check_exactly_once(&fx.local_rows().await, produced);
 
     // The commit log lists every published file; the watermark names an hour.
     let commits: Vec<_> = store
@@ -198,7 +212,7 @@ async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
     // A reader no one here wrote agrees: DuckDB over the Hive layout.
     let python = std::env::var("EVENTBUS_TEST_PYTHON")
         .expect("EVENTBUS_TEST_PYTHON (a python with duckdb; `make test` sets it)");
-    let glob = root.join(&topic).join("**/*.parquet");
+    let glob = root.join(topic).join("**/*.parquet");
     let out = std::process::Command::new(python)
         .arg("-c")
         .arg(format!(
@@ -220,19 +234,8 @@ async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_one_killed_still_write_every_record_once() {
-    let brokers = shared_brokers();
-    let (topic, produced) = load(&brokers, 6, 60_000).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("tables");
-    let cfg = config(
-        dir.path(),
-        &brokers,
-        &topic,
-        &unique("g"),
-        root.to_str().unwrap(),
-        "",
-    );
-    let logs = dir.path().to_owned();
+    let fx = Fixture::new(6, 60_000, None, "").await;
+    let (cfg, logs) = (fx.cfg.clone(), fx.dir.path().to_owned());
     tokio::task::spawn_blocking(move || {
         let mut a = JobProcess::warehouse(&cfg, &logs, "a", &[]);
         let mut b = JobProcess::warehouse(&cfg, &logs, "b", &[]);
@@ -247,9 +250,7 @@ async fn two_members_one_killed_still_write_every_record_once() {
     })
     .await
     .expect("join");
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
-    let rows = read_table(&store, &StorePath::from(topic.as_str())).await;
-    check_exactly_once(&rows, &produced);
+    check_exactly_once(&fx.local_rows().await, &fx.produced);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,16 +263,13 @@ async fn an_s3_outage_mid_run_loses_and_doubles_nothing() {
         .trim()
         .parse()
         .expect("pid");
-    let brokers = shared_brokers();
-    let (topic, produced) = load(&brokers, 6, 100_000).await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let prefix = unique("run");
     let extra = format!(
         "[warehouse.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
     );
     let root = format!("s3://eventbus-test/{prefix}");
-    let cfg = config(dir.path(), &brokers, &topic, &unique("g"), &root, &extra);
-    let logs = dir.path().to_owned();
+    let fx = Fixture::new(6, 100_000, Some(&root), &extra).await;
+    let (cfg, logs) = (fx.cfg.clone(), fx.dir.path().to_owned());
     tokio::task::spawn_blocking(move || {
         let signal = |sig: &str| {
             let ok = std::process::Command::new("kill")
@@ -303,11 +301,33 @@ async fn an_s3_outage_mid_run_loses_and_doubles_nothing() {
         .build()
         .expect("s3");
     let started = Instant::now();
-    let rows = read_table(&store, &StorePath::from(format!("{prefix}/{topic}"))).await;
+    let rows = read_table(&store, &StorePath::from(format!("{prefix}/{}", fx.topic))).await;
     eprintln!(
         "read {} rows back from S3 in {:?}",
         rows.len(),
         started.elapsed()
     );
-    check_exactly_once(&rows, &produced);
+    check_exactly_once(&rows, &fx.produced);
+
+    // The store refuses a second commit entry under a name that exists: the fence that
+    // lets exactly one of two writers of a partition commit (not a check-then-put).
+    let commits = StorePath::from(format!("{prefix}/{}/_eventbus/commits", fx.topic));
+    let first = store
+        .list(Some(&commits))
+        .next()
+        .await
+        .expect("a commit entry")
+        .expect("list")
+        .location;
+    let again = store
+        .put_opts(
+            &first,
+            object_store::PutPayload::from_static(b"{}"),
+            object_store::PutMode::Create.into(),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
 }
