@@ -285,26 +285,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             table_root,
             until_caught_up,
         } => {
-            let mut file = JobFile::load(
-                config.as_deref(),
-                &Overrides {
-                    brokers: brokers.clone(),
-                    group: group.clone(),
-                },
-            )?;
+            let overrides = Overrides { brokers, group };
+            let mut file = JobFile::load(config.as_deref(), &overrides)?;
             match job.as_str() {
                 "warehouse" => {
+                    // No [source]: the default group, then the same overrides as any job.
                     if file.source.is_none() {
-                        let mut s = eventbus_runtime::SourceConfig::new(
-                            group.unwrap_or_else(|| {
-                                std::env::var(eventbus_jobs::config::ENV_GROUP_ID).unwrap_or_else(
-                                    |_| eventbus_jobs::warehouse::DEFAULT_GROUP.to_owned(),
-                                )
-                            }),
+                        file.source = Some(eventbus_runtime::SourceConfig::new(
+                            eventbus_jobs::warehouse::DEFAULT_GROUP,
                             Vec::<String>::new(),
-                        );
-                        s.topics = topics.clone();
-                        file.source = Some(s);
+                        ));
+                        file.apply(std::env::vars(), &overrides);
                     }
                     let args = eventbus_jobs::warehouse::WarehouseArgs {
                         topics,

@@ -247,36 +247,36 @@ fn end_offsets(
     Ok(out)
 }
 
-/// Resolves once every partition is in the table up to its start-time end offset.
+/// Resolves once every partition is in the table up to its start-time end offset. What
+/// this instance received answers first; only partitions it has not reached (owned by
+/// another member, or not yet read) are looked up in the table's progress files.
 async fn caught_up(sink: ParquetSink, ends: BTreeMap<TopicPartition, (i64, i64)>) {
-    let topics: Vec<String> = {
-        let mut t: Vec<String> = ends.keys().map(|tp| tp.topic.to_string()).collect();
-        t.dedup();
-        t
-    };
+    let mut pending: Vec<(TopicPartition, i64)> = ends
+        .into_iter()
+        .filter(|(_, (low, high))| high > low)
+        .map(|(tp, (_, high))| (tp, high))
+        .collect();
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        pending.retain(|(tp, high)| sink.seen(tp).is_none_or(|s| s + 1 < *high));
+        if pending.is_empty() {
+            return;
+        }
+        let mut topics: Vec<&str> = pending.iter().map(|(tp, _)| tp.topic.as_ref()).collect();
+        topics.dedup();
         let mut published: HashMap<TopicPartition, i64> = HashMap::new();
-        for topic in &topics {
+        for topic in topics {
             match sink.table_progress(topic).await {
-                Ok(list) => {
-                    for p in list {
-                        published.insert(
-                            TopicPartition::new(topic.as_str(), p.partition),
-                            p.next_offset,
-                        );
-                    }
-                }
+                Ok(list) => published.extend(
+                    list.into_iter()
+                        .map(|p| (TopicPartition::new(topic, p.partition), p.next_offset)),
+                ),
                 Err(e) => tracing::warn!(error = %e, topic, "cannot read table progress"),
             }
         }
-        let done = ends.iter().all(|(tp, (low, high))| {
-            high <= low
-                || published.get(tp).is_some_and(|n| n >= high)
-                || sink.seen(tp).is_some_and(|s| s + 1 >= *high)
-        });
-        if done {
+        pending.retain(|(tp, high)| published.get(tp).is_none_or(|n| n < high));
+        if pending.is_empty() {
             return;
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

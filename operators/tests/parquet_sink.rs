@@ -404,3 +404,101 @@ async fn bad_bytes_fail_their_record_and_publish_nothing_past_it() {
         .unwrap_err();
     assert!(err.contains("42"), "{err}");
 }
+
+/// Delivers its records, then holds the partition until released: a writer that has
+/// buffered records but not yet published them.
+struct GatedSource {
+    records: Vec<Record<Bytes>>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl eventbus_runtime::Source for GatedSource {
+    type Item = Bytes;
+
+    async fn run(
+        self,
+        dispatch: eventbus_runtime::Dispatch<Bytes>,
+    ) -> Result<(), eventbus_runtime::RuntimeError> {
+        let tp = eventbus_runtime::TopicPartition::new("t.v1", 0);
+        dispatch.deliver(&tp, self.records);
+        let _ = self.release.await;
+        let finals = dispatch.revoke(std::slice::from_ref(&tp)).await;
+        dispatch.committed(&finals);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() {
+    // B (a member that lost its session but still runs) buffers offsets 0..=14; A (the
+    // new owner) publishes 0..=9 meanwhile; then B publishes. B's commit entry from
+    // offset 0 must lose, and B must add only 10..=14.
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |o: i64| {
+        record(
+            o,
+            wire(1, &schema, sample(&schema, o % 2 == 0, T0 + o, false)),
+        )
+    };
+    let mut config = ParquetSinkConfig::new(dir.path().to_str().unwrap());
+    config.max_age = std::time::Duration::from_secs(600);
+    let b = ParquetSink::new(config, lookup(vec![(1, EVERYTHING.to_owned())]), &[1]).unwrap();
+    let (release, gate) = tokio::sync::oneshot::channel();
+    let b_job = Job::builder("b")
+        .source(GatedSource {
+            records: (0..15).map(rec).collect(),
+            release: gate,
+        })
+        .sink(b.clone())
+        .build()
+        .unwrap();
+    let b_run = tokio::spawn(b_job.run(std::future::pending()));
+    let tp = eventbus_runtime::TopicPartition::new("t.v1", 0);
+    let started = std::time::Instant::now();
+    while b.seen(&tp) != Some(14) {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "B never buffered its records"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    run(
+        dir.path(),
+        vec![(1, EVERYTHING.to_owned())],
+        (0..10).map(rec).collect(),
+    )
+    .await
+    .unwrap();
+    release.send(()).unwrap();
+    b_run.await.unwrap().unwrap();
+
+    let offsets: Vec<i64> = read(dir.path())
+        .iter()
+        .flat_map(|(_, batch)| {
+            batch
+                .column_by_name("_offset")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        (0..15).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
+    let commits = dir.path().join("t.v1/_eventbus/commits/00000");
+    let mut entries: Vec<CommitEntry> = std::fs::read_dir(&commits)
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    entries.sort_by_key(|e| e.start_offset);
+    let ranges: Vec<(i64, i64)> = entries
+        .iter()
+        .map(|e| (e.start_offset, e.end_offset))
+        .collect();
+    assert_eq!(ranges, vec![(0, 9), (10, 14)]);
+    assert_ne!(entries[0].writer, entries[1].writer);
+}

@@ -66,7 +66,8 @@ mod encode;
 mod table;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -154,10 +155,7 @@ pub fn open_store(
     table_root: &str,
     s3: &S3Config,
 ) -> Result<(Arc<dyn ObjectStore>, Path), SinkError> {
-    let bad = |reason: String| SinkError::Flush {
-        sink: SINK,
-        reason: format!("table root {table_root:?}: {reason}"),
-    };
+    let bad = |reason: String| flush_error(format!("table root {table_root:?}: {reason}"));
     if let Some(rest) = table_root.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -293,6 +291,20 @@ impl PartBuf {
     fn rows(&self) -> usize {
         self.acks.len()
     }
+
+    /// Removes the first `n` buffered records and returns their acknowledgements. The
+    /// decoder is left alone: callers flush, rebuild or drop it.
+    fn take_rows(&mut self, n: usize) -> Vec<Ack> {
+        let n = n.min(self.rows());
+        self.raw.drain(..n);
+        self.meta.offsets.drain(..n);
+        self.meta.kafka_ts.drain(..n);
+        self.bytes = self.raw.iter().map(Bytes::len).sum();
+        if self.raw.is_empty() {
+            self.oldest = None;
+        }
+        self.acks.drain(..n).collect()
+    }
 }
 
 struct Inner {
@@ -305,7 +317,9 @@ struct Inner {
     parts: StdMutex<HashMap<TopicPartition, Arc<Mutex<PartBuf>>>>,
     tables: StdMutex<HashMap<String, Table>>,
     writer: String,
-    timer: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+    timer: OnceLock<tokio::task::JoinHandle<()>>,
+    /// Something was published since the watermarks were last written.
+    dirty: AtomicBool,
 }
 
 /// Writes wire-format Avro records into Parquet tables exactly once; see the module
@@ -339,9 +353,9 @@ impl ParquetSink {
         let mut schemas = Vec::new();
         for id in initial {
             let json = lookup(*id)
-                .map_err(|e| config_error(format!("schema id {id}: {e}")))?
-                .ok_or_else(|| config_error(format!("schema id {id} is not registered")))?;
-            arrow_schema_of(*id, &json).map_err(config_error)?;
+                .map_err(|e| flush_error(format!("schema id {id}: {e}")))?
+                .ok_or_else(|| flush_error(format!("schema id {id} is not registered")))?;
+            arrow_schema_of(*id, &json).map_err(flush_error)?;
             schemas.push((*id, json));
         }
         let writer = format!(
@@ -362,7 +376,8 @@ impl ParquetSink {
                 parts: StdMutex::new(HashMap::new()),
                 tables: StdMutex::new(HashMap::new()),
                 writer,
-                timer: StdMutex::new(None),
+                timer: OnceLock::new(),
+                dirty: AtomicBool::new(false),
             }),
         })
     }
@@ -430,24 +445,37 @@ impl ParquetSink {
         p
     }
 
+    /// Starts, once, the task that publishes aged partitions and keeps the watermarks
+    /// current. It holds the sink weakly and ends with it.
     fn start_timer(&self) {
-        let mut timer = lock(&self.inner.timer);
-        if timer.is_some() {
+        if self.inner.timer.get().is_some() {
             return;
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let tick = (self.inner.config.max_age / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        *timer = Some(tokio::spawn(async move {
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let sink = ParquetSink { inner };
-                sink.publish_aged().await;
-            }
-        }));
+        let watermark_every = self.inner.config.max_age.max(Duration::from_secs(1));
+        let _ = self.inner.timer.get_or_init(|| {
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_watermark = Instant::now();
+                loop {
+                    interval.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let sink = ParquetSink { inner };
+                    sink.publish_aged().await;
+                    if last_watermark.elapsed() >= watermark_every
+                        && sink.inner.dirty.swap(false, Ordering::Relaxed)
+                    {
+                        last_watermark = Instant::now();
+                        if let Err(e) = sink.write_watermarks().await {
+                            tracing::warn!(error = %e, "could not write the table watermarks");
+                        }
+                    }
+                }
+            })
+        });
     }
 
     /// Publishes every partition whose oldest buffered row reached the maximum age.
@@ -502,10 +530,8 @@ impl ParquetSink {
     fn known_schemas(&self, id: u32) -> Result<Vec<(u32, String)>, SinkError> {
         let mut schemas = lock(&self.inner.schemas);
         if !schemas.iter().any(|(k, _)| *k == id) {
-            let json = (self.inner.lookup)(id).map_err(|e| SinkError::Flush {
-                sink: SINK,
-                reason: format!("looking up schema id {id}: {e}"),
-            })?;
+            let json = (self.inner.lookup)(id)
+                .map_err(|e| flush_error(format!("looking up schema id {id}: {e}")))?;
             if let Some(json) = json {
                 schemas.push((id, json));
             }
@@ -562,17 +588,10 @@ impl ParquetSink {
     async fn publish(&self, p: &mut PartBuf) -> Result<(), SinkError> {
         let result = self.try_publish(p).await;
         if let Err(e) = &result {
-            for ack in p.acks.drain(..) {
-                ack.fail(SinkError::Flush {
-                    sink: SINK,
-                    reason: e.to_string(),
-                });
+            for ack in p.take_rows(usize::MAX) {
+                ack.fail(flush_error(e.to_string()));
             }
-            p.raw.clear();
-            p.meta = RowMeta::default();
             p.decoder = None;
-            p.bytes = 0;
-            p.oldest = None;
             // Whatever happened, the table is the truth: read it again before writing.
             p.next = None;
         }
@@ -593,44 +612,25 @@ impl ParquetSink {
                 .ok_or_else(|| flush_error("the decoder holds no rows"))?;
             match self.write_files(p, &batch).await? {
                 Committed::Yes => {
-                    for ack in p.acks.drain(..) {
+                    for ack in p.take_rows(usize::MAX) {
                         ack.done();
                     }
-                    p.raw.clear();
-                    p.meta = RowMeta::default();
-                    p.bytes = 0;
-                    p.oldest = None;
+                    self.inner.dirty.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
                 Committed::Conflict => {
-                    // Another writer committed from the same offset: take its word, keep
-                    // only what lies beyond its entry, and try again.
+                    // Another writer committed from the same offset: take its word (what
+                    // its entry covers is in the table), and stage the rest again.
                     p.next = None;
                     let next = self.recover(p).await?.unwrap_or(i64::MIN);
                     tracing::warn!(
                         topic = %p.tp.topic, partition = p.tp.partition, next,
                         "another writer committed first; continuing after its entry"
                     );
-                    let keep: Vec<bool> = p.meta.offsets.iter().map(|o| *o >= next).collect();
-                    let mut raw = Vec::new();
-                    let mut meta = RowMeta::default();
-                    let mut acks = Vec::new();
-                    let old_ts = std::mem::take(&mut p.meta.kafka_ts);
-                    let old_offsets = std::mem::take(&mut p.meta.offsets);
-                    for (i, ack) in p.acks.drain(..).enumerate() {
-                        if keep[i] {
-                            raw.push(p.raw[i].clone());
-                            meta.offsets.push(old_offsets[i]);
-                            meta.kafka_ts.push(old_ts[i]);
-                            acks.push(ack);
-                        } else {
-                            ack.done();
-                        }
+                    let covered = p.meta.offsets.partition_point(|o| *o < next);
+                    for ack in p.take_rows(covered) {
+                        ack.done();
                     }
-                    p.bytes = raw.iter().map(Bytes::len).sum();
-                    p.raw = raw;
-                    p.meta = meta;
-                    p.acks = acks;
                     self.rebuild(p).map_err(flush_error)?;
                 }
             }
@@ -702,7 +702,7 @@ impl ParquetSink {
         if let Committed::Conflict = p.table.commit(&entry).await.map_err(store_error)? {
             return Ok(Committed::Conflict);
         }
-        p.table.roll_forward(&entry).await.map_err(store_error)?;
+        p.table.publish(&entry).await.map_err(store_error)?;
         for f in &entry.files {
             match p.table.store.delete(&p.table.path(&f.staged)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -744,7 +744,11 @@ impl ParquetSink {
                 map.remove(tp);
             }
         }
-        let _ = self.write_watermarks().await;
+        if self.inner.dirty.swap(false, Ordering::Relaxed)
+            && let Err(e) = self.write_watermarks().await
+        {
+            tracing::warn!(error = %e, "could not write the table watermarks");
+        }
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -821,10 +825,6 @@ fn flush_error(reason: impl Into<String>) -> SinkError {
 
 fn store_error(e: object_store::Error) -> SinkError {
     flush_error(format!("object store: {e}"))
-}
-
-fn config_error(reason: String) -> SinkError {
-    SinkError::Flush { sink: SINK, reason }
 }
 
 fn now_ms() -> i64 {

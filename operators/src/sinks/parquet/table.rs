@@ -187,6 +187,17 @@ impl Table {
         Ok(copied)
     }
 
+    /// Copies every staged file of a just-committed entry to its final name. No check
+    /// first: the names are ours, and a copy made twice writes the same bytes.
+    pub(crate) async fn publish(&self, entry: &CommitEntry) -> StoreResult<()> {
+        for f in &entry.files {
+            self.store
+                .copy(&self.path(&f.staged), &self.path(&f.path))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Deletes staged files of a partition whose start offset is below `next`: they were
     /// published (copied) or abandoned. Staged files at or above `next` may belong to a
     /// writer still running elsewhere and are left alone.
