@@ -169,6 +169,31 @@ fn read(root: &std::path::Path) -> Vec<(String, RecordBatch)> {
     out
 }
 
+/// The `_offset` column of every published file, in path order.
+fn table_offsets(root: &std::path::Path) -> Vec<i64> {
+    read(root)
+        .iter()
+        .flat_map(|(_, b)| {
+            b.column_by_name("_offset")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+/// Partition 0's commit entries, by start offset.
+fn commit_entries(root: &std::path::Path) -> Vec<CommitEntry> {
+    let dir = root.join("t.v1/_eventbus/commits/00000");
+    let mut entries: Vec<CommitEntry> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    entries.sort_by_key(|e| e.start_offset);
+    entries
+}
+
 fn record(offset: i64, bytes: Bytes) -> Record<Bytes> {
     let mut r = Record::new("t.v1", 0, offset, bytes);
     r.timestamp = Some(T0 + offset);
@@ -302,12 +327,7 @@ async fn hours_and_a_newer_schema_roll_files_and_the_commit_log_lists_them() {
     assert!(files[2].1.schema().field_with_name("note").is_ok());
     assert!(files[0].1.schema().field_with_name("note").is_err());
 
-    let commits = dir.path().join("t.v1/_eventbus/commits/00000");
-    let mut entries: Vec<CommitEntry> = std::fs::read_dir(&commits)
-        .unwrap()
-        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
-        .collect();
-    entries.sort_by_key(|e| e.start_offset);
+    let entries = commit_entries(dir.path());
     assert_eq!(entries.len(), 2);
     assert_eq!(
         (
@@ -386,18 +406,7 @@ async fn bad_bytes_fail_their_record_and_publish_nothing_past_it() {
         .unwrap_err();
     assert!(err.contains("t.v1") && err.contains('1'), "{err}");
     // The record before the bad one is published; nothing after it is.
-    let files = read(dir.path());
-    let offsets: Vec<i64> = files
-        .iter()
-        .flat_map(|(_, b)| {
-            b.column_by_name("_offset")
-                .unwrap()
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    assert_eq!(offsets, vec![0]);
+    assert_eq!(table_offsets(dir.path()), vec![0]);
     let unknown = vec![record(5, Bytes::from_static(&[0, 0, 0, 0, 42, 1, 2]))];
     let err = run(dir.path(), vec![(1, EVERYTHING.to_owned())], unknown)
         .await
@@ -473,28 +482,12 @@ async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() 
     release.send(()).unwrap();
     b_run.await.unwrap().unwrap();
 
-    let offsets: Vec<i64> = read(dir.path())
-        .iter()
-        .flat_map(|(_, batch)| {
-            batch
-                .column_by_name("_offset")
-                .unwrap()
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
     assert_eq!(
-        offsets,
+        table_offsets(dir.path()),
         (0..15).collect::<Vec<_>>(),
         "every offset once, in order"
     );
-    let commits = dir.path().join("t.v1/_eventbus/commits/00000");
-    let mut entries: Vec<CommitEntry> = std::fs::read_dir(&commits)
-        .unwrap()
-        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
-        .collect();
-    entries.sort_by_key(|e| e.start_offset);
+    let entries = commit_entries(dir.path());
     let ranges: Vec<(i64, i64)> = entries
         .iter()
         .map(|e| (e.start_offset, e.end_offset))
