@@ -1,5 +1,12 @@
 //! `eventbus bench`: records per second of the executor against a bare rdkafka consumer,
-//! over the same topic of the in-process mock cluster, in the same run.
+//! over the same topic of the same broker (the in-process mock cluster, or `--brokers`),
+//! in the same run.
+//!
+//! Two jobs can stand on the executor's side: `discard` (opaque values into a sink that
+//! acknowledges at once: the runtime's own cost) and `warehouse` (wire-format
+//! VehicleState records decoded into Parquet files on local disk, published exactly
+//! once, offsets committed, in batch mode: the whole warehouse job). The warehouse
+//! side's clock stops when the job has published, committed and returned.
 //!
 //! Both read with a fresh consumer group and the same librdkafka settings; both clocks
 //! start at the first record and stop at the last, so the group join is not counted.
@@ -21,13 +28,31 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
+use crate::config::JobFile;
+use crate::warehouse::WarehouseArgs;
 use crate::{progress, topic_io};
 
 const TOPIC: &str = "bench.records.v1";
 
+/// The job measured against the bare consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchJob {
+    /// Opaque values into a sink that acknowledges at once.
+    #[default]
+    Discard,
+    /// VehicleState records into Parquet tables (`eventbus run warehouse
+    /// --until-caught-up`).
+    Warehouse,
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The job on the executor's side.
+    pub job: BenchJob,
+    /// A real broker to use instead of the in-process mock cluster.
+    pub brokers: Option<String>,
     /// Records in the topic.
     pub messages: u64,
     /// Partitions of the topic.
@@ -43,6 +68,8 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
+            job: BenchJob::Discard,
+            brokers: None,
             messages: 800_000,
             partitions: 48,
             value_size: 256,
@@ -55,6 +82,8 @@ impl Default for BenchOptions {
 /// Figures of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
+    /// The job on the executor's side.
+    pub job: BenchJob,
     /// Records read by each side per round.
     pub messages: u64,
     /// Partitions of the topic.
@@ -94,20 +123,54 @@ fn per_million(cpu: Option<f64>, n: u64) -> f64 {
 /// # Errors
 /// The mock cluster or a client cannot start, or a side does not finish.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
-    let cluster = MockCluster::new(1).context("cannot start the mock cluster")?;
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic(TOPIC, opts.partitions, 1)?;
+    // A run of its own: fresh topic on a shared broker, fresh groups every round.
+    let run_id = format!(
+        "{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let (cluster, brokers, topic) = match &opts.brokers {
+        Some(b) => {
+            let topic = format!("bench.records.r{run_id}.v1");
+            topic_io::create_topics(b, &[(&topic, opts.partitions)]).await?;
+            (None, b.clone(), topic)
+        }
+        None => {
+            let cluster = MockCluster::new(1).context("cannot start the mock cluster")?;
+            let brokers = cluster.bootstrap_servers();
+            cluster.create_topic(TOPIC, opts.partitions, 1)?;
+            (Some(cluster), brokers, TOPIC.to_owned())
+        }
+    };
     let bar = progress::bar(opts.messages, "produced", opts.quiet);
-    let value = vec![b'x'; opts.value_size];
-    let records = (0..opts.messages).map(|i| (format!("k{}", i % 1000), value.clone()));
-    topic_io::produce(&brokers, TOPIC, records, |n| bar.set_position(n))?;
+    let count = usize::try_from(opts.messages).unwrap_or(usize::MAX);
+    match opts.job {
+        BenchJob::Discard => {
+            let value = vec![b'x'; opts.value_size];
+            let records = (0..opts.messages).map(|i| (format!("k{}", i % 1000), value.clone()));
+            topic_io::produce(&brokers, &topic, records, |n| bar.set_position(n))?;
+        }
+        BenchJob::Warehouse => {
+            let registry = eventbus_schemas::FileRegistry::embedded()?;
+            let (id, schema) = registry
+                .latest_of("vehicle.state.v1-value")
+                .context("vehicle.state.v1-value is not registered")?;
+            let records = crate::generate::records("vehicle.state.v1", 1, id, &schema)?
+                .take(count)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            topic_io::produce(&brokers, &topic, records, |n| bar.set_position(n))?;
+        }
+    }
     bar.finish_and_clear();
     // The mock cluster keeps a bounded log per partition and drops the oldest records
     // beyond it; both sides read what it kept.
-    let available = topic_io::available(&brokers, TOPIC)?;
+    let available = topic_io::available(&brokers, &topic)?;
     if available < opts.messages {
         eprintln!(
-            "the mock cluster kept {available} of {} records; both sides read those",
+            "the broker kept {available} of {} records; both sides read those",
             opts.messages
         );
     }
@@ -118,24 +181,33 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     for round in 0..opts.rounds {
         let start = cpu_seconds();
         let b = {
-            let brokers = brokers.clone();
+            let (brokers, topic, group) = (
+                brokers.clone(),
+                topic.clone(),
+                format!("bench-bare-{run_id}-{round}"),
+            );
             let (tx, rx) = tokio::sync::oneshot::channel();
             // A named thread of its own, so profiles tell the two sides apart.
             std::thread::Builder::new()
                 .name("bench-bare".to_owned())
                 .spawn(move || {
-                    let _ = tx.send(bare_consumer(&brokers, n, round));
+                    let _ = tx.send(bare_consumer(&brokers, &topic, &group, n));
                 })?;
             rx.await??
         };
         let mid = cpu_seconds();
-        let e = executor(&brokers, n, round).await?;
+        let group = format!("bench-{}-{run_id}-{round}", side_name(opts.job));
+        let e = match opts.job {
+            BenchJob::Discard => executor(&brokers, &topic, &group, n).await?,
+            BenchJob::Warehouse => warehouse(&brokers, &topic, &group, n).await?,
+        };
         let end = cpu_seconds();
         let b_cpu = per_million(mid.zip(start).map(|(m, s)| m - s), n);
         let e_cpu = per_million(end.zip(mid).map(|(e, m)| e - m), n);
         eprintln!(
-            "round {}: bare {b:>10.0} records/s {b_cpu:>6.2} cpu-s/M   executor {e:>10.0} records/s {e_cpu:>6.2} cpu-s/M",
-            round + 1
+            "round {}: bare {b:>10.0} records/s {b_cpu:>6.2} cpu-s/M   {} {e:>10.0} records/s {e_cpu:>6.2} cpu-s/M",
+            round + 1,
+            side_name(opts.job)
         );
         bare = bare.max(b);
         exec = exec.max(e);
@@ -144,6 +216,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     }
     drop(cluster);
     Ok(BenchResult {
+        job: opts.job,
         messages: n,
         partitions: opts.partitions,
         bare_records_per_sec: bare,
@@ -155,15 +228,23 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     })
 }
 
-fn bare_consumer(brokers: &str, n: u64, round: u32) -> anyhow::Result<f64> {
+/// What the executor's side is called in reports.
+pub fn side_name(job: BenchJob) -> &'static str {
+    match job {
+        BenchJob::Discard => "executor",
+        BenchJob::Warehouse => "warehouse",
+    }
+}
+
+fn bare_consumer(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-bare-{round}"))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()?;
-    consumer.subscribe(&[TOPIC])?;
+    consumer.subscribe(&[topic])?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut first = None;
     let (mut count, mut bytes) = (0u64, 0usize);
@@ -182,15 +263,12 @@ fn bare_consumer(brokers: &str, n: u64, round: u32) -> anyhow::Result<f64> {
     Ok(n as f64 / secs.max(1e-9))
 }
 
-async fn executor(brokers: &str, n: u64, round: u32) -> anyhow::Result<f64> {
+async fn executor(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
     let mut kafka = KafkaProperties::new();
     kafka.set("bootstrap.servers", brokers);
     kafka.apply_env(std::env::vars());
     let job = Job::builder("bench")
-        .source(KafkaSource::new(
-            kafka,
-            SourceConfig::new(format!("bench-executor-{round}"), [TOPIC]),
-        ))
+        .source(KafkaSource::new(kafka, SourceConfig::new(group, [topic])))
         .map(|v: Bytes| v)
         .sink(DiscardSink)
         .build()?;
@@ -218,4 +296,40 @@ async fn executor(brokers: &str, n: u64, round: u32) -> anyhow::Result<f64> {
         bail!("executor delivered only {delivered} of {n} records");
     }
     Ok(n as f64 / secs.unwrap_or(0.0).max(1e-9))
+}
+
+/// The warehouse job in batch mode into a scratch table; records/s from its first record
+/// to its return (all published and committed).
+async fn warehouse(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
+    let root = std::env::temp_dir().join(format!("eventbus-bench-{group}"));
+    let mut file = JobFile::default();
+    file.kafka.set("bootstrap.servers", brokers);
+    file.kafka.apply_env(std::env::vars());
+    file.source = Some(SourceConfig::new(group, [topic]));
+    let args = WarehouseArgs {
+        topics: Vec::new(),
+        table_root: Some(root.display().to_string()),
+        until_caught_up: true,
+    };
+    let job = tokio::task::block_in_place(|| crate::warehouse::job(&file, &args))?;
+    let stats = job.stats();
+    let first = tokio::spawn(async move {
+        while stats.consumed() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Instant::now()
+    });
+    let report = tokio::time::timeout(Duration::from_secs(600), job.run(std::future::pending()))
+        .await
+        .context("the warehouse side did not finish within 600 s")??;
+    let end = Instant::now();
+    let first = first.await?;
+    let _ = std::fs::remove_dir_all(&root);
+    if report.consumed < n {
+        bail!(
+            "the warehouse job read only {} of {n} records",
+            report.consumed
+        );
+    }
+    Ok(n as f64 / end.duration_since(first).as_secs_f64().max(1e-9))
 }

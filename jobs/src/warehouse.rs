@@ -19,7 +19,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use eventbus_operators::{ParquetSink, ParquetSinkConfig, S3Config, SchemaLookup};
-use eventbus_runtime::{JobReport, KafkaProperties, KafkaSource, SourceConfig, TopicPartition};
+use eventbus_runtime::operator::Identity;
+use eventbus_runtime::{
+    JobReport, JobStats, KafkaProperties, KafkaSource, RunnableJob, RuntimeConfig, SourceConfig,
+    TopicPartition,
+};
 use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -39,7 +43,10 @@ pub struct WarehouseConfig {
     /// Table root: a path, `file:///path` or `s3://bucket/prefix`. Default
     /// `data/warehouse`.
     pub table_root: Option<String>,
-    /// Roll a partition's file at this many rows. Default 500,000.
+    /// Roll a partition's file at this many rows. Default and maximum:
+    /// `runtime.max_in_flight_per_partition` (200,000 for this job unless `[runtime]`
+    /// is set). All partitions publish together when their rows reach three quarters
+    /// of `runtime.max_in_flight` (1,000,000 for this job unless set).
     pub roll_rows: Option<usize>,
     /// Roll at this many bytes of input. Default 128 MiB.
     pub roll_bytes: Option<usize>,
@@ -72,20 +79,18 @@ pub struct WarehouseArgs {
 
 /// A warehouse job ready to run.
 pub struct Warehouse {
-    kafka: KafkaProperties,
-    source: SourceConfig,
-    runtime: eventbus_runtime::RuntimeConfig,
+    job: RunnableJob<KafkaSource, Identity, ParquetSink>,
     sink: ParquetSink,
     /// Where the tables are.
     pub table_root: String,
-    until_caught_up: bool,
+    /// In batch mode, each partition's (low, high) offsets at start.
+    ends: Option<BTreeMap<TopicPartition, (i64, i64)>>,
 }
 
 impl std::fmt::Debug for Warehouse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Warehouse")
             .field("table_root", &self.table_root)
-            .field("topics", &self.source.topics)
             .finish_non_exhaustive()
     }
 }
@@ -153,9 +158,28 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         .or(wh.table_root.clone())
         .unwrap_or_else(|| DEFAULT_ROOT.to_owned());
     let mut config = ParquetSinkConfig::new(table_root.clone());
-    if let Some(v) = wh.roll_rows {
-        config.roll_rows = v.max(1);
+    // Buffered rows are in flight until their file is published, so files are sized by
+    // the runtime's bounds. Left at the runtime's defaults, the bounds grow to the
+    // warehouse's own (bigger files); set [runtime] to choose.
+    let runtime = if file.runtime == RuntimeConfig::default() {
+        RuntimeConfig {
+            max_in_flight_per_partition: 200_000,
+            max_in_flight: 1_000_000,
+            ..RuntimeConfig::default()
+        }
+    } else {
+        file.runtime.clone()
+    };
+    let bound = runtime.max_in_flight_per_partition;
+    config.roll_rows = wh.roll_rows.unwrap_or(bound).clamp(1, bound);
+    if wh.roll_rows.is_some_and(|v| v > bound) {
+        tracing::warn!(
+            roll_rows = wh.roll_rows,
+            max_in_flight_per_partition = bound,
+            "warehouse.roll_rows is above runtime.max_in_flight_per_partition; files roll at the latter"
+        );
     }
+    config.max_buffered_rows = (runtime.max_in_flight / 4 * 3).max(1);
     if let Some(v) = wh.roll_bytes {
         config.roll_bytes = v.max(1);
     }
@@ -172,17 +196,30 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     config.s3 = wh.s3.clone().unwrap_or_default();
     let sink = ParquetSink::new(config, lookup(registry), &ids)
         .with_context(|| format!("opening the tables under {table_root}"))?;
+    let ends = if args.until_caught_up {
+        Some(end_offsets(&file.kafka, &source.topics)?)
+    } else {
+        None
+    };
+    let job = eventbus_runtime::Job::builder("warehouse")
+        .config(runtime)
+        .source(KafkaSource::new(file.kafka.clone(), source))
+        .sink(sink.clone())
+        .build()?;
     Ok(Warehouse {
-        kafka: file.kafka.clone(),
-        source,
-        runtime: file.runtime.clone(),
+        job,
         sink,
         table_root,
-        until_caught_up: args.until_caught_up,
+        ends,
     })
 }
 
 impl Warehouse {
+    /// Live counters of the job.
+    pub fn stats(&self) -> Arc<JobStats> {
+        self.job.stats()
+    }
+
     /// Runs until `shutdown` resolves (or, in batch mode, until caught up).
     ///
     /// # Errors
@@ -191,18 +228,8 @@ impl Warehouse {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<JobReport> {
-        let ends = if self.until_caught_up {
-            Some(end_offsets(&self.kafka, &self.source.topics)?)
-        } else {
-            None
-        };
-        let sink = self.sink.clone();
-        let job = eventbus_runtime::Job::builder("warehouse")
-            .config(self.runtime)
-            .source(KafkaSource::new(self.kafka, self.source))
-            .sink(self.sink)
-            .build()?;
-        let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match ends {
+        let sink = self.sink;
+        let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match self.ends {
             None => Box::pin(shutdown),
             Some(ends) => Box::pin(async move {
                 tokio::select! {
@@ -213,7 +240,7 @@ impl Warehouse {
                 }
             }),
         };
-        Ok(job.run(stop).await?)
+        Ok(self.job.run(stop).await?)
     }
 }
 
@@ -277,6 +304,6 @@ async fn caught_up(sink: ParquetSink, ends: BTreeMap<TopicPartition, (i64, i64)>
         if pending.is_empty() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

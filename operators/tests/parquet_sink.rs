@@ -428,10 +428,16 @@ impl eventbus_runtime::Source for GatedSource {
         self,
         dispatch: eventbus_runtime::Dispatch<Bytes>,
     ) -> Result<(), eventbus_runtime::RuntimeError> {
-        let tp = eventbus_runtime::TopicPartition::new("t.v1", 0);
-        dispatch.deliver(&tp, self.records);
+        let mut tps: Vec<eventbus_runtime::TopicPartition> = Vec::new();
+        for r in self.records {
+            let tp = r.topic_partition();
+            if !tps.contains(&tp) {
+                tps.push(tp.clone());
+            }
+            dispatch.deliver(&tp, vec![r]);
+        }
         let _ = self.release.await;
-        let finals = dispatch.revoke(std::slice::from_ref(&tp)).await;
+        let finals = dispatch.revoke(&tps).await;
         dispatch.committed(&finals);
         Ok(())
     }
@@ -494,4 +500,51 @@ async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() 
         .collect();
     assert_eq!(ranges, vec![(0, 9), (10, 14)]);
     assert_ne!(entries[0].writer, entries[1].writer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_publish_together_when_the_job_holds_its_row_budget() {
+    // Rows wait unacknowledged until published; with a budget of 10 rows over four
+    // partitions, files appear long before the maximum age (ten minutes here) and while
+    // the source still holds every partition.
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ParquetSinkConfig::new(dir.path().to_str().unwrap());
+    config.max_age = std::time::Duration::from_secs(600);
+    config.max_buffered_rows = 10;
+    let sink = ParquetSink::new(config, lookup(vec![(1, EVERYTHING.to_owned())]), &[1]).unwrap();
+    let records: Vec<Record<Bytes>> = (0..40)
+        .map(|i| {
+            let mut r = record(i / 4, wire(1, &schema, sample(&schema, true, T0, false)));
+            r.partition = i32::try_from(i % 4).unwrap();
+            r
+        })
+        .collect();
+    let (release, gate) = tokio::sync::oneshot::channel();
+    let job = Job::builder("budget")
+        .source(GatedSource {
+            records,
+            release: gate,
+        })
+        .sink(sink)
+        .build()
+        .unwrap();
+    let running = tokio::spawn(job.run(std::future::pending()));
+    let started = std::time::Instant::now();
+    let mut published = 0;
+    while published < 30 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "only {published} of 40 rows published while the partitions were held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        published = read(dir.path())
+            .iter()
+            .map(|(_, b)| b.num_rows())
+            .sum::<usize>();
+    }
+    release.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let total: usize = read(dir.path()).iter().map(|(_, b)| b.num_rows()).sum();
+    assert_eq!(total, 40, "every row once after the final flush");
 }

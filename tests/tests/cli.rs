@@ -278,3 +278,45 @@ fn schemas_register_registers_every_subject_once_and_is_idempotent() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("registering") && err.contains("401"), "{err}");
 }
+
+#[test]
+fn bench_measures_the_warehouse_job_against_the_bare_consumer() {
+    // Figures are not asserted (a benchmark reports them); the run must read every
+    // record on both sides and report both figures and their ratios.
+    let out = Command::new(eventbus_bin())
+        .args([
+            "bench",
+            "--job",
+            "warehouse",
+            "--messages",
+            "3000",
+            "--partitions",
+            "4",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["job"], "warehouse");
+    assert_eq!(v["messages"], 3000);
+    for key in [
+        "ratio",
+        "bare_records_per_sec",
+        "executor_records_per_sec",
+        "executor_cpu_s_per_million",
+    ] {
+        assert!(
+            v[key].as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+            "{key} in {v}"
+        );
+    }
+    // CPU is counted in 10 ms ticks: a run this small may show none for the bare side.
+    assert!(v.get("cpu_ratio").is_some(), "{v}");
+}

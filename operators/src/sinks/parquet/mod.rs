@@ -66,7 +66,7 @@ mod encode;
 mod table;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -97,8 +97,14 @@ pub struct ParquetSinkConfig {
     /// Table root: a local path or `file:///path` (the default store), or
     /// `s3://bucket/prefix`.
     pub table_root: String,
-    /// Roll a partition's file at this many rows. Default 500,000.
+    /// Roll a partition's file at this many rows. Default 500,000. Keep it at or below
+    /// the runtime's `max_in_flight_per_partition`: rows wait unacknowledged in the
+    /// buffer, and a partition paused for being full would otherwise wait for the
+    /// maximum age.
     pub roll_rows: usize,
+    /// Publish every partition once all of them together hold this many rows. Default
+    /// 1,000,000. Keep it below the runtime's `max_in_flight`, for the same reason.
+    pub max_buffered_rows: usize,
     /// Roll at this many bytes of encoded input. Default 128 MiB.
     pub roll_bytes: usize,
     /// Publish whatever a partition holds once its oldest row is this old, even when no
@@ -122,6 +128,7 @@ impl ParquetSinkConfig {
         Self {
             table_root: table_root.into(),
             roll_rows: 500_000,
+            max_buffered_rows: 1_000_000,
             roll_bytes: 128 << 20,
             max_age: Duration::from_secs(60),
             row_group_rows: 128 * 1024,
@@ -320,6 +327,8 @@ struct Inner {
     timer: OnceLock<tokio::task::JoinHandle<()>>,
     /// Something was published since the watermarks were last written.
     dirty: AtomicBool,
+    /// Rows buffered in all partitions together.
+    buffered: AtomicUsize,
 }
 
 /// Writes wire-format Avro records into Parquet tables exactly once; see the module
@@ -378,6 +387,7 @@ impl ParquetSink {
                 writer,
                 timer: OnceLock::new(),
                 dirty: AtomicBool::new(false),
+                buffered: AtomicUsize::new(0),
             }),
         })
     }
@@ -481,16 +491,29 @@ impl ParquetSink {
     /// Publishes every partition whose oldest buffered row reached the maximum age.
     async fn publish_aged(&self) {
         let max_age = self.inner.config.max_age;
+        self.publish_where(|p| p.oldest.is_some_and(|t| t.elapsed() >= max_age))
+            .await;
+    }
+
+    /// Publishes every partition `due` picks. A partition busy sending is skipped: it
+    /// rolls by itself (and the caller's own partition is busy with the caller).
+    async fn publish_where(&self, due: impl Fn(&PartBuf) -> bool) {
         let parts: Vec<_> = lock(&self.inner.parts).values().cloned().collect();
         for part in parts {
-            // A partition busy sending is not idle; it rolls by itself.
             let Ok(mut p) = part.try_lock() else { continue };
-            if p.oldest.is_some_and(|t| t.elapsed() >= max_age)
+            if due(&p)
                 && let Err(e) = self.publish(&mut p).await
             {
-                tracing::error!(error = %e, "publishing an aged Parquet file failed");
+                tracing::error!(error = %e, "publishing a Parquet file failed");
             }
         }
+    }
+
+    /// Removes a partition's first `n` buffered records, keeping the job-wide count.
+    fn take_rows(&self, p: &mut PartBuf, n: usize) -> Vec<Ack> {
+        let acks = p.take_rows(n);
+        self.inner.buffered.fetch_sub(acks.len(), Ordering::Relaxed);
+        acks
     }
 
     /// Recovers the partition's position from the table if not done since assignment.
@@ -588,7 +611,7 @@ impl ParquetSink {
     async fn publish(&self, p: &mut PartBuf) -> Result<(), SinkError> {
         let result = self.try_publish(p).await;
         if let Err(e) = &result {
-            for ack in p.take_rows(usize::MAX) {
+            for ack in self.take_rows(p, usize::MAX) {
                 ack.fail(flush_error(e.to_string()));
             }
             p.decoder = None;
@@ -612,7 +635,7 @@ impl ParquetSink {
                 .ok_or_else(|| flush_error("the decoder holds no rows"))?;
             match self.write_files(p, &batch).await? {
                 Committed::Yes => {
-                    for ack in p.take_rows(usize::MAX) {
+                    for ack in self.take_rows(p, usize::MAX) {
                         ack.done();
                     }
                     self.inner.dirty.store(true, Ordering::Relaxed);
@@ -628,7 +651,7 @@ impl ParquetSink {
                         "another writer committed first; continuing after its entry"
                     );
                     let covered = p.meta.offsets.partition_point(|o| *o < next);
-                    for ack in p.take_rows(covered) {
+                    for ack in self.take_rows(p, covered) {
                         ack.done();
                     }
                     self.rebuild(p).map_err(flush_error)?;
@@ -794,11 +817,18 @@ impl Sink<Bytes> for ParquetSink {
         p.meta.offsets.push(record.offset);
         p.meta.kafka_ts.push(record.timestamp);
         p.acks.push(ack);
+        let buffered = self.inner.buffered.fetch_add(1, Ordering::Relaxed) + 1;
         if p.oldest.is_none() {
             p.oldest = Some(Instant::now());
         }
         if p.rows() >= self.inner.config.roll_rows || p.bytes >= self.inner.config.roll_bytes {
             self.publish(&mut p).await?;
+        } else if buffered >= self.inner.config.max_buffered_rows {
+            // The job's memory bound: publish this partition and every idle one, so the
+            // runtime never pauses everything while rows wait for the maximum age.
+            self.publish(&mut p).await?;
+            drop(p);
+            self.publish_where(|p| p.rows() > 0).await;
         }
         Ok(())
     }
