@@ -11,8 +11,9 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 /// Column holding the source topic.
 pub const COL_TOPIC: &str = "_topic";
@@ -181,6 +182,36 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     )
 }
 
+/// Calls `f` with the path and type of every leaf column under `field` (struct fields
+/// are walked; lists and maps are leaves here and keep the writer's defaults).
+fn for_each_leaf(field: &Field, path: &mut Vec<String>, f: &mut dyn FnMut(&[String], &DataType)) {
+    path.push(field.name().clone());
+    match field.data_type() {
+        DataType::Struct(children) => {
+            for child in children {
+                for_each_leaf(child, path, f);
+            }
+        }
+        data_type => f(path, data_type),
+    }
+    path.pop();
+}
+
+/// The encoding for a column whose values are almost all distinct (offsets, instants,
+/// ids, measurements), or `None` to keep the dictionary. A dictionary over such a column
+/// hashes every value only to be abandoned when the dictionary page fills; that was a
+/// large share of the writer's time. Only encodings every Parquet reader knows are used.
+fn high_cardinality_encoding(path: &[String], data_type: &DataType) -> Option<Encoding> {
+    match data_type {
+        DataType::Timestamp(..) => Some(Encoding::DELTA_BINARY_PACKED),
+        DataType::Int64 if path == [COL_OFFSET] => Some(Encoding::DELTA_BINARY_PACKED),
+        DataType::Float32 | DataType::Float64 | DataType::FixedSizeBinary(_) => {
+            Some(Encoding::PLAIN)
+        }
+        _ => None,
+    }
+}
+
 /// Parquet writer settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FileFormat {
@@ -191,10 +222,22 @@ pub(crate) struct FileFormat {
 /// One Parquet file holding `batch`, in memory.
 pub(crate) fn parquet_bytes(batch: &RecordBatch, format: FileFormat) -> Result<Vec<u8>, String> {
     let level = ZstdLevel::try_new(format.zstd_level).map_err(|e| e.to_string())?;
-    let props = WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_size(format.row_group_rows.max(1))
-        .build();
+        // Readers prune by row group; page-level statistics cost a comparison per value.
+        .set_statistics_enabled(EnabledStatistics::Chunk);
+    for field in batch.schema().fields() {
+        for_each_leaf(field, &mut Vec::new(), &mut |path, data_type| {
+            if let Some(encoding) = high_cardinality_encoding(path, data_type) {
+                let column = ColumnPath::new(path.to_vec());
+                builder = std::mem::take(&mut builder)
+                    .set_column_dictionary_enabled(column.clone(), false)
+                    .set_column_encoding(column, encoding);
+            }
+        });
+    }
+    let props = builder.build();
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
     let mut writer =
         ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(|e| e.to_string())?;

@@ -754,10 +754,24 @@ impl ParquetSink {
             .filter(|(tp, _)| which.is_none_or(|w| w.contains(tp)))
             .map(|(_, p)| p.clone())
             .collect();
+        // One task per partition: encoding is the expensive part, and partitions are
+        // independent, so a revoke or shutdown with many partitions uses every core.
+        let tasks: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                let sink = self.clone();
+                tokio::spawn(async move {
+                    let mut p = part.lock().await;
+                    sink.publish(&mut p).await
+                })
+            })
+            .collect();
         let mut first_error = None;
-        for part in parts {
-            let mut p = part.lock().await;
-            if let Err(e) = self.publish(&mut p).await {
+        for task in tasks {
+            let result = task
+                .await
+                .unwrap_or_else(|e| Err(flush_error(format!("a publish task ended: {e}"))));
+            if let Err(e) = result {
                 first_error.get_or_insert(e);
             }
         }
