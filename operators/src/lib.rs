@@ -4,8 +4,8 @@
 //! producer, `acks=all`, a record is done only when its delivery report says so),
 //! [`LogSink`], [`DiscardSink`], and [`ParquetSink`] (wire-format Avro into
 //! Hive-partitioned Parquet tables on the local filesystem or S3, each record in exactly
-//! one published file; see [`sinks::parquet`]). Retry, rate limiting and the webhook sink
-//! come with their own issues.
+//! one published file; see [`sinks::parquet`]). [`Retry`] wraps a sink
+//! with blocking per-partition retries (exponential backoff, full jitter).
 //!
 //! ```no_run
 //! use eventbus_operators::{KafkaSink, KafkaSinkConfig};
@@ -24,8 +24,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod retry;
 pub mod sinks;
 
+pub use retry::{Retry, RetryPolicy};
 pub use sinks::discard::DiscardSink;
 pub use sinks::kafka::{KafkaSink, KafkaSinkConfig, Partitioning};
 pub use sinks::log::LogSink;

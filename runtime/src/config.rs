@@ -99,6 +99,34 @@ pub const ENV_BROKERS: &str = "EVENTBUS_BROKERS";
 pub const ENV_KAFKA_PREFIX: &str = "EVENTBUS_KAFKA_";
 
 impl KafkaProperties {
+    /// The properties a producer understands: these less the consumer-only ones, which
+    /// librdkafka would warn about on a producer.
+    pub fn producer_properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        const CONSUMER_ONLY: &[&str] = &[
+            "group.id",
+            "group.instance.id",
+            "partition.assignment.strategy",
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "max.poll.interval.ms",
+            "auto.offset.reset",
+            "enable.partition.eof",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "auto.commit.interval.ms",
+            "fetch.min.bytes",
+            "fetch.max.bytes",
+            "fetch.wait.max.ms",
+            "max.partition.fetch.bytes",
+            "queued.min.messages",
+            "queued.max.messages.kbytes",
+            "isolation.level",
+            "check.crcs",
+            "group.protocol",
+        ];
+        self.iter().filter(|(k, _)| !CONSUMER_ONLY.contains(k))
+    }
+
     /// An empty set.
     pub fn new() -> Self {
         Self::default()

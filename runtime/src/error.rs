@@ -46,16 +46,24 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug)]
 pub struct ProcessError {
     class: ErrorClass,
+    type_name: &'static str,
     source: BoxError,
 }
 
 impl ProcessError {
     /// An error with an explicit class.
-    pub fn new(class: ErrorClass, source: impl Into<BoxError>) -> Self {
+    pub fn new<E: Into<BoxError>>(class: ErrorClass, source: E) -> Self {
         Self {
             class,
+            type_name: std::any::type_name::<E>(),
             source: source.into(),
         }
+    }
+
+    /// The Rust type of the error it was made from, e.g.
+    /// `eventbus_schemas::error::DecodeError`: the exception name of a dead letter.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
     }
 
     /// A permanent error: the record is bad and retrying will not help.

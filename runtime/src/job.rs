@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use bytes::Bytes;
+
 use crate::Classify;
 use crate::config::RuntimeConfig;
-use crate::error::{RuntimeError, SinkError};
+use crate::dead_letter::{DeadLetter, DeadLetterQueue, Letters, Route, now_ms};
+use crate::error::{ErrorClass, RuntimeError, SinkError};
 use crate::operator::{Filter, Identity, Map, MapRecord, Operator, Outcome, Then, TryMap};
 use crate::partition::{PartitionState, Resolution};
 use crate::record::{Record, TopicPartition};
@@ -46,6 +49,7 @@ impl Job {
             config: self.config,
             source,
             op: Identity,
+            letters: None,
         }
     }
 }
@@ -53,11 +57,26 @@ impl Job {
 /// A source and the operators chained after it so far. `Op::Out` is the value type of
 /// the records at the end of the chain, and the compiler checks each next step against it.
 #[derive(Debug)]
-pub struct Pipeline<S, Op> {
+pub struct Pipeline<S: Source, Op> {
     name: String,
     config: RuntimeConfig,
     source: S,
     op: Op,
+    letters: Option<Letters<S::Item>>,
+}
+
+impl<S: Source<Item = Bytes>, Op> Pipeline<S, Op> {
+    /// Sends records that fail into `queue` instead of stopping the job: operator
+    /// failures that are not Fatal, and sink failures of one record (see
+    /// [`crate::dead_letter`]). A record is done once its letter is durable. Call it
+    /// anywhere in the chain; it applies to the whole job.
+    pub fn dead_letters(mut self, queue: impl DeadLetterQueue) -> Self {
+        self.letters = Some(Letters {
+            queue: Arc::new(queue),
+            original: Record::clone,
+        });
+        self
+    }
 }
 
 impl<S, Op> Pipeline<S, Op>
@@ -72,6 +91,7 @@ where
             config: self.config,
             source: self.source,
             op: Then::new(self.op, next),
+            letters: self.letters,
         }
     }
 
@@ -119,18 +139,20 @@ where
             source: self.source,
             op: self.op,
             sink,
+            letters: self.letters,
         }
     }
 }
 
 /// A complete chain, ready to be checked by [`JobSpec::build`].
 #[derive(Debug)]
-pub struct JobSpec<S, Op, K> {
+pub struct JobSpec<S: Source, Op, K> {
     name: String,
     config: RuntimeConfig,
     source: S,
     op: Op,
     sink: K,
+    letters: Option<Letters<S::Item>>,
 }
 
 impl<S, Op, K> JobSpec<S, Op, K>
@@ -152,18 +174,20 @@ where
             source: self.source,
             op: self.op,
             sink: self.sink,
+            letters: self.letters,
         })
     }
 }
 
 /// A built job. [`RunnableJob::stats`] may be read while it runs.
 #[derive(Debug)]
-pub struct RunnableJob<S, Op, K> {
+pub struct RunnableJob<S: Source, Op, K> {
     shared: Arc<JobShared>,
     config: RuntimeConfig,
     source: S,
     op: Op,
     sink: K,
+    letters: Option<Letters<S::Item>>,
 }
 
 impl<S, Op, K> RunnableJob<S, Op, K>
@@ -194,6 +218,7 @@ where
         let pipeline = Arc::new(Chain {
             op: self.op,
             sink: self.sink,
+            letters: self.letters,
         });
         let dispatch = Dispatch::new(shared.clone(), pipeline.clone(), self.config);
         let stopper = {
@@ -221,12 +246,13 @@ where
     }
 }
 
-struct Chain<Op, K> {
+struct Chain<T, Op, K> {
     op: Op,
     sink: K,
+    letters: Option<Letters<T>>,
 }
 
-impl<T, Op, K> ErasedPipeline<T> for Chain<Op, K>
+impl<T, Op, K> ErasedPipeline<T> for Chain<T, Op, K>
 where
     T: Send + 'static,
     Op: Operator<T>,
@@ -251,7 +277,7 @@ where
 
 /// Runs one partition: records in order through the chain into the sink.
 async fn run_partition<T, Op, K>(
-    chain: Arc<Chain<Op, K>>,
+    chain: Arc<Chain<T, Op, K>>,
     part: Arc<PartitionState>,
     mut rx: mpsc::UnboundedReceiver<Vec<Record<T>>>,
 ) where
@@ -267,23 +293,51 @@ async fn run_partition<T, Op, K>(
                 part.resolve(offset, Resolution::Failed);
                 continue;
             }
+            let original = chain
+                .letters
+                .as_ref()
+                .map(|l| (l.queue.clone(), (l.original)(&record)));
             match chain.op.apply(record) {
                 Outcome::Emit(out) => {
-                    let ack = Ack::new(part.clone(), offset);
+                    let route = original.map(|(queue, original)| {
+                        Box::new(Route {
+                            queue,
+                            original,
+                            runtime: tokio::runtime::Handle::current(),
+                        })
+                    });
+                    let ack = Ack::new(part.clone(), offset, route);
                     if let Err(e) = chain.sink.send(out, ack).await {
                         part.job().fail(e.into());
                     }
                 }
                 Outcome::Filtered => part.resolve(offset, Resolution::Filtered),
-                Outcome::Failed { origin, error } => {
-                    part.resolve(offset, Resolution::Failed);
-                    let class = error.class();
-                    part.job().fail(RuntimeError::Operator {
-                        origin,
-                        class,
-                        source: error,
-                    });
-                }
+                Outcome::Failed { origin, error } => match original {
+                    Some((queue, record)) if error.class() != ErrorClass::Fatal => {
+                        let letter = DeadLetter {
+                            record,
+                            class: error.class(),
+                            stage: "operator".to_owned(),
+                            error_type: error.type_name().to_owned(),
+                            message: error.to_string(),
+                            attempts: 1,
+                            first_failure_ms: now_ms(),
+                            job: part.job().name().to_owned(),
+                        };
+                        queue
+                            .send(letter, Ack::new(part.clone(), offset, None))
+                            .await;
+                    }
+                    _ => {
+                        part.resolve(offset, Resolution::Failed);
+                        let class = error.class();
+                        part.job().fail(RuntimeError::Operator {
+                            origin,
+                            class,
+                            source: error,
+                        });
+                    }
+                },
             }
         }
     }

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 mod job;
 pub mod kafka;
@@ -45,6 +46,7 @@ pub mod telemetry;
 pub mod tracker;
 
 pub use config::{KafkaProperties, RuntimeConfig, SourceConfig};
+pub use dead_letter::{DeadLetter, DeadLetterQueue};
 pub use error::{Classify, ErrorClass, ProcessError, RuntimeError, SinkError};
 pub use job::{Job, JobReport, JobSpec, JobStats, Pipeline, RunnableJob};
 pub use kafka::KafkaSource;

@@ -32,6 +32,8 @@ pub(crate) struct PartitionState {
     held: AtomicUsize,
     idle: Notify,
     paused: AtomicBool,
+    /// A sink asked for the partition to be paused (it is backing off before a retry).
+    held_back: AtomicBool,
     revoked: AtomicBool,
     /// Records delivered since the last [`PartitionState::take_delivered`], so the
     /// per-topic output metric is emitted in batches, not per record.
@@ -47,6 +49,7 @@ impl PartitionState {
             held: AtomicUsize::new(0),
             idle: Notify::new(),
             paused: AtomicBool::new(false),
+            held_back: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
         }
@@ -142,6 +145,14 @@ impl PartitionState {
 
     pub(crate) fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_held_back(&self) -> bool {
+        self.held_back.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_held_back(&self, hold: bool) {
+        self.held_back.store(hold, Ordering::Relaxed);
     }
 
     /// After this, the partition task abandons queued records and dropped acks no longer

@@ -3,6 +3,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
+
+use crate::dead_letter::{DeadLetter, Route, now_ms};
 use crate::error::SinkError;
 use crate::partition::{PartitionState, Resolution};
 use crate::record::{Origin, Record, TopicPartition};
@@ -53,39 +56,137 @@ pub trait Sink<T>: Send + Sync + 'static {
 /// otherwise stall its partition forever.
 #[derive(Debug)]
 pub struct Ack {
-    part: Arc<PartitionState>,
-    offset: i64,
+    target: Target,
     resolved: bool,
+    /// Present when the job has a dead-letter queue: a record-level failure becomes a
+    /// dead letter instead of stopping the job.
+    route: Option<Box<Route>>,
+    attempts: u32,
+    first_failure_ms: Option<i64>,
 }
 
+#[derive(Debug)]
+enum Target {
+    Partition {
+        part: Arc<PartitionState>,
+        offset: i64,
+    },
+    Channel {
+        origin: Origin,
+        tx: Option<oneshot::Sender<Result<(), SinkError>>>,
+    },
+}
+
+/// The outcome of an ack made with [`Ack::channel`].
+pub type AckOutcome = oneshot::Receiver<Result<(), SinkError>>;
+
 impl Ack {
-    pub(crate) fn new(part: Arc<PartitionState>, offset: i64) -> Self {
+    pub(crate) fn new(part: Arc<PartitionState>, offset: i64, route: Option<Box<Route>>) -> Self {
         Self {
-            part,
-            offset,
+            target: Target::Partition { part, offset },
             resolved: false,
+            route,
+            attempts: 1,
+            first_failure_ms: None,
         }
+    }
+
+    /// An ack that reports its outcome to the caller instead of the offset tracker, for
+    /// sinks that wrap another sink (a retry, a fan-out). Dropping it unresolved reports
+    /// [`SinkError::AckDropped`].
+    pub fn channel(origin: Origin) -> (Self, AckOutcome) {
+        let (tx, rx) = oneshot::channel();
+        let ack = Self {
+            target: Target::Channel {
+                origin,
+                tx: Some(tx),
+            },
+            resolved: false,
+            route: None,
+            attempts: 1,
+            first_failure_ms: None,
+        };
+        (ack, rx)
     }
 
     /// The record is durable at the destination.
     pub fn done(mut self) {
         self.resolved = true;
-        self.part.resolve(self.offset, Resolution::Delivered);
+        match &mut self.target {
+            Target::Partition { part, offset } => part.resolve(*offset, Resolution::Delivered),
+            Target::Channel { tx, .. } => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+        }
     }
 
-    /// The record could not be delivered; the job stops with this error.
+    /// The record could not be delivered. A [`SinkError::Delivery`] that is not Fatal
+    /// sends the record to the job's dead-letter queue when it has one; anything else
+    /// stops the job, and the record is never committed past.
     pub fn fail(mut self, error: SinkError) {
         self.resolved = true;
-        self.part.resolve(self.offset, Resolution::Failed);
-        self.part.job().fail(error.into());
+        if let Some(route) = self.route.take()
+            && crate::dead_letter::is_letter(&error)
+            && let Target::Partition { part, offset } = &self.target
+        {
+            let (stage, message, class) = crate::dead_letter::sink_failure(&error);
+            let letter = DeadLetter {
+                record: route.original,
+                class,
+                stage,
+                error_type: "eventbus_runtime::error::SinkError".to_owned(),
+                message,
+                attempts: self.attempts,
+                first_failure_ms: self.first_failure_ms.unwrap_or_else(now_ms),
+                job: part.job().name().to_owned(),
+            };
+            let ack = Ack::new(part.clone(), *offset, None);
+            let queue = route.queue;
+            route
+                .runtime
+                .spawn(async move { queue.send(letter, ack).await });
+            return;
+        }
+        match &mut self.target {
+            Target::Partition { part, offset } => {
+                part.resolve(*offset, Resolution::Failed);
+                part.job().fail(error.into());
+            }
+            Target::Channel { tx, .. } => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Records how many times the record was tried and when it first failed, for the
+    /// dead letter's headers. Retrying sinks call it before [`Ack::fail`].
+    pub fn set_attempts(&mut self, attempts: u32, first_failure_ms: i64) {
+        self.attempts = attempts;
+        self.first_failure_ms = Some(first_failure_ms);
+    }
+
+    /// Asks the source to pause (`true`) or allows it to resume (`false`) the record's
+    /// partition: a sink backing off before a retry holds its partition so nothing more
+    /// is fetched for it meanwhile, while the other partitions keep flowing.
+    pub fn hold_partition(&self, hold: bool) {
+        if let Target::Partition { part, .. } = &self.target {
+            part.set_held_back(hold);
+        }
     }
 
     /// Where the acknowledged record came from.
     pub fn origin(&self) -> Origin {
-        Origin {
-            topic: self.part.tp().topic.clone(),
-            partition: self.part.tp().partition,
-            offset: self.offset,
+        match &self.target {
+            Target::Partition { part, offset } => Origin {
+                topic: part.tp().topic.clone(),
+                partition: part.tp().partition,
+                offset: *offset,
+            },
+            Target::Channel { origin, .. } => origin.clone(),
         }
     }
 }
@@ -95,12 +196,20 @@ impl Drop for Ack {
         if self.resolved {
             return;
         }
-        self.part.resolve(self.offset, Resolution::Failed);
-        if !self.part.is_revoked() {
-            let origin = self.origin();
-            self.part
-                .job()
-                .fail_weak(SinkError::AckDropped { origin }.into());
+        let origin = self.origin();
+        match &mut self.target {
+            Target::Partition { part, offset } => {
+                part.resolve(*offset, Resolution::Failed);
+                if !part.is_revoked() {
+                    part.job()
+                        .fail_weak(SinkError::AckDropped { origin }.into());
+                }
+            }
+            Target::Channel { tx, .. } => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(SinkError::AckDropped { origin }));
+                }
+            }
         }
     }
 }

@@ -192,10 +192,12 @@ impl<T: Send + 'static> Dispatch<T> {
         for (tp, lane) in self.lanes().iter() {
             let held = lane.state.held();
             let paused = lane.state.is_paused();
-            if !paused && (job_full || held >= cfg.max_in_flight_per_partition) {
+            let held_back = lane.state.is_held_back();
+            if !paused && (job_full || held_back || held >= cfg.max_in_flight_per_partition) {
                 lane.state.set_paused(true);
                 flow.pause.push(tp.clone());
-            } else if paused && job_low && held <= cfg.max_in_flight_per_partition / 2 {
+            } else if paused && !held_back && job_low && held <= cfg.max_in_flight_per_partition / 2
+            {
                 lane.state.set_paused(false);
                 flow.resume.push(tp.clone());
             }

@@ -10,6 +10,8 @@
     clippy::unwrap_used
 )]
 
+pub mod dlq;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;

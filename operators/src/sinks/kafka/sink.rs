@@ -70,10 +70,8 @@ impl KafkaSink {
             ));
         }
         let mut cfg = ClientConfig::new();
-        for (k, v) in properties.iter() {
-            if is_producer_property(k) {
-                cfg.set(k, v);
-            }
+        for (k, v) in properties.producer_properties() {
+            cfg.set(k, v);
         }
         cfg.set("enable.idempotence", "true").set("acks", "all");
         if properties.get("linger.ms").is_none() {
@@ -144,33 +142,6 @@ impl KafkaSink {
             }),
         }
     }
-}
-
-/// Properties only a consumer understands; librdkafka warns about them on a producer.
-fn is_producer_property(key: &str) -> bool {
-    const CONSUMER_ONLY: &[&str] = &[
-        "group.id",
-        "group.instance.id",
-        "partition.assignment.strategy",
-        "session.timeout.ms",
-        "heartbeat.interval.ms",
-        "max.poll.interval.ms",
-        "auto.offset.reset",
-        "enable.partition.eof",
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-        "auto.commit.interval.ms",
-        "fetch.min.bytes",
-        "fetch.max.bytes",
-        "fetch.wait.max.ms",
-        "max.partition.fetch.bytes",
-        "queued.min.messages",
-        "queued.max.messages.kbytes",
-        "isolation.level",
-        "check.crcs",
-        "group.protocol",
-    ];
-    !CONSUMER_ONLY.contains(&key)
 }
 
 impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {

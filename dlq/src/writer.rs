@@ -1,0 +1,347 @@
+//! The Kafka dead-letter queue: writes each letter to its DLQ topic with an idempotent
+//! producer (`acks=all`) and resolves the record's ack only on the broker's
+//! acknowledgement.
+//!
+//! A letter that cannot be written is tried again, `max_attempts` times in all, each
+//! bounded by the producer's `message.timeout.ms`; then its ack fails with a Fatal error,
+//! which stops the job without committing past the record.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventbus_runtime::{
+    Ack, DeadLetter, DeadLetterQueue, ErrorClass, KafkaProperties, Record, RuntimeError, SinkError,
+};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use regex::Regex;
+use tokio::runtime::Handle;
+
+use crate::envelope::letter_record;
+
+/// Settings of a [`KafkaDeadLetters`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// DLQ topic per source topic; a topic not listed goes to `<topic>.dlq`.
+    pub topics: HashMap<String, String>,
+    /// Fields classified as personal data, per source topic: their values are masked in
+    /// the error message written to the headers and the logs.
+    pub pii: HashMap<String, Vec<String>>,
+    /// Tries per letter before the job stops. Default 5.
+    pub max_attempts: u32,
+    /// Pause between tries, in milliseconds. Default 1000.
+    pub retry_backoff_ms: u64,
+    /// The consumer group named in `kafka_dlt-original-consumer-group`.
+    pub group: Option<String>,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            topics: HashMap::new(),
+            pii: HashMap::new(),
+            max_attempts: 5,
+            retry_backoff_ms: 1000,
+            group: None,
+        }
+    }
+}
+
+impl DlqConfig {
+    /// The DLQ topic of a source topic.
+    pub fn dlq_topic(&self, topic: &str) -> String {
+        self.topics
+            .get(topic)
+            .cloned()
+            .unwrap_or_else(|| format!("{topic}.dlq"))
+    }
+
+    /// Takes the DLQ topic names and PII fields from the catalog.
+    pub fn from_catalog(catalog: &eventbus_schemas::Catalog) -> Self {
+        let mut cfg = Self::default();
+        for t in &catalog.topics {
+            cfg.topics.insert(t.name.clone(), t.dlq_topic());
+            cfg.pii.insert(t.name.clone(), t.pii.clone());
+        }
+        cfg
+    }
+}
+
+/// A [`DeadLetterQueue`] on Kafka. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaDeadLetters {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    producer: ThreadedProducer<Deliveries>,
+    config: DlqConfig,
+    /// Per source topic: a pattern that finds `field = value` / `field: value` for each
+    /// PII field.
+    redact: HashMap<String, Regex>,
+}
+
+impl std::fmt::Debug for KafkaDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDeadLetters")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One letter on its way, carried through the producer as the delivery opaque.
+struct Pending {
+    queue: KafkaDeadLetters,
+    letter: Record<Bytes>,
+    dlq_topic: String,
+    ack: Ack,
+    attempt: u32,
+    runtime: Handle,
+}
+
+impl KafkaDeadLetters {
+    /// Creates the producer.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] when idempotence or `acks=all` is switched off, a PII
+    /// field name cannot be used, or librdkafka rejects a property.
+    pub fn new(properties: &KafkaProperties, config: DlqConfig) -> Result<Self, RuntimeError> {
+        properties.require_brokers()?;
+        for (key, want) in [("enable.idempotence", "true"), ("acks", "all")] {
+            if properties.get(key).is_some_and(|v| v != want && v != "-1") {
+                return Err(RuntimeError::config(
+                    &format!("kafka.{key}"),
+                    format!("dead letters are written only with {key}={want}"),
+                ));
+            }
+        }
+        if config.max_attempts == 0 {
+            return Err(RuntimeError::config(
+                "dlq.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        let mut cfg = ClientConfig::new();
+        for (k, v) in properties.producer_properties() {
+            cfg.set(k, v);
+        }
+        cfg.set("enable.idempotence", "true").set("acks", "all");
+        if properties.get("message.timeout.ms").is_none() {
+            cfg.set("message.timeout.ms", "30000");
+        }
+        let producer: ThreadedProducer<Deliveries> =
+            cfg.create_with_context(Deliveries).map_err(|e| match e {
+                KafkaError::ClientCreation(reason) => RuntimeError::config("kafka", reason),
+                source => RuntimeError::Kafka {
+                    operation: "dead-letter producer creation",
+                    source,
+                },
+            })?;
+        let mut redact = HashMap::new();
+        for (topic, fields) in &config.pii {
+            if fields.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = fields.iter().map(|f| regex::escape(f)).collect();
+            let pattern = format!(
+                r#"(?i)\b({})\b(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;)}}\]]+)"#,
+                names.join("|")
+            );
+            let re = Regex::new(&pattern)
+                .map_err(|e| RuntimeError::config(&format!("dlq.pii.{topic}"), e.to_string()))?;
+            redact.insert(topic.clone(), re);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                producer,
+                config,
+                redact,
+            }),
+        })
+    }
+
+    /// `message` with the values of the topic's PII fields masked.
+    pub fn redact(&self, topic: &str, message: &str) -> String {
+        match self.inner.redact.get(topic) {
+            Some(re) => re.replace_all(message, "$1$2<redacted>").into_owned(),
+            None => message.to_owned(),
+        }
+    }
+
+    /// Checks, within `timeout`, that the DLQ topic of every source topic exists.
+    /// Blocks.
+    ///
+    /// # Errors
+    /// [`RuntimeError::TopicMissing`] naming the first missing DLQ topic.
+    pub fn check_topics(&self, sources: &[String], timeout: Duration) -> Result<(), RuntimeError> {
+        let metadata = self
+            .inner
+            .producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map_err(|e| RuntimeError::BrokersUnreachable {
+                brokers: String::new(),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                reason: e.to_string(),
+            })?;
+        for source in sources {
+            let dlq = self.inner.config.dlq_topic(source);
+            let found = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == dlq && t.error().is_none() && !t.partitions().is_empty());
+            if !found {
+                return Err(RuntimeError::TopicMissing {
+                    topic: dlq,
+                    brokers: "the cluster (create it with `eventbus topics apply`)".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn produce(&self, mut pending: Box<Pending>) {
+        loop {
+            let p = &pending;
+            let headers = p.letter.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(p.letter.headers.len()),
+                |hs, h| {
+                    hs.insert(Header {
+                        key: &h.key,
+                        value: h.value.as_deref(),
+                    })
+                },
+            );
+            // The payload and key are copied by librdkafka; the opaque carries the rest.
+            let value = p.letter.value.clone();
+            let key = p.letter.key.clone();
+            let topic = p.dlq_topic.clone();
+            let mut out = BaseRecord::with_opaque_to(&topic, pending)
+                .payload(&value[..])
+                .headers(headers);
+            if let Some(k) = key.as_deref() {
+                out = out.key(k);
+            }
+            if let Some(ts) = out.delivery_opaque.letter.timestamp {
+                out = out.timestamp(ts);
+            }
+            match self.inner.producer.send(out) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    pending = back.delivery_opaque;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, back)) => {
+                    back.delivery_opaque.failed(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Pending {
+    /// One try failed: try again after the backoff, or fail the record's ack (Fatal).
+    fn failed(mut self: Box<Self>, reason: String) {
+        let cfg = &self.queue.inner.config;
+        if self.attempt < cfg.max_attempts {
+            tracing::warn!(
+                dlq = %self.dlq_topic, origin = %self.ack.origin(), attempt = self.attempt,
+                error = %reason, "could not write a dead letter; trying again"
+            );
+            self.attempt += 1;
+            let backoff = Duration::from_millis(cfg.retry_backoff_ms);
+            let runtime = self.runtime.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(backoff).await;
+                let queue = self.queue.clone();
+                queue.produce(self).await;
+            });
+            return;
+        }
+        let origin = self.ack.origin();
+        let reason = format!(
+            "could not write the dead letter to topic {} after {} tries: {reason}; \
+             the record stays uncommitted",
+            self.dlq_topic, self.attempt
+        );
+        self.ack.fail(SinkError::Delivery {
+            sink: "dlq",
+            origin,
+            reason,
+            class: ErrorClass::Fatal,
+        });
+    }
+}
+
+impl DeadLetterQueue for KafkaDeadLetters {
+    fn send(&self, letter: DeadLetter, ack: Ack) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let topic = letter.record.topic.to_string();
+            let message = self.redact(&topic, &letter.message);
+            tracing::warn!(
+                origin = %letter.record.origin(), class = %letter.class, stage = %letter.stage,
+                attempts = letter.attempts, error = %message, "record dead-lettered"
+            );
+            let record = letter_record(&letter, self.inner.config.group.as_deref(), &message);
+            let pending = Box::new(Pending {
+                queue: self.clone(),
+                letter: record,
+                dlq_topic: self.inner.config.dlq_topic(&topic),
+                ack,
+                attempt: 1,
+                runtime: Handle::current(),
+            });
+            self.produce(pending).await;
+        })
+    }
+}
+
+/// Resolves each letter's ack from its delivery report.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        match result {
+            Ok(_) => pending.ack.done(),
+            Err((e, _)) => pending.failed(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pii_values_are_masked_in_messages() {
+        let mut props = KafkaProperties::new();
+        props.set("bootstrap.servers", "127.0.0.1:1");
+        let mut cfg = DlqConfig::default();
+        cfg.pii
+            .insert("vehicle.state.v1".into(), vec!["driver_id".into()]);
+        let q = KafkaDeadLetters::new(&props, cfg).unwrap();
+        let m = q.redact(
+            "vehicle.state.v1",
+            r#"validation failed: driver_id="D-123" is not known; driver_id: D-9, speed=3"#,
+        );
+        assert_eq!(
+            m,
+            r#"validation failed: driver_id=<redacted> is not known; driver_id: <redacted>, speed=3"#
+        );
+        assert_eq!(q.redact("other", "driver_id=1"), "driver_id=1");
+    }
+}
