@@ -39,7 +39,7 @@ real-broker:
 	echo "tansu listening on $$addr, S3 server on $$s3"; \
 	EVENTBUS_TEST_BROKERS=$$addr TANSU_BIN=$$($(BROKER) bin) EVENTBUS_BIN=$(EVENTBUS_BIN) \
 	EVENTBUS_TEST_S3=$$s3 EVENTBUS_TEST_S3_PID=$$($(S3) pid) EVENTBUS_TEST_PYTHON=$$($(S3) python) \
-	  $(CARGO) test -p eventbus-tests --features real-broker --test real_broker --test warehouse -- --test-threads=1
+	  $(CARGO) test -p eventbus-tests --features real-broker --test real_broker --test dlq_real_broker --test warehouse -- --test-threads=1
 
 ## The embedded demo.
 demo:

@@ -2,7 +2,8 @@
 # Installs (once, cached) and starts or stops the S3-compatible server the tests use:
 # moto's server from PyPI, in a virtualenv in the tool cache, as its own process on
 # 127.0.0.1. The same virtualenv holds pyarrow and duckdb, the independent Parquet
-# readers the tests cross-check the tables with.
+# readers the tests cross-check the tables with, and confluent-kafka, the independent
+# Kafka client that reads the dead letters' headers back.
 #
 #   scripts/test-s3.sh install   create the virtualenv if it is not there
 #   scripts/test-s3.sh start     start a fresh server with bucket eventbus-test; prints its URL
@@ -17,12 +18,12 @@ STATE="${EVENTBUS_S3_STATE:-${TMPDIR:-/tmp}/eventbus-test-s3}"
 BUCKET=eventbus-test
 
 install() {
-  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null; then
+  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import pyarrow, duckdb, confluent_kafka' 2>/dev/null; then
     return 0
   fi
-  echo "installing moto, pyarrow and duckdb into $VENV (once per machine)" >&2
+  echo "installing moto, pyarrow, duckdb and confluent-kafka into $VENV (once per machine)" >&2
   python3 -m venv "$VENV" >&2
-  "$VENV/bin/pip" install --quiet 'moto[server]' pyarrow duckdb >&2
+  "$VENV/bin/pip" install --quiet 'moto[server]' pyarrow duckdb confluent-kafka >&2
 }
 
 start() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use eventbus_schemas::Catalog;
+use eventbus_schemas::catalog::{CleanupPolicy, TopicSpec};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -121,6 +122,37 @@ fn cluster_topics(brokers: &str) -> anyhow::Result<HashMap<String, i32>> {
         .collect())
 }
 
+/// Dead letters are kept at least this long (30 days), however short the source's
+/// retention: an operator needs time to look at them.
+pub const DLQ_MIN_RETENTION_MS: i64 = 30 * 24 * 3_600_000;
+
+/// The catalog's topics, each followed by its dead-letter topic and that topic's parked
+/// topic (`<dlq>.parked`): same partitions and replication as the source, retention at
+/// least [`DLQ_MIN_RETENTION_MS`] (forever stays forever), never compacted (letters
+/// share keys with their originals).
+pub fn with_dead_letter_topics(catalog: &Catalog) -> Vec<TopicSpec> {
+    let mut all = Vec::with_capacity(catalog.topics.len() * 3);
+    for t in &catalog.topics {
+        let retention = if t.retention_ms == -1 {
+            -1
+        } else {
+            t.retention_ms.max(DLQ_MIN_RETENTION_MS)
+        };
+        let dlq = t.dlq_topic();
+        let letters = |name: String| TopicSpec {
+            name,
+            retention_ms: retention,
+            cleanup_policy: CleanupPolicy::Delete,
+            pii: Vec::new(),
+            dlq: None,
+            ..t.clone()
+        };
+        let parked = format!("{dlq}.parked");
+        all.extend([t.clone(), letters(dlq), letters(parked)]);
+    }
+    all
+}
+
 /// Compares the catalog with the cluster. `replication` overrides the catalog's
 /// replication factor (for single-broker development clusters).
 ///
@@ -134,7 +166,7 @@ pub async fn plan(
     let existing = cluster_topics(brokers)?;
     let admin = admin(brokers)?;
     let mut changes = Vec::new();
-    for t in &catalog.topics {
+    for t in &with_dead_letter_topics(catalog) {
         let wanted = [
             ("retention.ms".to_owned(), t.retention_ms.to_string()),
             (
@@ -330,4 +362,36 @@ pub fn list(brokers: Option<&str>, catalog: &Catalog) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_gets_a_dlq_and_a_parked_topic_kept_at_least_30_days() {
+        let catalog = Catalog::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../schemas/topics.toml"
+        )))
+        .unwrap();
+        let all = with_dead_letter_topics(&catalog);
+        assert_eq!(all.len(), catalog.topics.len() * 3);
+        for t in &catalog.topics {
+            let dlq = all
+                .iter()
+                .find(|d| d.name == format!("{}.dlq", t.name))
+                .unwrap();
+            let parked = all
+                .iter()
+                .find(|d| d.name == format!("{}.dlq.parked", t.name))
+                .unwrap();
+            for d in [dlq, parked] {
+                assert_eq!(d.partitions, t.partitions);
+                assert_eq!(d.cleanup_policy, CleanupPolicy::Delete);
+                assert!(d.retention_ms == -1 || d.retention_ms >= DLQ_MIN_RETENTION_MS);
+                assert!(t.retention_ms != -1 || d.retention_ms == -1);
+            }
+        }
+    }
 }

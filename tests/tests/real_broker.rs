@@ -239,13 +239,19 @@ async fn topics_apply_creates_the_catalog_idempotently_alters_configs_and_refuse
 
     // Every seed topic exists with the catalog's partitions, retention and cleanup policy.
     let catalog = eventbus_schemas::Catalog::load(&catalog_path).expect("catalog");
+    // So do each one's dead-letter and parked topics, with the source's partitions.
     for t in &catalog.topics {
-        assert_eq!(
-            topic_io::partitions(&brokers, &t.name).expect("exists"),
-            t.partitions,
-            "{}",
-            t.name
-        );
+        for name in [
+            t.name.clone(),
+            t.dlq_topic(),
+            format!("{}.parked", t.dlq_topic()),
+        ] {
+            assert_eq!(
+                topic_io::partitions(&brokers, &name).expect("exists"),
+                t.partitions,
+                "{name}"
+            );
+        }
     }
     assert_eq!(
         plan(&brokers, &catalog, Some(1)).await.expect("plan"),
