@@ -79,6 +79,11 @@ const CONTEXT: &[&str] = &[
     JOB,
 ];
 
+/// Whether a header is failure context this module writes (and replays remove).
+pub fn is_context_header(key: &str) -> bool {
+    CONTEXT.contains(&key)
+}
+
 /// The letter for `letter`: original key, value and timestamp, original headers (less
 /// any earlier failure context) followed by the context headers. `message` is the error
 /// message as it may be shown (already redacted).

@@ -24,8 +24,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod classify;
 pub mod envelope;
+pub mod replay;
+pub mod store;
 mod writer;
 
+pub use classify::{Classifier, Rule};
 pub use envelope::{LetterContext, letter_record};
+pub use replay::{ReplayOptions, ReplayReport, replay};
+pub use store::{LetterFilter, StoredLetter};
 pub use writer::{DlqConfig, KafkaDeadLetters};

@@ -42,6 +42,7 @@ pub mod events;
 pub mod fast;
 pub mod fleet;
 pub mod http;
+pub mod json;
 pub mod registry;
 pub mod wire;
 

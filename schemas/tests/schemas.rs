@@ -380,3 +380,46 @@ proptest! {
         let _ = decoder.decode(&bytes, None);
     }
 }
+
+#[test]
+fn every_registered_schema_round_trips_through_its_editable_json_form() {
+    let registry = registry();
+    let decoder = Decoder::new(registry.clone());
+    for entry in registry.entries() {
+        let schema = registry.get(entry.id).unwrap();
+        let value = sample(&schema, 0, &mut Names::new());
+        let bytes = encode_value(entry.id, &schema, value).unwrap();
+        let (_, decoded) = decoder.decode(&bytes, None).unwrap();
+        let json = eventbus_schemas::json::to_json(&decoded, &schema).unwrap();
+        let back = eventbus_schemas::json::from_json(&json, &schema).unwrap();
+        let again = encode_value(entry.id, &schema, back).unwrap();
+        assert_eq!(again, bytes, "{}: {json}", entry.subject);
+    }
+}
+
+#[test]
+fn json_that_does_not_fit_names_the_field() {
+    let registry = registry();
+    let (id, schema) = registry.latest_of("vehicle.state.v1-value").unwrap();
+    let decoder = Decoder::new(registry.clone());
+    let event = eventbus_schemas::fleet::FleetGenerator::new(3, 1)
+        .next()
+        .unwrap();
+    let bytes = eventbus_schemas::encode(id, &schema, &event).unwrap();
+    let (_, decoded) = decoder.decode(&bytes, None).unwrap();
+    let mut json = eventbus_schemas::json::to_json(&decoded, &schema).unwrap();
+    json["position"]["lat"] = serde_json::json!("north");
+    let err = eventbus_schemas::json::from_json(&json, &schema).unwrap_err();
+    assert!(
+        err.contains("position.lat") && err.contains("a number"),
+        "{err}"
+    );
+    json["position"]["lat"] = serde_json::json!(1.5);
+    json["status"] = serde_json::json!("FLYING");
+    let err = eventbus_schemas::json::from_json(&json, &schema).unwrap_err();
+    assert!(err.contains("status") && err.contains("FLYING"), "{err}");
+    json["status"] = serde_json::json!("IDLE");
+    json["colour"] = serde_json::json!("red");
+    let err = eventbus_schemas::json::from_json(&json, &schema).unwrap_err();
+    assert!(err.contains("colour: no such field"), "{err}");
+}

@@ -1,0 +1,308 @@
+//! Replaying dead letters to their original topic (or another one).
+//!
+//! A replay has an id: given, or derived from the DLQ topic, the target and the filter,
+//! so running the same replay again has the same id. Its progress is the committed
+//! position of the consumer group `eventbus-replay-<id>` on the DLQ topic, committed
+//! only after everything before it was acknowledged by the broker. Running the same
+//! replay again therefore starts where the last run ended and sends nothing twice; a run
+//! that crashes resends at most the letters of its last second.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use eventbus_runtime::{Headers, KafkaProperties};
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::classify::Classifier;
+use crate::envelope::{REPLAY_COUNT, REPLAY_ID, is_context_header};
+use crate::store::{LetterFilter, StoredLetter, consumer, read};
+
+/// How often progress is made durable (flush, then commit).
+const CHECKPOINT: Duration = Duration::from_secs(1);
+
+/// What to replay and how.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// The DLQ topic to read.
+    pub dlq_topic: String,
+    /// Send here instead of each letter's original topic.
+    pub to: Option<String>,
+    /// Which letters.
+    pub filter: LetterFilter,
+    /// Letters per second at most.
+    pub rate: Option<NonZeroU32>,
+    /// List what would be sent; send and commit nothing.
+    pub dry_run: bool,
+    /// The replay's id; derived from the topic, target and filter when absent.
+    pub id: Option<String>,
+}
+
+impl ReplayOptions {
+    /// The replay's id.
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let text = format!(
+                "{}|{}|{}",
+                self.dlq_topic,
+                self.to.as_deref().unwrap_or("-"),
+                self.filter.describe()
+            );
+            format!("r{:016x}", fnv1a(text.as_bytes()))
+        })
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ReplayReport {
+    /// The replay's id.
+    pub id: String,
+    /// Letters read (after the position of an earlier run of the same replay).
+    pub scanned: u64,
+    /// Letters the filter selected.
+    pub selected: u64,
+    /// Letters produced (0 in a dry run).
+    pub sent: u64,
+    /// Letters an earlier run of the same replay already covered.
+    pub covered_before: u64,
+    /// Letters sent per target topic.
+    pub by_target: BTreeMap<String, u64>,
+    /// Seconds from the first letter sent to the last acknowledgement.
+    pub send_seconds: f64,
+}
+
+/// The record a letter replays as: its key and value, its original headers (the
+/// failure context removed) with `eventbus.replay.id` set and `eventbus.replay.count`
+/// incremented.
+pub fn replayed_headers(l: &StoredLetter, id: &str) -> Headers {
+    let mut headers: Headers = l
+        .headers
+        .iter()
+        .filter(|h| !is_context_header(&h.key) && h.key != REPLAY_ID && h.key != REPLAY_COUNT)
+        .cloned()
+        .collect();
+    headers.push(REPLAY_ID, Some(Bytes::copy_from_slice(id.as_bytes())));
+    let count = (l.context.replay_count + 1).to_string();
+    headers.push(REPLAY_COUNT, Some(Bytes::from(count)));
+    headers
+}
+
+/// The target topic of a letter.
+///
+/// # Errors
+/// The letter names no original topic and no `--to` was given.
+pub fn target_of(l: &StoredLetter, to: Option<&str>) -> anyhow::Result<String> {
+    match (to, &l.context.topic) {
+        (Some(t), _) => Ok(t.to_owned()),
+        (None, Some(t)) => Ok(t.clone()),
+        (None, None) => bail!(
+            "the letter at {} partition {} offset {} names no original topic \
+             (no kafka_dlt-original-topic or __connect.errors.topic header); use --to",
+            l.dlq_topic,
+            l.dlq_partition,
+            l.dlq_offset
+        ),
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    errors: Mutex<Vec<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            use rdkafka::Message as _;
+            let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+            errors.push(format!(
+                "topic {} partition {}: {e}",
+                m.topic(),
+                m.partition()
+            ));
+        }
+    }
+}
+
+/// A producer for replays and parking: idempotent, `acks=all`.
+pub(crate) fn producer(props: &KafkaProperties) -> anyhow::Result<ThreadedProducer<Deliveries>> {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in props.producer_properties() {
+        cfg.set(k, v);
+    }
+    cfg.set("enable.idempotence", "true").set("acks", "all");
+    if props.get("linger.ms").is_none() {
+        cfg.set("linger.ms", "5");
+    }
+    cfg.create_with_context(Deliveries::default())
+        .context("creating the Kafka producer")
+}
+
+/// Runs a replay; `on_letter` sees each selected letter and its target as it is sent
+/// (or would be, in a dry run).
+///
+/// # Errors
+/// The DLQ cannot be read, a letter has no target, or the broker refuses a record (the
+/// position is then left before it, so the next run retries it).
+pub fn replay(
+    props: &KafkaProperties,
+    opts: &ReplayOptions,
+    classifier: &Classifier,
+    mut on_letter: impl FnMut(&StoredLetter, &str),
+) -> anyhow::Result<ReplayReport> {
+    let id = opts.id();
+    let group = format!("eventbus-replay-{id}");
+    let positions = consumer(props, &group)?;
+    let ends = crate::store::end_offsets(&positions, &opts.dlq_topic)?;
+    let mut start = BTreeMap::new();
+    if !opts.dry_run {
+        let mut tpl = TopicPartitionList::new();
+        for p in ends.keys() {
+            tpl.add_partition(&opts.dlq_topic, *p);
+        }
+        let committed = positions
+            .committed_offsets(tpl, Duration::from_secs(15))
+            .with_context(|| format!("reading the position of replay {id}"))?;
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                start.insert(e.partition(), o);
+            }
+        }
+    }
+    let producer = if opts.dry_run {
+        None
+    } else {
+        Some(producer(props)?)
+    };
+    let limiter = opts
+        .rate
+        .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
+    let clock = DefaultClock::default();
+    let mut report = ReplayReport {
+        id: id.clone(),
+        covered_before: start.values().map(|o| u64::try_from(*o).unwrap_or(0)).sum(),
+        ..ReplayReport::default()
+    };
+    let mut done: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_checkpoint = Instant::now();
+    let mut first_send: Option<Instant> = None;
+    let checkpoint = |producer: &ThreadedProducer<Deliveries>,
+                      done: &BTreeMap<i32, i64>|
+     -> anyhow::Result<()> {
+        producer
+            .flush(Duration::from_secs(60))
+            .context("waiting for the broker to acknowledge replayed letters")?;
+        let errors = producer
+            .context()
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(e) = errors.first() {
+            bail!("the broker refused a replayed letter ({e}); the replay stops before it");
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in done {
+            tpl.add_partition_offset(&opts.dlq_topic, *p, Offset::Offset(*o))?;
+        }
+        if tpl.count() > 0 {
+            positions
+                .commit(&tpl, CommitMode::Sync)
+                .with_context(|| format!("saving the position of replay {id}"))?;
+        }
+        Ok(())
+    };
+    read(props, &opts.dlq_topic, &start, classifier, |l| {
+        report.scanned += 1;
+        if opts.filter.matches(&l) {
+            let target = target_of(&l, opts.to.as_deref())?;
+            report.selected += 1;
+            if let Some(p) = &producer {
+                if let Some(limiter) = &limiter {
+                    while let Err(not_until) = limiter.check() {
+                        std::thread::sleep(not_until.wait_time_from(clock.now()));
+                    }
+                }
+                first_send.get_or_insert_with(Instant::now);
+                send(p, &l, &target, &id)?;
+                report.sent += 1;
+                *report.by_target.entry(target.clone()).or_default() += 1;
+            }
+            on_letter(&l, &target);
+        }
+        done.insert(l.dlq_partition, l.dlq_offset + 1);
+        if let Some(p) = &producer
+            && last_checkpoint.elapsed() >= CHECKPOINT
+        {
+            checkpoint(p, &done)?;
+            last_checkpoint = Instant::now();
+        }
+        Ok(())
+    })?;
+    if let Some(p) = &producer {
+        // Everything up to the end offsets seen at the start is covered now.
+        for (part, end) in &ends {
+            if *end > start.get(part).copied().unwrap_or(0) {
+                done.insert(*part, *end);
+            }
+        }
+        checkpoint(p, &done)?;
+    }
+    report.send_seconds = first_send.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+fn send(
+    producer: &ThreadedProducer<Deliveries>,
+    l: &StoredLetter,
+    target: &str,
+    id: &str,
+) -> anyhow::Result<()> {
+    let headers = replayed_headers(l, id);
+    let owned = headers
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(headers.len()), |hs, h| {
+            hs.insert(Header {
+                key: &h.key,
+                value: h.value.as_deref(),
+            })
+        });
+    let mut record = BaseRecord::to(target).payload(&l.value[..]).headers(owned);
+    if let Some(k) = l.key.as_deref() {
+        record = record.key(k);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => bail!("cannot send to {target}: {e}"),
+        }
+    }
+}

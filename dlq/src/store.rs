@@ -1,0 +1,326 @@
+//! Reading letters back from a DLQ topic, and selecting them with filters.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use eventbus_runtime::{Headers, KafkaProperties};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use regex::Regex;
+
+use crate::classify::Classifier;
+use crate::envelope::LetterContext;
+
+/// How long a metadata or offset request may take.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A letter as stored in its DLQ topic.
+#[derive(Debug, Clone)]
+pub struct StoredLetter {
+    /// The DLQ topic.
+    pub dlq_topic: String,
+    /// Partition in the DLQ topic.
+    pub dlq_partition: i32,
+    /// Offset in the DLQ topic.
+    pub dlq_offset: i64,
+    /// The original key.
+    pub key: Option<Bytes>,
+    /// The original value.
+    pub value: Bytes,
+    /// Every header: the original ones and the context.
+    pub headers: Headers,
+    /// The original timestamp.
+    pub timestamp: Option<i64>,
+    /// What the headers say about the failure.
+    pub context: LetterContext,
+    /// The category the classifier gave it.
+    pub category: String,
+}
+
+/// A consumer with this client's properties and no group of its own unless given.
+pub(crate) fn consumer(props: &KafkaProperties, group: &str) -> anyhow::Result<BaseConsumer> {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in props.iter() {
+        cfg.set(k, v);
+    }
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    cfg.create().context("creating the Kafka consumer")
+}
+
+/// The end offset of every partition of `topic`.
+///
+/// # Errors
+/// The topic does not exist or the brokers do not answer.
+pub fn end_offsets(c: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let md = c
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .with_context(|| format!("topic {topic} does not exist"))?;
+    let mut ends = BTreeMap::new();
+    for p in t.partitions() {
+        let (_, high) = c
+            .fetch_watermarks(topic, p.id(), TIMEOUT)
+            .with_context(|| format!("reading the end offset of {topic} partition {}", p.id()))?;
+        ends.insert(p.id(), high);
+    }
+    Ok(ends)
+}
+
+/// Reads `topic` from `start` (per partition; the beginning where absent) up to the end
+/// offsets it had when called, handing each letter to `f` in partition order. Returns
+/// those end offsets.
+///
+/// # Errors
+/// The topic cannot be read to its end within a few minutes, or `f` fails.
+pub fn read(
+    props: &KafkaProperties,
+    topic: &str,
+    start: &BTreeMap<i32, i64>,
+    classifier: &Classifier,
+    mut f: impl FnMut(StoredLetter) -> anyhow::Result<()>,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let c = consumer(props, "eventbus-dlq-reader")?;
+    let ends = end_offsets(&c, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut open = BTreeMap::new();
+    for (&p, &end) in &ends {
+        let from = start.get(&p).copied().unwrap_or(0);
+        if from < end {
+            let offset = if from <= 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(from)
+            };
+            tpl.add_partition_offset(topic, p, offset)?;
+            open.insert(p, end);
+        }
+    }
+    if open.is_empty() {
+        return Ok(ends);
+    }
+    c.assign(&tpl)?;
+    let mut last_progress = Instant::now();
+    while !open.is_empty() {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let (p, o) = (m.partition(), m.offset());
+                let Some(&end) = open.get(&p) else { continue };
+                if o + 1 >= end {
+                    open.remove(&p);
+                }
+                if o < end {
+                    f(stored(topic, &m, classifier))?;
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "reading letters"),
+            None => {}
+        }
+        if last_progress.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "reading {topic}: partitions {:?} made no progress for 120 s",
+                open.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+    Ok(ends)
+}
+
+fn stored(topic: &str, m: &BorrowedMessage<'_>, classifier: &Classifier) -> StoredLetter {
+    let mut headers = Headers::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            headers.push(h.key, h.value.map(Bytes::copy_from_slice));
+        }
+    }
+    let context = LetterContext::from_headers(&headers);
+    let category = classifier.classify(&context);
+    StoredLetter {
+        dlq_topic: topic.to_owned(),
+        dlq_partition: m.partition(),
+        dlq_offset: m.offset(),
+        key: m.key().map(Bytes::copy_from_slice),
+        value: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        headers,
+        timestamp: m.timestamp().to_millis(),
+        context,
+        category,
+    }
+}
+
+/// Which letters an operator means. Every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct LetterFilter {
+    /// Categories (any of).
+    pub categories: Vec<String>,
+    /// Error class: `transient` or `permanent`.
+    pub class: Option<String>,
+    /// First failure at or after (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// First failure before (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Original partition.
+    pub partition: Option<i32>,
+    /// Original offsets, `start..end` (end exclusive).
+    pub offsets: Option<(i64, i64)>,
+    /// The key, as text.
+    pub key: Option<String>,
+    /// A pattern the error message must match.
+    pub error_matches: Option<Regex>,
+}
+
+impl LetterFilter {
+    /// Whether `l` is selected.
+    pub fn matches(&self, l: &StoredLetter) -> bool {
+        let c = &l.context;
+        let failed = c.first_failure_ms;
+        (self.categories.is_empty() || self.categories.contains(&l.category))
+            && self
+                .class
+                .as_ref()
+                .is_none_or(|k| c.class.as_ref().is_some_and(|h| h.eq_ignore_ascii_case(k)))
+            && self.since_ms.is_none_or(|s| failed.is_some_and(|f| f >= s))
+            && self.until_ms.is_none_or(|u| failed.is_some_and(|f| f < u))
+            && self.partition.is_none_or(|p| c.partition == Some(p))
+            && self
+                .offsets
+                .is_none_or(|(a, b)| c.offset.is_some_and(|o| o >= a && o < b))
+            && self
+                .key
+                .as_ref()
+                .is_none_or(|k| l.key.as_deref() == Some(k.as_bytes()))
+            && self
+                .error_matches
+                .as_ref()
+                .is_none_or(|re| c.message.as_deref().is_some_and(|m| re.is_match(m)))
+    }
+
+    /// A stable description, part of a replay's id.
+    pub fn describe(&self) -> String {
+        format!(
+            "categories={:?} class={:?} since={:?} until={:?} partition={:?} offsets={:?} key={:?} error={:?}",
+            self.categories,
+            self.class,
+            self.since_ms,
+            self.until_ms,
+            self.partition,
+            self.offsets,
+            self.key,
+            self.error_matches.as_ref().map(Regex::as_str)
+        )
+    }
+}
+
+/// Parses `A..B` (end exclusive) or `A..=B` (end inclusive) into `(A, B_exclusive)`.
+///
+/// # Errors
+/// Anything else, quoted.
+pub fn parse_offsets(text: &str) -> Result<(i64, i64), String> {
+    let bad = || format!("`{text}` is not an offset range like 100..200 or 100..=199");
+    let (a, b, inclusive) = match text.split_once("..=") {
+        Some((a, b)) => (a, b, true),
+        None => {
+            let (a, b) = text.split_once("..").ok_or_else(bad)?;
+            (a, b, false)
+        }
+    };
+    let a: i64 = if a.is_empty() {
+        0
+    } else {
+        a.trim().parse().map_err(|_| bad())?
+    };
+    let b: i64 = if b.is_empty() {
+        i64::MAX
+    } else {
+        let b: i64 = b.trim().parse().map_err(|_| bad())?;
+        if inclusive { b.saturating_add(1) } else { b }
+    };
+    if b <= a {
+        return Err(format!("`{text}` selects no offset"));
+    }
+    Ok((a, b))
+}
+
+/// Parses a time: milliseconds since the epoch, `YYYY-MM-DD`, or RFC 3339 in UTC
+/// (`2026-11-27T10:00:00Z`, fractions allowed).
+///
+/// # Errors
+/// Anything else, quoted.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "`{text}` is not a time: use ms since the epoch, 2026-11-27 or 2026-11-27T10:00:00Z"
+        )
+    };
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let (date, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00Z"));
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
+    else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let time = time.strip_suffix(['Z', 'z']).ok_or_else(bad)?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':').map(str::parse::<i64>);
+    let (Some(Ok(h)), Some(Ok(mi)), Some(Ok(s)), None) = (t.next(), t.next(), t.next(), t.next())
+    else {
+        return Err(bad());
+    };
+    let ms_frac = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().chain("000".chars()).take(3).collect();
+        digits.parse::<i64>().map_err(|_| bad())?
+    };
+    let days = days_from_civil(y, m, day);
+    Ok(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms_frac)
+}
+
+/// Days since 1970-01-01 of a Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_and_times_parse_or_say_what_is_expected() {
+        assert_eq!(parse_offsets("100..200"), Ok((100, 200)));
+        assert_eq!(parse_offsets("100..=199"), Ok((100, 200)));
+        assert_eq!(parse_offsets("5.."), Ok((5, i64::MAX)));
+        assert!(parse_offsets("9..3").is_err());
+        assert!(parse_offsets("x").unwrap_err().contains("`x`"));
+        assert_eq!(parse_time("0"), Ok(0));
+        assert_eq!(parse_time("1970-01-02"), Ok(86_400_000));
+        assert_eq!(
+            parse_time("2024-02-29T13:00:00.5Z"),
+            Ok(1_709_211_600_000 + 500)
+        );
+        assert!(parse_time("yesterday").unwrap_err().contains("2026-11-27"));
+    }
+}
