@@ -28,6 +28,7 @@ pub mod classify;
 pub mod envelope;
 pub mod replay;
 pub mod store;
+pub mod transfer;
 mod writer;
 
 pub use classify::{Classifier, Rule};

@@ -87,18 +87,16 @@ pub struct ReplayReport {
     pub send_seconds: f64,
 }
 
-/// The record a letter replays as: its key and value, its original headers (the
-/// failure context removed) with `eventbus.replay.id` set and `eventbus.replay.count`
-/// incremented.
-pub fn replayed_headers(l: &StoredLetter, id: &str) -> Headers {
-    let mut headers: Headers = l
-        .headers
+/// The headers a letter replays with: its original headers (the failure context
+/// removed) with `eventbus.replay.id` set and `eventbus.replay.count` incremented.
+pub fn replayed_headers(letter_headers: &Headers, replay_count: u32, id: &str) -> Headers {
+    let mut headers: Headers = letter_headers
         .iter()
         .filter(|h| !is_context_header(&h.key) && h.key != REPLAY_ID && h.key != REPLAY_COUNT)
         .cloned()
         .collect();
     headers.push(REPLAY_ID, Some(Bytes::copy_from_slice(id.as_bytes())));
-    let count = (l.context.replay_count + 1).to_string();
+    let count = (replay_count + 1).to_string();
     headers.push(REPLAY_COUNT, Some(Bytes::from(count)));
     headers
 }
@@ -124,6 +122,14 @@ pub fn target_of(l: &StoredLetter, to: Option<&str>) -> anyhow::Result<String> {
 #[derive(Default)]
 pub(crate) struct Deliveries {
     errors: Mutex<Vec<String>>,
+}
+
+impl Deliveries {
+    /// The first delivery failure, if any.
+    pub(crate) fn first_error(&self) -> Option<String> {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.first().cloned()
+    }
 }
 
 impl ClientContext for Deliveries {}
@@ -277,7 +283,7 @@ fn send(
     target: &str,
     id: &str,
 ) -> anyhow::Result<()> {
-    let headers = replayed_headers(l, id);
+    let headers = replayed_headers(&l.headers, l.context.replay_count, id);
     let owned = headers
         .iter()
         .fold(OwnedHeaders::new_with_capacity(headers.len()), |hs, h| {

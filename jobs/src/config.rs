@@ -50,6 +50,9 @@ pub struct JobFile {
     /// Settings of the `warehouse` job.
     #[serde(default)]
     pub warehouse: Option<crate::warehouse::WarehouseConfig>,
+    /// Settings of the `dlq-processor` job, and the category rules `eventbus dlq` uses.
+    #[serde(default)]
+    pub dlq_processor: Option<crate::dlq_processor::ProcessorConfig>,
 }
 
 /// Overrides from the command line.

@@ -10,6 +10,8 @@ mod alter_configs;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod dlq_cmd;
+pub mod dlq_processor;
 pub mod generate;
 pub mod mirror;
 mod progress;

@@ -60,12 +60,15 @@ enum Command {
     ///
     /// Jobs: mirror (the [source] topics to the [mirror] output topic); warehouse (each
     /// topic into a Hive-partitioned Parquet table under the table root, every record
-    /// exactly once; settings in [warehouse]). On the first signal the job stops
+    /// exactly once; settings in [warehouse]); dlq-processor (the DLQ topics, default
+    /// every catalog topic's: letters classified and counted, automatic categories
+    /// replayed after a cool-off, letters replayed too often parked; settings in
+    /// [dlq_processor]). On the first signal the job stops
     /// fetching, drains in-flight records, flushes and commits, then exits 0; a second
     /// signal exits at once.
     Run {
         /// The job to run.
-        #[arg(value_parser = ["mirror", "warehouse"])]
+        #[arg(value_parser = ["mirror", "warehouse", "dlq-processor"])]
         job: String,
         /// The TOML job file ([kafka], [source], [runtime] and the job's own section).
         #[arg(long, short)]
@@ -76,7 +79,8 @@ enum Command {
         /// Consumer group; overrides the file and EVENTBUS_GROUP_ID.
         #[arg(long)]
         group: Option<String>,
-        /// warehouse: topics to load (comma-separated); overrides [source] topics.
+        /// warehouse: topics to load; dlq-processor: DLQ topics to process
+        /// (comma-separated); overrides [source] topics.
         #[arg(long, value_delimiter = ',')]
         topics: Vec<String>,
         /// warehouse: table root, a path, file:///path or s3://bucket/prefix (default
@@ -116,6 +120,15 @@ enum Command {
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,
+    },
+    /// Inspect, replay, export and import dead letters.
+    ///
+    /// Every subcommand takes the filters --category, --class, --since/--until (first
+    /// failure time), --partition and --offsets (the original ones), --key and
+    /// --error-matches.
+    Dlq {
+        #[command(subcommand)]
+        command: Box<eventbus_jobs::dlq_cmd::DlqCommand>,
     },
     /// Work with the Avro schemas and the catalog under schemas/.
     Schemas {
@@ -231,7 +244,8 @@ fn main() -> ExitCode {
         | Command::Bench { .. }
         | Command::Schemas { .. }
         | Command::Topics { .. }
-        | Command::Generate { .. } => "warn",
+        | Command::Generate { .. }
+        | Command::Dlq { .. } => "warn",
         Command::Run { .. } => "info",
     };
     telemetry::init_logging(cli.log_format, level);
@@ -335,6 +349,63 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     );
                     Ok(())
                 }
+                "dlq-processor" => {
+                    if file.source.is_none() {
+                        let topics = if topics.is_empty() {
+                            let catalog = eventbus_schemas::Catalog::load(std::path::Path::new(
+                                "schemas/topics.toml",
+                            ))
+                            .or_else(|_| {
+                                eventbus_schemas::Catalog::load(
+                                    &eventbus_schemas::bundled_dir().join("topics.toml"),
+                                )
+                            })?;
+                            catalog.topics.iter().map(|t| t.dlq_topic()).collect()
+                        } else {
+                            topics.clone()
+                        };
+                        file.source = Some(eventbus_runtime::SourceConfig::new(
+                            "eventbus-dlq-processor",
+                            topics,
+                        ));
+                        file.apply(std::env::vars(), &overrides);
+                    } else if !topics.is_empty()
+                        && let Some(src) = &mut file.source
+                    {
+                        src.topics = topics.clone();
+                    }
+                    let processor = eventbus_jobs::dlq_processor::job(&file)?;
+                    let counts = processor.counts.clone();
+                    let interval = file
+                        .dlq_processor
+                        .as_ref()
+                        .map_or(30_000, |p| p.report_interval_ms);
+                    let reporter = tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_millis(interval)).await;
+                            let table = counts.lock().map(|c| c.clone()).unwrap_or_default();
+                            for ((topic, category), c) in &table {
+                                tracing::info!(
+                                    %topic, %category, letters = c.letters,
+                                    replayed = c.replayed, parked = c.parked, "dead letters"
+                                );
+                            }
+                        }
+                    });
+                    let result = processor
+                        .job
+                        .run(eventbus_runtime::shutdown::signals())
+                        .await;
+                    reporter.abort();
+                    let table = processor
+                        .counts
+                        .lock()
+                        .map(|c| c.clone())
+                        .unwrap_or_default();
+                    print!("{}", eventbus_jobs::dlq_processor::render(&table));
+                    result.context("dlq-processor job stopped")?;
+                    Ok(())
+                }
                 "mirror" => {
                     let report = mirror::job(&file)?
                         .run(eventbus_runtime::shutdown::signals())
@@ -352,6 +423,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Topics { command } => topics(command).await,
+        Command::Dlq { command } => {
+            tokio::task::spawn_blocking(move || eventbus_jobs::dlq_cmd::run(*command)).await?
+        }
         Command::Generate {
             brokers,
             topic,

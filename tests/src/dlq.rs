@@ -354,3 +354,87 @@ pub fn check_poison_outcome(
         assert!(r.value.fleet_id != REJECTED_FLEET);
     }
 }
+
+/// Runs `eventbus <args>` and returns (success, stdout, stderr).
+pub fn eventbus(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(crate::eventbus_bin())
+        .args(args)
+        .output()
+        .expect("run eventbus");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The mock cluster, when the test runs on one (it has no admin API).
+pub type Mock<'a> =
+    Option<&'a rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>>;
+
+/// Creates topics on the mock cluster or, without one, through the admin API.
+pub async fn create_topics(mock: Mock<'_>, brokers: &str, topics: &[(&str, i32)]) {
+    match mock {
+        Some(cluster) => {
+            for (t, p) in topics {
+                cluster.create_topic(t, *p, 1).expect("create topic");
+            }
+        }
+        None => topic_io::create_topics(brokers, topics)
+            .await
+            .expect("create topics"),
+    }
+}
+
+/// A DLQ filled by the poison job: `n` records, every `every`-th poison.
+pub async fn filled_dlq(
+    mock: Mock<'_>,
+    brokers: &str,
+    partitions: i32,
+    n: usize,
+    every: usize,
+) -> (String, PoisonStream) {
+    let topic = crate::unique("vehicle.state");
+    let dlq = format!("{topic}.dlq");
+    create_topics(mock, brokers, &[(&topic, partitions), (&dlq, partitions)]).await;
+    let stream = poison_stream(n, every);
+    topic_io::produce(brokers, &topic, stream.records.clone(), |_| {}).expect("produce");
+    let mut cfg = DlqConfig::default();
+    cfg.pii.insert(topic.clone(), vec!["driver_id".to_owned()]);
+    let run = run_job(JobSetup {
+        brokers,
+        group: &crate::unique("g"),
+        topic: &topic,
+        dlq: cfg,
+        retry: None,
+        sink: TestSink::new(),
+        kafka: vec![],
+        until_committed: i64::try_from(n).expect("n"),
+        timeout: Duration::from_secs(120),
+    })
+    .await;
+    run.result.expect("the poison job ends cleanly");
+    (topic, stream)
+}
+
+/// Every record of `topic` with its headers.
+pub fn read_records(brokers: &str, topic: &str) -> Vec<(String, Vec<u8>, Headers, Option<i64>)> {
+    topic_io::read_all(brokers, topic, Duration::from_secs(60))
+        .expect("read")
+        .iter()
+        .map(|m| {
+            let mut headers = Headers::new();
+            if let Some(hs) = m.headers() {
+                for h in hs.iter() {
+                    headers.push(h.key, h.value.map(Bytes::copy_from_slice));
+                }
+            }
+            (
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().unwrap_or_default().to_vec(),
+                headers,
+                m.timestamp().to_millis(),
+            )
+        })
+        .collect()
+}

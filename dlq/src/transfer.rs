@@ -1,0 +1,260 @@
+//! The fix path: letters out as editable JSON lines, and back in as records.
+//!
+//! One line per letter:
+//!
+//! ```json
+//! {"dlq":{"topic":"vehicle.state.v1.dlq","partition":0,"offset":17},
+//!  "topic":"vehicle.state.v1","partition":3,"offset":4242,"category":"validation",
+//!  "error":"battery_pct 180 is outside 0..=100","key":"veh-0007","timestamp":1767225600123,
+//!  "headers":[{"key":"trace","value":"abc"}],"replay_count":0,
+//!  "schema_id":1,"value":{"event_id":"…","battery_pct":180.0,…}}
+//! ```
+//!
+//! `value` is the decoded record when its schema is known; otherwise the line has
+//! `value_base64` (the raw bytes) and `value_error` (why it did not decode). Keys and
+//! header values that are not UTF-8 are written as `key_base64` / `value_base64`.
+//! Import checks every line first: a JSON `value` must fit the writer schema named by
+//! `schema_id`, and a raw value must decode. If any line is invalid nothing is produced.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use eventbus_runtime::{Headers, KafkaProperties};
+use eventbus_schemas::codec::Decoder;
+use eventbus_schemas::json::{from_json, to_json};
+use eventbus_schemas::{FileRegistry, encode_value};
+use serde_json::{Value as Json, json};
+
+use crate::envelope::{REPLAY_COUNT, REPLAY_ID, is_context_header};
+use crate::store::StoredLetter;
+
+/// The JSON line of one letter.
+pub fn export_line(l: &StoredLetter, registry: &FileRegistry) -> Json {
+    let c = &l.context;
+    let headers: Vec<Json> = l
+        .headers
+        .iter()
+        .filter(|h| !is_context_header(&h.key))
+        .map(|h| match h.value.as_deref().map(std::str::from_utf8) {
+            None => json!({"key": h.key, "value": null}),
+            Some(Ok(text)) => json!({"key": h.key, "value": text}),
+            Some(Err(_)) => json!({"key": h.key, "value_base64": B64.encode(h.value.as_deref().unwrap_or_default())}),
+        })
+        .collect();
+    let mut line = json!({
+        "dlq": {"topic": l.dlq_topic, "partition": l.dlq_partition, "offset": l.dlq_offset},
+        "topic": c.topic,
+        "partition": c.partition,
+        "offset": c.offset,
+        "category": l.category,
+        "class": c.class,
+        "error": c.message,
+        "timestamp": l.timestamp,
+        "headers": headers,
+        "replay_count": c.replay_count,
+    });
+    match l.key.as_deref().map(std::str::from_utf8) {
+        None => line["key"] = Json::Null,
+        Some(Ok(k)) => line["key"] = json!(k),
+        Some(Err(_)) => {
+            line["key_base64"] = json!(B64.encode(l.key.as_deref().unwrap_or_default()))
+        }
+    }
+    let decoder = Decoder::new(registry.clone());
+    let decoded = decoder
+        .decode(&l.value, None)
+        .map_err(|e| e.to_string())
+        .and_then(|(id, v)| {
+            let schema = registry
+                .get(id)
+                .ok_or_else(|| format!("schema id {id} is not registered"))?;
+            Ok((id, to_json(&v, &schema)?))
+        });
+    match decoded {
+        Ok((id, value)) => {
+            line["schema_id"] = json!(id);
+            line["value"] = value;
+        }
+        Err(e) => {
+            if l.value.len() >= 5 && l.value[0] == 0 {
+                let id = u32::from_be_bytes([l.value[1], l.value[2], l.value[3], l.value[4]]);
+                line["schema_id"] = json!(id);
+            }
+            line["value_base64"] = json!(B64.encode(&l.value));
+            line["value_error"] = json!(e);
+        }
+    }
+    line
+}
+
+/// A checked import line, ready to produce.
+#[derive(Debug, Clone)]
+pub struct ImportRecord {
+    /// Line number in the file (from 1).
+    pub line: usize,
+    /// Target topic.
+    pub topic: String,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Wire-format value.
+    pub value: Bytes,
+    /// Headers: the line's, with `eventbus.replay.id` and `eventbus.replay.count` set.
+    pub headers: Headers,
+}
+
+/// Checks every line. Returns the records, or every invalid line with its reason.
+pub fn check_import(
+    text: &str,
+    registry: &FileRegistry,
+    to: Option<&str>,
+    import_id: &str,
+) -> Result<Vec<ImportRecord>, Vec<(usize, String)>> {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match check_line(raw, registry, to, import_id) {
+            Ok(mut r) => {
+                r.line = n;
+                ok.push(r);
+            }
+            Err(e) => bad.push((n, e)),
+        }
+    }
+    if bad.is_empty() { Ok(ok) } else { Err(bad) }
+}
+
+fn check_line(
+    raw: &str,
+    registry: &FileRegistry,
+    to: Option<&str>,
+    import_id: &str,
+) -> Result<ImportRecord, String> {
+    let line: Json = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+    let topic = match (to, line["topic"].as_str()) {
+        (Some(t), _) => t.to_owned(),
+        (None, Some(t)) => t.to_owned(),
+        (None, None) => return Err("no \"topic\" (and no --to)".to_owned()),
+    };
+    let key = match (&line["key"], line.get("key_base64")) {
+        (_, Some(b)) => Some(Bytes::from(
+            B64.decode(b.as_str().unwrap_or_default())
+                .map_err(|_| "key_base64 is not base64".to_owned())?,
+        )),
+        (Json::String(k), None) => Some(Bytes::copy_from_slice(k.as_bytes())),
+        (Json::Null, None) => None,
+        (other, None) => return Err(format!("key must be a string or null, found {other}")),
+    };
+    let value = if let Some(v) = line.get("value").filter(|v| !v.is_null()) {
+        let id = line["schema_id"]
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or("a JSON value needs its \"schema_id\"")?;
+        let schema = registry
+            .get(id)
+            .ok_or_else(|| format!("schema id {id} is not registered"))?;
+        let avro = from_json(v, &schema).map_err(|e| format!("value: {e}"))?;
+        encode_value(id, &schema, avro).map_err(|e| format!("value: {e}"))?
+    } else if let Some(b) = line["value_base64"].as_str() {
+        let bytes = B64
+            .decode(b)
+            .map_err(|_| "value_base64 is not base64".to_owned())?;
+        Decoder::new(registry.clone())
+            .decode(&bytes, None)
+            .map_err(|e| format!("the raw value still does not decode: {e}"))?;
+        bytes
+    } else {
+        return Err("no \"value\" or \"value_base64\"".to_owned());
+    };
+    let mut headers = Headers::new();
+    if let Some(list) = line["headers"].as_array() {
+        for h in list {
+            let k = h["key"].as_str().ok_or("a header without \"key\"")?;
+            if is_context_header(k) || k == REPLAY_ID || k == REPLAY_COUNT {
+                continue;
+            }
+            let v = match (h.get("value"), h.get("value_base64")) {
+                (_, Some(b)) => Some(Bytes::from(
+                    B64.decode(b.as_str().unwrap_or_default())
+                        .map_err(|_| format!("header {k}: value_base64 is not base64"))?,
+                )),
+                (Some(Json::String(s)), None) => Some(Bytes::copy_from_slice(s.as_bytes())),
+                _ => None,
+            };
+            headers.push(k, v);
+        }
+    }
+    let count = line["replay_count"].as_u64().unwrap_or(0) + 1;
+    headers.push(
+        REPLAY_ID,
+        Some(Bytes::copy_from_slice(import_id.as_bytes())),
+    );
+    headers.push(REPLAY_COUNT, Some(Bytes::from(count.to_string())));
+    Ok(ImportRecord {
+        line: 0,
+        topic,
+        key,
+        value: Bytes::from(value),
+        headers,
+    })
+}
+
+/// Produces checked records (idempotent producer, `acks=all`) and waits for every
+/// acknowledgement. Returns how many went to each topic.
+///
+/// # Errors
+/// A record cannot be sent or the broker refused one (named by topic and partition).
+pub fn produce(
+    props: &KafkaProperties,
+    records: &[ImportRecord],
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer = crate::replay::producer(props)?;
+    let mut by_topic = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let headers = r.headers.iter().fold(OwnedHeaders::new(), |hs, h| {
+            hs.insert(Header {
+                key: &h.key,
+                value: h.value.as_deref(),
+            })
+        });
+        let mut rec = BaseRecord::to(&r.topic)
+            .payload(&r.value[..])
+            .headers(headers);
+        if let Some(k) = r.key.as_deref() {
+            rec = rec.key(k);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    rec = back;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err((e, _)) => anyhow::bail!("line {}: cannot send to {}: {e}", r.line, r.topic),
+            }
+        }
+        *by_topic.entry(r.topic.clone()).or_default() += 1;
+        progress(i as u64 + 1);
+    }
+    producer
+        .flush(std::time::Duration::from_secs(60))
+        .context("waiting for the broker to acknowledge the imported records")?;
+    if let Some(e) = producer.context().first_error() {
+        anyhow::bail!("the broker refused an imported record ({e})");
+    }
+    Ok(by_topic)
+}

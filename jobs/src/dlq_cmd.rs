@@ -1,0 +1,603 @@
+//! `eventbus dlq`: look at dead letters, replay them, and fix them through JSON lines.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use eventbus_dlq::classify::{Classifier, Rule};
+use eventbus_dlq::replay::{ReplayOptions, replay};
+use eventbus_dlq::store::{LetterFilter, StoredLetter, parse_offsets, parse_time, read};
+use eventbus_dlq::transfer::{check_import, export_line, produce};
+use eventbus_runtime::KafkaProperties;
+use eventbus_schemas::FileRegistry;
+use eventbus_schemas::codec::Decoder;
+use eventbus_schemas::json::to_json;
+use serde_json::json;
+
+use crate::config::{JobFile, Overrides};
+
+/// Where the brokers are and how to classify.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Bootstrap servers; overrides the config file.
+    #[arg(long, env = "EVENTBUS_BROKERS")]
+    pub brokers: Option<String>,
+    /// A job file: its [kafka] properties (security settings) and its
+    /// [dlq_processor] category rules are used.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Schemas folder holding registry.toml, for decoding values (default: the bundled
+    /// schemas/).
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+}
+
+/// Which letters.
+#[derive(Debug, Clone, Args)]
+pub struct Filters {
+    /// Categories (comma-separated): schema_unknown, decode_error, validation,
+    /// downstream_unavailable, timeout, unknown, or one of your rules'.
+    #[arg(long, value_delimiter = ',')]
+    pub category: Vec<String>,
+    /// Error class: transient or permanent.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// First failure at or after: ms since the epoch, 2026-11-27 or
+    /// 2026-11-27T10:00:00Z.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// First failure before (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Original partition.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// Original offsets: A..B (B excluded) or A..=B.
+    #[arg(long)]
+    pub offsets: Option<String>,
+    /// The record key, as text.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// A regular expression the error message must match.
+    #[arg(long)]
+    pub error_matches: Option<String>,
+}
+
+impl Filters {
+    fn build(&self) -> anyhow::Result<LetterFilter> {
+        Ok(LetterFilter {
+            categories: self.category.clone(),
+            class: self.class.clone(),
+            since_ms: self
+                .since
+                .as_deref()
+                .map(parse_time)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(parse_time)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+            partition: self.partition,
+            offsets: self
+                .offsets
+                .as_deref()
+                .map(parse_offsets)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--offsets: {e}"))?,
+            key: self.key.clone(),
+            error_matches: self
+                .error_matches
+                .as_deref()
+                .map(regex::Regex::new)
+                .transpose()
+                .context("--error-matches is not a valid regular expression")?,
+        })
+    }
+}
+
+/// The `eventbus dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Count letters by category, class and original partition, with the first and last
+    /// failure time.
+    Stats {
+        /// The DLQ topic, e.g. vehicle.state.v1.dlq.
+        #[arg(long)]
+        topic: String,
+        /// Which letters.
+        #[command(flatten)]
+        filters: Filters,
+        /// Brokers, config and schemas.
+        #[command(flatten)]
+        connection: Connection,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One line per letter (or one JSON object with --json): where it came from, why it
+    /// failed, and its value decoded through the registry where possible.
+    Inspect {
+        /// The DLQ topic.
+        #[arg(long)]
+        topic: String,
+        /// Which letters.
+        #[command(flatten)]
+        filters: Filters,
+        /// Brokers, config and schemas.
+        #[command(flatten)]
+        connection: Connection,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many letters.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Produce the selected letters again to their original topic (or --to), keeping
+    /// key, value and original headers, adding eventbus.replay.id and incrementing
+    /// eventbus.replay.count. Running the same replay again sends nothing twice: its
+    /// progress is the consumer group eventbus-replay-<id>.
+    Replay {
+        /// The DLQ topic.
+        #[arg(long)]
+        topic: String,
+        /// Which letters.
+        #[command(flatten)]
+        filters: Filters,
+        /// Brokers, config and schemas.
+        #[command(flatten)]
+        connection: Connection,
+        /// Send every letter to this topic instead of its original one.
+        #[arg(long)]
+        to: Option<String>,
+        /// Letters per second at most, e.g. 100 or 100/s.
+        #[arg(long)]
+        rate: Option<String>,
+        /// List what would be sent; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// The replay's id (default: derived from the topic, --to and the filters).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Write the selected letters to stdout as JSON lines: values as JSON where the
+    /// schema is known (base64 otherwise), with headers and failure context. Edit them,
+    /// then `eventbus dlq import`.
+    Export {
+        /// The DLQ topic.
+        #[arg(long)]
+        topic: String,
+        /// Which letters.
+        #[command(flatten)]
+        filters: Filters,
+        /// Brokers, config and schemas.
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Check every line of an export file against its schema, re-encode it in the wire
+    /// format and produce it to its original topic (or --to). If any line is invalid,
+    /// every invalid line is named with its reason and nothing is produced.
+    Import {
+        /// The JSON-lines file (from `eventbus dlq export`, edited).
+        file: PathBuf,
+        /// Brokers, config and schemas.
+        #[command(flatten)]
+        connection: Connection,
+        /// Send every record to this topic instead of its original one.
+        #[arg(long)]
+        to: Option<String>,
+        /// Check and list; produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+struct Context2 {
+    kafka: KafkaProperties,
+    classifier: Classifier,
+    registry: FileRegistry,
+}
+
+fn context(c: &Connection) -> anyhow::Result<Context2> {
+    let file = JobFile::load(
+        c.config.as_deref(),
+        &Overrides {
+            brokers: c.brokers.clone(),
+            group: None,
+        },
+    )?;
+    file.kafka.require_brokers()?;
+    let rules: Vec<Rule> = file
+        .dlq_processor
+        .as_ref()
+        .map(|p| p.rules.clone())
+        .unwrap_or_default();
+    let classifier = Classifier::new(rules).map_err(|e| anyhow::anyhow!("[dlq_processor] {e}"))?;
+    let registry = match &c.schemas {
+        Some(dir) => FileRegistry::open(dir)?,
+        None => FileRegistry::embedded()?,
+    };
+    Ok(Context2 {
+        kafka: file.kafka,
+        classifier,
+        registry,
+    })
+}
+
+/// Runs a `dlq` subcommand.
+///
+/// # Errors
+/// Bad arguments (named), an unreachable broker, a missing topic, or a refused record.
+pub fn run(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::Stats {
+            topic,
+            filters,
+            connection,
+            json,
+        } => stats(&topic, &filters.build()?, &context(&connection)?, json),
+        DlqCommand::Inspect {
+            topic,
+            filters,
+            connection,
+            json,
+            limit,
+        } => inspect(
+            &topic,
+            &filters.build()?,
+            &context(&connection)?,
+            json,
+            limit,
+        ),
+        DlqCommand::Replay {
+            topic,
+            filters,
+            connection,
+            to,
+            rate,
+            dry_run,
+            yes,
+            id,
+        } => {
+            let opts = ReplayOptions {
+                dlq_topic: topic,
+                to,
+                filter: filters.build()?,
+                rate: rate.as_deref().map(parse_rate).transpose()?,
+                dry_run,
+                id,
+            };
+            run_replay(&opts, &context(&connection)?, yes)
+        }
+        DlqCommand::Export {
+            topic,
+            filters,
+            connection,
+        } => export(&topic, &filters.build()?, &context(&connection)?),
+        DlqCommand::Import {
+            file,
+            connection,
+            to,
+            dry_run,
+        } => import(&file, &context(&connection)?, to.as_deref(), dry_run),
+    }
+}
+
+/// `100`, `100/s`: letters per second.
+fn parse_rate(text: &str) -> anyhow::Result<NonZeroU32> {
+    let n = text.trim().trim_end_matches("/s").trim();
+    n.parse::<NonZeroU32>()
+        .with_context(|| format!("--rate `{text}` is not a positive number of letters per second"))
+}
+
+fn each(
+    topic: &str,
+    filter: &LetterFilter,
+    ctx: &Context2,
+    mut f: impl FnMut(&StoredLetter) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    read(&ctx.kafka, topic, &BTreeMap::new(), &ctx.classifier, |l| {
+        if filter.matches(&l) { f(&l) } else { Ok(()) }
+    })?;
+    Ok(())
+}
+
+fn time_text(ms: Option<i64>) -> String {
+    ms.map_or("-".to_owned(), |ms| {
+        let days = ms.div_euclid(86_400_000);
+        let rest = ms.rem_euclid(86_400_000);
+        let (y, m, d) = civil(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rest / 3_600_000,
+            rest / 60_000 % 60,
+            rest / 1000 % 60,
+            rest % 1000
+        )
+    })
+}
+
+fn civil(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn stats(topic: &str, filter: &LetterFilter, ctx: &Context2, as_json: bool) -> anyhow::Result<()> {
+    let mut total = 0u64;
+    let mut by_category: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_class: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, u64> = BTreeMap::new();
+    let (mut first, mut last) = (None::<i64>, None::<i64>);
+    each(topic, filter, ctx, |l| {
+        total += 1;
+        *by_category.entry(l.category.clone()).or_default() += 1;
+        let class = l.context.class.clone().unwrap_or_else(|| "-".to_owned());
+        *by_class.entry(class).or_default() += 1;
+        *by_partition
+            .entry(l.context.partition.unwrap_or(-1))
+            .or_default() += 1;
+        if let Some(t) = l.context.first_failure_ms {
+            first = Some(first.map_or(t, |f| f.min(t)));
+            last = Some(last.map_or(t, |x| x.max(t)));
+        }
+        Ok(())
+    })?;
+    if as_json {
+        let out = json!({
+            "topic": topic, "letters": total, "by_category": by_category,
+            "by_class": by_class, "by_original_partition": by_partition,
+            "first_failure_ms": first, "last_failure_ms": last,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{topic}: {total} letters");
+    println!(
+        "first failure {}   last failure {}",
+        time_text(first),
+        time_text(last)
+    );
+    println!("\n{:<28} {:>10}", "category", "letters");
+    for (k, n) in &by_category {
+        println!("{k:<28} {n:>10}");
+    }
+    println!("\n{:<28} {:>10}", "class", "letters");
+    for (k, n) in &by_class {
+        println!("{k:<28} {n:>10}");
+    }
+    println!("\n{:<28} {:>10}", "original partition", "letters");
+    for (p, n) in &by_partition {
+        println!("{p:<28} {n:>10}");
+    }
+    Ok(())
+}
+
+fn decoded_value(l: &StoredLetter, registry: &FileRegistry) -> serde_json::Value {
+    let decoder = Decoder::new(registry.clone());
+    match decoder.decode(&l.value, None) {
+        Ok((id, v)) => registry
+            .get(id)
+            .and_then(|s| to_json(&v, &s).ok())
+            .unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+fn inspect(
+    topic: &str,
+    filter: &LetterFilter,
+    ctx: &Context2,
+    as_json: bool,
+    limit: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut shown = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    each(topic, filter, ctx, |l| {
+        if limit.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        shown += 1;
+        let c = &l.context;
+        let value = decoded_value(l, &ctx.registry);
+        let key = l.key.as_deref().map(String::from_utf8_lossy);
+        if as_json {
+            let line = json!({
+                "dlq_partition": l.dlq_partition, "dlq_offset": l.dlq_offset,
+                "topic": c.topic, "partition": c.partition, "offset": c.offset,
+                "key": key, "category": l.category, "class": c.class, "stage": c.stage,
+                "exception": c.exception, "error": c.message, "attempts": c.attempts,
+                "first_failure": time_text(c.first_failure_ms), "job": c.job,
+                "replay_count": c.replay_count, "value": value,
+                "value_bytes": l.value.len(),
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            let shown_value = if value.is_null() {
+                format!("<{} bytes, not decodable>", l.value.len())
+            } else {
+                value.to_string()
+            };
+            writeln!(
+                out,
+                "{}[{}]@{}  from {}[{}]@{}  key={}  {} ({}, {}, attempts {}, replays {}) at {}: {}\n    value: {}",
+                l.dlq_topic,
+                l.dlq_partition,
+                l.dlq_offset,
+                c.topic.as_deref().unwrap_or("?"),
+                c.partition.map_or("?".into(), |p| p.to_string()),
+                c.offset.map_or("?".into(), |o| o.to_string()),
+                key.as_deref().unwrap_or("-"),
+                l.category,
+                c.class.as_deref().unwrap_or("-"),
+                c.stage.as_deref().unwrap_or("-"),
+                c.attempts.unwrap_or(1),
+                c.replay_count,
+                time_text(c.first_failure_ms),
+                c.message.as_deref().unwrap_or("-"),
+                shown_value
+            )?;
+        }
+        Ok(())
+    })?;
+    if !as_json {
+        eprintln!("{shown} letters shown");
+    }
+    Ok(())
+}
+
+fn run_replay(opts: &ReplayOptions, ctx: &Context2, yes: bool) -> anyhow::Result<()> {
+    let id = opts.id();
+    if !opts.dry_run && !yes {
+        // Count first, then ask.
+        let mut dry = opts.clone();
+        dry.dry_run = true;
+        let preview = replay(&ctx.kafka, &dry, &ctx.classifier, |_, _| {})?;
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            bail!(
+                "replay {id} would send up to {} letters from {}; pass --yes to send them \
+                 (or --dry-run to list them)",
+                preview.selected,
+                opts.dlq_topic
+            );
+        }
+        eprint!(
+            "replay {id}: send up to {} letters from {}{}? [y/N] ",
+            preview.selected,
+            opts.dlq_topic,
+            opts.to
+                .as_deref()
+                .map(|t| format!(" to {t}"))
+                .unwrap_or_default()
+        );
+        let mut answer = String::new();
+        stdin.lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("replay cancelled; nothing was sent");
+        }
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if !std::io::stderr().is_terminal() || opts.dry_run {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} letters sent ({per_sec}) {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let report = replay(&ctx.kafka, opts, &ctx.classifier, |l, target| {
+        if opts.dry_run {
+            println!(
+                "would send {}[{}]@{} ({}, key {}) to {target}",
+                l.dlq_topic,
+                l.dlq_partition,
+                l.dlq_offset,
+                l.category,
+                l.key
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+            );
+        } else {
+            bar.inc(1);
+        }
+    })?;
+    bar.finish_and_clear();
+    if opts.dry_run {
+        println!(
+            "dry run of replay {id}: {} of {} letters selected; nothing sent",
+            report.selected, report.scanned
+        );
+    } else {
+        let rate = if report.send_seconds > 0.0 {
+            format!(
+                " in {:.1} s ({:.1}/s)",
+                report.send_seconds,
+                report.sent as f64 / report.send_seconds
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "replay {id}: sent {} of {} letters read{rate}; {} were covered by an earlier run",
+            report.sent, report.scanned, report.covered_before
+        );
+        for (t, n) in &report.by_target {
+            println!("  {n:>8} to {t}");
+        }
+    }
+    Ok(())
+}
+
+fn export(topic: &str, filter: &LetterFilter, ctx: &Context2) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut n = 0u64;
+    each(topic, filter, ctx, |l| {
+        writeln!(out, "{}", export_line(l, &ctx.registry))?;
+        n += 1;
+        Ok(())
+    })?;
+    out.flush()?;
+    eprintln!("exported {n} letters from {topic}");
+    Ok(())
+}
+
+fn import(
+    file: &std::path::Path,
+    ctx: &Context2,
+    to: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let id = format!("import-{:016x}", fnv(text.as_bytes()));
+    let records = match check_import(&text, &ctx.registry, to, &id) {
+        Ok(r) => r,
+        Err(bad) => {
+            for (line, reason) in &bad {
+                eprintln!("{}:{line}: {reason}", file.display());
+            }
+            bail!(
+                "{} of the lines in {} are invalid; nothing was produced",
+                bad.len(),
+                file.display()
+            );
+        }
+    };
+    if dry_run {
+        for r in &records {
+            println!("line {}: valid, would go to {}", r.line, r.topic);
+        }
+        println!("dry run: {} lines valid; nothing produced", records.len());
+        return Ok(());
+    }
+    let by_topic = produce(&ctx.kafka, &records, |_| {})?;
+    println!("imported {} records ({id})", records.len());
+    for (t, n) in &by_topic {
+        println!("  {n:>8} to {t}");
+    }
+    Ok(())
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,346 @@
+//! The `dlq-processor` job: reads DLQ topics, puts each letter in a category, counts
+//! letters per topic and category, replays the categories marked automatic after a
+//! cool-off under a rate limit, and parks letters that were replayed too often.
+//!
+//! ```toml
+//! [source]
+//! group_id = "dlq-processor"
+//! topics = ["vehicle.state.v1.dlq", "fleet.operations.v1.dlq"]
+//!
+//! [dlq_processor]
+//! automatic = ["downstream_unavailable", "timeout"]   # default
+//! cool_off_ms = 60000        # wait this long after a letter's first failure (default)
+//! rate_per_sec = 100         # replays per second, all partitions together (default)
+//! max_replays = 3            # a letter replayed this often goes to <dlq>.parked (default)
+//!
+//! [[dlq_processor.rules]]    # tried before the built-in categories
+//! category = "fleet_rejected"
+//! stage = "sink"
+//! message = "fleet .* not accepted"
+//! ```
+//!
+//! A letter is done (its DLQ offset committed) when it was counted and, for automatic
+//! categories, when its replay or its parked copy was acknowledged by the broker. Letters
+//! of other categories stay in the DLQ for an operator (`eventbus dlq`). Nothing loops
+//! forever: every replay increments `eventbus.replay.count`, which travels with the record
+//! into any later letter, and a letter at `max_replays` is parked instead.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventbus_dlq::LetterContext;
+use eventbus_dlq::classify::{Classifier, Rule};
+use eventbus_dlq::replay::replayed_headers;
+use eventbus_runtime::{
+    Ack, ErrorClass, Job, KafkaProperties, KafkaSource, Record, RunnableJob, RuntimeError, Sink,
+    SinkError,
+};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use serde::Deserialize;
+
+use crate::config::JobFile;
+
+/// The `[dlq_processor]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Category rules, tried in order before the built-in categories.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Categories replayed automatically.
+    #[serde(default = "default_automatic")]
+    pub automatic: Vec<String>,
+    /// Replay a letter no sooner than this long after its first failure.
+    #[serde(default = "default_cool_off")]
+    pub cool_off_ms: u64,
+    /// Replays per second, all partitions together.
+    #[serde(default = "default_rate")]
+    pub rate_per_sec: u32,
+    /// A letter already replayed this many times is parked instead.
+    #[serde(default = "default_max_replays")]
+    pub max_replays: u32,
+    /// How often the counts are logged.
+    #[serde(default = "default_report")]
+    pub report_interval_ms: u64,
+}
+
+fn default_automatic() -> Vec<String> {
+    vec!["downstream_unavailable".to_owned(), "timeout".to_owned()]
+}
+fn default_cool_off() -> u64 {
+    60_000
+}
+fn default_rate() -> u32 {
+    100
+}
+fn default_max_replays() -> u32 {
+    3
+}
+fn default_report() -> u64 {
+    30_000
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            automatic: default_automatic(),
+            cool_off_ms: default_cool_off(),
+            rate_per_sec: default_rate(),
+            max_replays: default_max_replays(),
+            report_interval_ms: default_report(),
+        }
+    }
+}
+
+/// What happened to letters, per (original topic, category).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Letters seen.
+    pub letters: u64,
+    /// Letters replayed to their original topic.
+    pub replayed: u64,
+    /// Letters parked.
+    pub parked: u64,
+}
+
+/// Live counts of a running processor.
+pub type CountTable = Arc<Mutex<BTreeMap<(String, String), Counts>>>;
+
+/// The sink that classifies, counts, replays and parks.
+#[derive(Clone)]
+pub struct ProcessorSink {
+    config: Arc<ProcessorConfig>,
+    classifier: Arc<Classifier>,
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    counts: CountTable,
+    replay_id: String,
+}
+
+impl std::fmt::Debug for ProcessorSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorSink")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessorSink {
+    /// A sink producing with these properties.
+    ///
+    /// # Errors
+    /// A rule does not compile, the rate is 0, or the producer cannot be created.
+    pub fn new(
+        kafka: &KafkaProperties,
+        config: ProcessorConfig,
+        replay_id: String,
+    ) -> Result<Self, RuntimeError> {
+        let classifier = Classifier::new(config.rules.clone())
+            .map_err(|e| RuntimeError::config("dlq_processor.rules", e))?;
+        let rate = NonZeroU32::new(config.rate_per_sec).ok_or_else(|| {
+            RuntimeError::config("dlq_processor.rate_per_sec", "must be at least 1")
+        })?;
+        let mut cfg = ClientConfig::new();
+        for (k, v) in kafka.producer_properties() {
+            cfg.set(k, v);
+        }
+        cfg.set("enable.idempotence", "true").set("acks", "all");
+        let producer = cfg
+            .create_with_context(Deliveries)
+            .map_err(|e| RuntimeError::config("kafka", e.to_string()))?;
+        Ok(Self {
+            config: Arc::new(config),
+            classifier: Arc::new(classifier),
+            producer: Arc::new(producer),
+            limiter: Arc::new(RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(NonZeroU32::MIN),
+            )),
+            counts: CountTable::default(),
+            replay_id,
+        })
+    }
+
+    /// The live counts.
+    pub fn counts(&self) -> CountTable {
+        self.counts.clone()
+    }
+
+    fn count(&self, topic: &str, category: &str, f: impl FnOnce(&mut Counts)) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        f(counts
+            .entry((topic.to_owned(), category.to_owned()))
+            .or_default());
+    }
+
+    fn produce(
+        &self,
+        topic: &str,
+        record: &Record<Bytes>,
+        headers: &eventbus_runtime::Headers,
+        ack: Ack,
+    ) {
+        let owned = headers
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(headers.len()), |hs, h| {
+                hs.insert(Header {
+                    key: &h.key,
+                    value: h.value.as_deref(),
+                })
+            });
+        let mut out = BaseRecord::with_opaque_to(topic, Box::new(ack))
+            .payload(&record.value[..])
+            .headers(owned);
+        if let Some(k) = record.key.as_deref() {
+            out = out.key(k);
+        }
+        loop {
+            match self.producer.send(out) {
+                Ok(()) => return,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    out = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, back)) => {
+                    let ack = back.delivery_opaque;
+                    let origin = ack.origin();
+                    ack.fail(SinkError::Delivery {
+                        sink: "dlq-processor",
+                        origin,
+                        reason: format!("cannot produce to {topic}: {e}"),
+                        class: ErrorClass::Fatal,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Sink<Bytes> for ProcessorSink {
+    async fn send(&self, record: Record<Bytes>, ack: Ack) -> Result<(), SinkError> {
+        let context = LetterContext::from_headers(&record.headers);
+        let category = self.classifier.classify(&context);
+        let topic = context
+            .topic
+            .clone()
+            .unwrap_or_else(|| record.topic.trim_end_matches(".dlq").to_owned());
+        self.count(&topic, &category, |c| c.letters += 1);
+        if !self.config.automatic.contains(&category) {
+            ack.done();
+            return Ok(());
+        }
+        if context.replay_count >= self.config.max_replays {
+            let parked = format!("{}.parked", record.topic);
+            tracing::warn!(
+                origin = %record.origin(), replays = context.replay_count, %parked,
+                "letter replayed too often; parking it"
+            );
+            self.count(&topic, &category, |c| c.parked += 1);
+            self.produce(&parked, &record, &record.headers, ack);
+            return Ok(());
+        }
+        // Cool-off: counted from the first failure.
+        let due = context
+            .first_failure_ms
+            .unwrap_or(0)
+            .saturating_add(i64::try_from(self.config.cool_off_ms).unwrap_or(i64::MAX));
+        let wait = due.saturating_sub(now_ms());
+        if wait > 0 {
+            ack.hold_partition(true);
+            tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+            ack.hold_partition(false);
+        }
+        let clock = DefaultClock::default();
+        while let Err(not_until) = self.limiter.check() {
+            tokio::time::sleep(not_until.wait_time_from(clock.now())).await;
+        }
+        let headers = replayed_headers(&record.headers, context.replay_count, &self.replay_id);
+        self.count(&topic, &category, |c| c.replayed += 1);
+        self.produce(&topic, &record, &headers, ack);
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Resolves each replayed or parked letter's ack from its delivery report.
+pub struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Ack>;
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        match result {
+            Ok(_) => ack.done(),
+            Err((e, m)) => {
+                use rdkafka::Message as _;
+                let origin = ack.origin();
+                ack.fail(SinkError::Delivery {
+                    sink: "dlq-processor",
+                    origin,
+                    reason: format!("topic {} partition {}: {e}", m.topic(), m.partition()),
+                    class: ErrorClass::Fatal,
+                });
+            }
+        }
+    }
+}
+
+/// The processor job and its live counts.
+pub struct Processor {
+    /// The job.
+    pub job: RunnableJob<KafkaSource, eventbus_runtime::operator::Identity, ProcessorSink>,
+    /// Its counts.
+    pub counts: CountTable,
+}
+
+/// Builds the processor from a job file.
+///
+/// # Errors
+/// A missing `[source]`, or a setting out of range (named).
+pub fn job(file: &JobFile) -> anyhow::Result<Processor> {
+    let source = file.source()?;
+    let config = file.dlq_processor.clone().unwrap_or_default();
+    let sink = ProcessorSink::new(&file.kafka, config, format!("auto-{}", source.group_id))?;
+    let counts = sink.counts();
+    let job = Job::builder("dlq-processor")
+        .config(file.runtime.clone())
+        .source(KafkaSource::new(file.kafka.clone(), source))
+        .sink(sink)
+        .build()?;
+    Ok(Processor { job, counts })
+}
+
+/// The counts as a table.
+pub fn render(counts: &BTreeMap<(String, String), Counts>) -> String {
+    let mut out = format!(
+        "{:<32} {:<24} {:>9} {:>9} {:>9}\n",
+        "topic", "category", "letters", "replayed", "parked"
+    );
+    for ((topic, category), c) in counts {
+        out.push_str(&format!(
+            "{topic:<32} {category:<24} {:>9} {:>9} {:>9}\n",
+            c.letters, c.replayed, c.parked
+        ));
+    }
+    out
+}
