@@ -78,6 +78,16 @@ pub fn poison_stream(n: usize, every: usize) -> PoisonStream {
     PoisonStream { records, poison }
 }
 
+/// The dead-letter settings of the tests: PII masking of `driver_id` on `topic`, and
+/// the group named in the letters.
+pub fn dlq_config(topic: &str) -> DlqConfig {
+    let mut cfg = DlqConfig::default();
+    cfg.pii
+        .insert(topic.to_owned(), vec!["driver_id".to_owned()]);
+    cfg.group = Some("dlq-test-group".to_owned());
+    cfg
+}
+
 /// The fleet the test sink refuses, permanently.
 pub const REJECTED_FLEET: &str = "fleet-rejected";
 
@@ -399,8 +409,7 @@ pub async fn filled_dlq(
     create_topics(mock, brokers, &[(&topic, partitions), (&dlq, partitions)]).await;
     let stream = poison_stream(n, every);
     topic_io::produce(brokers, &topic, stream.records.clone(), |_| {}).expect("produce");
-    let mut cfg = DlqConfig::default();
-    cfg.pii.insert(topic.clone(), vec!["driver_id".to_owned()]);
+    let cfg = dlq_config(&topic);
     let run = run_job(JobSetup {
         brokers,
         group: &crate::unique("g"),

@@ -11,6 +11,7 @@
 )]
 
 pub mod dlq;
+pub mod dlq_scenarios;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -6,20 +6,12 @@
 
 use std::time::Duration;
 
-use eventbus_dlq::DlqConfig;
 use eventbus_jobs::topic_io;
 use eventbus_tests::dlq::{
-    JobSetup, TestSink, check_poison_outcome, poison_stream, read_letters, run_job,
+    JobSetup, TestSink, check_poison_outcome, dlq_config, poison_stream, read_letters, run_job,
 };
+use eventbus_tests::dlq_scenarios as s;
 use eventbus_tests::{shared_brokers, unique};
-
-fn dlq_config(topic: &str) -> DlqConfig {
-    let mut cfg = DlqConfig::default();
-    cfg.pii
-        .insert(topic.to_owned(), vec!["driver_id".to_owned()]);
-    cfg.group = Some("dlq-test-group".to_owned());
-    cfg
-}
 
 /// Reads the DLQ with confluent-kafka and prints one JSON object per letter: the key and
 /// the `kafka_dlt-*` / `__connect.errors.*` headers decoded the way those ecosystems
@@ -170,4 +162,48 @@ async fn a_missing_dlq_topic_stops_the_job_without_committing_past_the_record() 
         committed.get(&0).copied().unwrap_or(0) <= 99,
         "committed past the first poison record at offset 99: {committed:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_inspect_count_and_show_the_letters_by_category() {
+    s::stats_and_inspect_count_and_show_the_letters_by_category(None, &shared_brokers()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sends_exactly_the_selected_letters_at_the_rate_and_never_twice() {
+    s::replay_sends_exactly_the_selected_letters_at_the_rate_and_never_twice(
+        None,
+        &shared_brokers(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_edit_import_delivers_the_fixed_records_and_a_bad_edit_produces_nothing() {
+    s::export_edit_import_delivers_the_fixed_records_and_a_bad_edit_produces_nothing(
+        None,
+        &shared_brokers(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_is_parked_after_the_maximum_replays_and_nothing_loops() {
+    s::a_letter_is_parked_after_the_maximum_replays_and_nothing_loops(None, &shared_brokers())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_sink_outage_inside_the_retry_budget_dead_letters_nothing() {
+    s::a_transient_sink_outage_inside_the_retry_budget_dead_letters_nothing(
+        None,
+        &shared_brokers(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_send_the_record_to_the_dlq_with_its_attempts() {
+    s::retries_exhausted_send_the_record_to_the_dlq_with_its_attempts(None, &shared_brokers())
+        .await;
 }
