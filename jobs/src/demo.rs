@@ -3,7 +3,8 @@
 //! the Confluent wire format (ids from the file registry), runs a job that decodes and
 //! validates every record against its writer schema and forwards it through the Kafka
 //! sink, then checks the output and the committed offsets with plain clients and prints
-//! what it found.
+//! what it found. Then it loads the vehicle states into a Parquet table (the warehouse
+//! stage) and runs the dead-letter stage ([`crate::demo_dlq`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ pub struct DemoOptions {
     pub quiet: bool,
     /// Where the warehouse stage writes the vehicle-state table; `None` skips it.
     pub warehouse_root: Option<std::path::PathBuf>,
+    /// Records for the dead-letter stage (0 skips it).
+    pub dead_letter_records: usize,
 }
 
 impl Default for DemoOptions {
@@ -61,6 +64,7 @@ impl Default for DemoOptions {
             vehicles: 400,
             quiet: false,
             warehouse_root: Some("data/warehouse".into()),
+            dead_letter_records: 20_000,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct DemoSummary {
     pub warehouse_rows: u64,
     /// Vehicle-state records produced (the rows the table must hold).
     pub vehicle_states: u64,
+    /// The dead-letter stage, if it ran.
+    pub dead_letters: Option<crate::demo_dlq::DlqSummary>,
 }
 
 /// Runs the demo.
@@ -176,8 +182,17 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         }
         None => (None, 0),
     };
+    let dead_letters = if opts.dead_letter_records > 0 {
+        Some(
+            crate::demo_dlq::run(&cluster, opts.dead_letter_records, opts.partitions.min(8))
+                .await?,
+        )
+    } else {
+        None
+    };
     drop(cluster);
     Ok(DemoSummary {
+        dead_letters,
         warehouse_table,
         warehouse_rows,
         vehicle_states: opts.messages,
@@ -339,6 +354,11 @@ impl DemoSummary {
                 "MISMATCH: see the counts above."
             }
         ) + &self.render_warehouse()
+            + &self
+                .dead_letters
+                .as_ref()
+                .map(crate::demo_dlq::DlqSummary::render)
+                .unwrap_or_default()
     }
 
     fn render_warehouse(&self) -> String {

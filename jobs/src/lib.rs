@@ -10,6 +10,7 @@ mod alter_configs;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod demo_dlq;
 pub mod dlq_cmd;
 pub mod dlq_processor;
 pub mod generate;

@@ -55,6 +55,10 @@ enum Command {
         /// demo table there is replaced).
         #[arg(long, default_value = "data/warehouse")]
         warehouse_root: PathBuf,
+        /// Records for the dead-letter stage: about 1% poison and a sink outage, then the
+        /// DLQ processor and a scripted export -> fix -> import (0 skips it).
+        #[arg(long, default_value_t = 20_000)]
+        dead_letters: usize,
     },
     /// Run a named job against the brokers in the config until SIGINT or SIGTERM.
     ///
@@ -276,6 +280,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             partitions,
             json,
             warehouse_root,
+            dead_letters,
         } => {
             if messages == 0 || partitions < 1 {
                 bail!("--messages and --partitions must be at least 1");
@@ -285,6 +290,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 partitions,
                 quiet: json,
                 warehouse_root: Some(warehouse_root),
+                dead_letter_records: dead_letters,
                 ..DemoOptions::default()
             };
             let summary = demo::run(&opts).await?;
@@ -295,6 +301,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if summary.lost > 0 {
                 bail!("{} records were lost", summary.lost);
+            }
+            if let Some(d) = &summary.dead_letters
+                && d.delivered != d.good + d.fixed
+            {
+                bail!(
+                    "the dead-letter stage delivered {} of {} good and fixed records",
+                    d.delivered,
+                    d.good + d.fixed
+                );
             }
             if summary.warehouse_table.is_some() && summary.warehouse_rows != summary.vehicle_states
             {

@@ -47,6 +47,7 @@ fn the_demo_reports_json_with_nothing_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(eventbus_bin())
         .args(["demo", "--messages", "5000", "--partitions", "6", "--json"])
+        .args(["--dead-letters", "5000"])
         .arg("--warehouse-root")
         .arg(dir.path())
         .output()
@@ -81,6 +82,23 @@ fn the_demo_reports_json_with_nothing_lost() {
         std::path::Path::new(table)
             .join("_eventbus/commits")
             .is_dir()
+    );
+    // The dead-letter stage: 1% poison; every good record and every fixed one delivered.
+    let d = &v["dead_letters"];
+    assert_eq!(d["produced"], 5000);
+    assert_eq!(d["poison"], 50);
+    assert_eq!(d["fixed"], 16, "{d}");
+    assert_eq!(
+        d["delivered"].as_u64(),
+        Some(d["good"].as_u64().unwrap() + 16),
+        "{d}"
+    );
+    for category in ["decode_error", "schema_unknown", "validation"] {
+        assert!(d["categories"][category].as_u64().unwrap_or(0) > 0, "{d}");
+    }
+    assert!(
+        d["replayed"].as_u64().unwrap() > 0,
+        "the processor replayed the outage's letters: {d}"
     );
 }
 
