@@ -308,6 +308,96 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 mod tests {
     use super::*;
 
+    fn letter(
+        partition: i32,
+        offset: i64,
+        key: &str,
+        class: &str,
+        failed: i64,
+        message: &str,
+    ) -> StoredLetter {
+        StoredLetter {
+            dlq_topic: "t.dlq".into(),
+            dlq_partition: 0,
+            dlq_offset: 0,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: Bytes::new(),
+            headers: Headers::new(),
+            timestamp: None,
+            context: LetterContext {
+                topic: Some("t".into()),
+                partition: Some(partition),
+                offset: Some(offset),
+                class: Some(class.into()),
+                first_failure_ms: Some(failed),
+                message: Some(message.into()),
+                ..LetterContext::default()
+            },
+            category: "validation".into(),
+        }
+    }
+
+    #[test]
+    fn every_filter_condition_must_hold() {
+        let l = letter(
+            3,
+            150,
+            "veh-7",
+            "permanent",
+            1_000,
+            "battery_pct 180 is outside",
+        );
+        let all = LetterFilter {
+            categories: vec!["validation".into(), "timeout".into()],
+            class: Some("PERMANENT".into()),
+            since_ms: Some(1_000),
+            until_ms: Some(1_001),
+            partition: Some(3),
+            offsets: Some((100, 151)),
+            key: Some("veh-7".into()),
+            error_matches: Some(Regex::new("battery_pct \\d+").unwrap()),
+        };
+        assert!(all.matches(&l));
+        assert!(LetterFilter::default().matches(&l));
+        let misses = [
+            LetterFilter {
+                categories: vec!["timeout".into()],
+                ..all.clone()
+            },
+            LetterFilter {
+                class: Some("transient".into()),
+                ..all.clone()
+            },
+            LetterFilter {
+                since_ms: Some(1_001),
+                ..all.clone()
+            },
+            LetterFilter {
+                until_ms: Some(1_000),
+                ..all.clone()
+            },
+            LetterFilter {
+                partition: Some(2),
+                ..all.clone()
+            },
+            LetterFilter {
+                offsets: Some((151, 200)),
+                ..all.clone()
+            },
+            LetterFilter {
+                key: Some("veh-8".into()),
+                ..all.clone()
+            },
+            LetterFilter {
+                error_matches: Some(Regex::new("speed").unwrap()),
+                ..all.clone()
+            },
+        ];
+        for (i, f) in misses.iter().enumerate() {
+            assert!(!f.matches(&l), "condition {i} should exclude the letter");
+        }
+    }
+
     #[test]
     fn offsets_and_times_parse_or_say_what_is_expected() {
         assert_eq!(parse_offsets("100..200"), Ok((100, 200)));
