@@ -17,9 +17,7 @@ use bytes::Bytes;
 use eventbus_runtime::{Headers, KafkaProperties};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -62,7 +60,8 @@ impl ReplayOptions {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a: a stable 64-bit hash for ids derived from text.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -151,15 +150,9 @@ impl ProducerContext for Deliveries {
 
 /// A producer for replays and parking: idempotent, `acks=all`.
 pub(crate) fn producer(props: &KafkaProperties) -> anyhow::Result<ThreadedProducer<Deliveries>> {
-    let mut cfg = ClientConfig::new();
-    for (k, v) in props.producer_properties() {
-        cfg.set(k, v);
-    }
-    cfg.set("enable.idempotence", "true").set("acks", "all");
-    if props.get("linger.ms").is_none() {
-        cfg.set("linger.ms", "5");
-    }
-    cfg.create_with_context(Deliveries::default())
+    props
+        .durable_producer("the replay")?
+        .create_with_context(Deliveries::default())
         .context("creating the Kafka producer")
 }
 
@@ -284,14 +277,7 @@ fn send(
     id: &str,
 ) -> anyhow::Result<()> {
     let headers = replayed_headers(&l.headers, l.context.replay_count, id);
-    let owned = headers
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(headers.len()), |hs, h| {
-            hs.insert(Header {
-                key: &h.key,
-                value: h.value.as_deref(),
-            })
-        });
+    let owned = headers.to_kafka();
     let mut record = BaseRecord::to(target).payload(&l.value[..]).headers(owned);
     if let Some(k) = l.key.as_deref() {
         record = record.key(k);

@@ -32,7 +32,8 @@ use crate::envelope::{REPLAY_COUNT, REPLAY_ID, is_context_header};
 use crate::store::StoredLetter;
 
 /// The JSON line of one letter.
-pub fn export_line(l: &StoredLetter, registry: &FileRegistry) -> Json {
+pub fn export_line(l: &StoredLetter, decoder: &Decoder<FileRegistry>) -> Json {
+    let registry = decoder.registry();
     let c = &l.context;
     let headers: Vec<Json> = l
         .headers
@@ -63,7 +64,6 @@ pub fn export_line(l: &StoredLetter, registry: &FileRegistry) -> Json {
             line["key_base64"] = json!(B64.encode(l.key.as_deref().unwrap_or_default()))
         }
     }
-    let decoder = Decoder::new(registry.clone());
     let decoded = decoder
         .decode(&l.value, None)
         .map_err(|e| e.to_string())
@@ -108,7 +108,7 @@ pub struct ImportRecord {
 /// Checks every line. Returns the records, or every invalid line with its reason.
 pub fn check_import(
     text: &str,
-    registry: &FileRegistry,
+    decoder: &Decoder<FileRegistry>,
     to: Option<&str>,
     import_id: &str,
 ) -> Result<Vec<ImportRecord>, Vec<(usize, String)>> {
@@ -119,7 +119,7 @@ pub fn check_import(
         if raw.trim().is_empty() {
             continue;
         }
-        match check_line(raw, registry, to, import_id) {
+        match check_line(raw, decoder, to, import_id) {
             Ok(mut r) => {
                 r.line = n;
                 ok.push(r);
@@ -132,10 +132,11 @@ pub fn check_import(
 
 fn check_line(
     raw: &str,
-    registry: &FileRegistry,
+    decoder: &Decoder<FileRegistry>,
     to: Option<&str>,
     import_id: &str,
 ) -> Result<ImportRecord, String> {
+    let registry = decoder.registry();
     let line: Json = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
     let topic = match (to, line["topic"].as_str()) {
         (Some(t), _) => t.to_owned(),
@@ -165,7 +166,7 @@ fn check_line(
         let bytes = B64
             .decode(b)
             .map_err(|_| "value_base64 is not base64".to_owned())?;
-        Decoder::new(registry.clone())
+        decoder
             .decode(&bytes, None)
             .map_err(|e| format!("the raw value still does not decode: {e}"))?;
         bytes
@@ -215,17 +216,11 @@ pub fn produce(
     records: &[ImportRecord],
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<BTreeMap<String, u64>> {
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseRecord, Producer};
     let producer = crate::replay::producer(props)?;
     let mut by_topic = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
-        let headers = r.headers.iter().fold(OwnedHeaders::new(), |hs, h| {
-            hs.insert(Header {
-                key: &h.key,
-                value: h.value.as_deref(),
-            })
-        });
+        let headers = r.headers.to_kafka();
         let mut rec = BaseRecord::to(&r.topic)
             .payload(&r.value[..])
             .headers(headers);

@@ -17,10 +17,8 @@ use eventbus_runtime::{
     Ack, DeadLetter, DeadLetterQueue, ErrorClass, KafkaProperties, Record, RuntimeError, SinkError,
 };
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use regex::Regex;
 use tokio::runtime::Handle;
@@ -116,25 +114,13 @@ impl KafkaDeadLetters {
     /// field name cannot be used, or librdkafka rejects a property.
     pub fn new(properties: &KafkaProperties, config: DlqConfig) -> Result<Self, RuntimeError> {
         properties.require_brokers()?;
-        for (key, want) in [("enable.idempotence", "true"), ("acks", "all")] {
-            if properties.get(key).is_some_and(|v| v != want && v != "-1") {
-                return Err(RuntimeError::config(
-                    &format!("kafka.{key}"),
-                    format!("dead letters are written only with {key}={want}"),
-                ));
-            }
-        }
         if config.max_attempts == 0 {
             return Err(RuntimeError::config(
                 "dlq.max_attempts",
                 "must be at least 1",
             ));
         }
-        let mut cfg = ClientConfig::new();
-        for (k, v) in properties.producer_properties() {
-            cfg.set(k, v);
-        }
-        cfg.set("enable.idempotence", "true").set("acks", "all");
+        let mut cfg = properties.durable_producer("the dead-letter queue")?;
         if properties.get("message.timeout.ms").is_none() {
             cfg.set("message.timeout.ms", "30000");
         }
@@ -177,50 +163,10 @@ impl KafkaDeadLetters {
         }
     }
 
-    /// Checks, within `timeout`, that the DLQ topic of every source topic exists.
-    /// Blocks.
-    ///
-    /// # Errors
-    /// [`RuntimeError::TopicMissing`] naming the first missing DLQ topic.
-    pub fn check_topics(&self, sources: &[String], timeout: Duration) -> Result<(), RuntimeError> {
-        let metadata = self
-            .inner
-            .producer
-            .client()
-            .fetch_metadata(None, timeout)
-            .map_err(|e| RuntimeError::BrokersUnreachable {
-                brokers: String::new(),
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                reason: e.to_string(),
-            })?;
-        for source in sources {
-            let dlq = self.inner.config.dlq_topic(source);
-            let found = metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == dlq && t.error().is_none() && !t.partitions().is_empty());
-            if !found {
-                return Err(RuntimeError::TopicMissing {
-                    topic: dlq,
-                    brokers: "the cluster (create it with `eventbus topics apply`)".to_owned(),
-                });
-            }
-        }
-        Ok(())
-    }
-
     async fn produce(&self, mut pending: Box<Pending>) {
         loop {
             let p = &pending;
-            let headers = p.letter.headers.iter().fold(
-                OwnedHeaders::new_with_capacity(p.letter.headers.len()),
-                |hs, h| {
-                    hs.insert(Header {
-                        key: &h.key,
-                        value: h.value.as_deref(),
-                    })
-                },
-            );
+            let headers = p.letter.headers.to_kafka();
             // The payload and key are copied by librdkafka; the opaque carries the rest.
             let value = p.letter.value.clone();
             let key = p.letter.key.clone();

@@ -226,7 +226,7 @@ pub async fn run(
     let classifier = Classifier::default();
     let mut fixed_lines = String::new();
     let kafka_read = kafka.clone();
-    let registry_read = registry.clone();
+    let decoder_read = Decoder::new(registry.clone());
     let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<serde_json::Value>> {
         let mut out = Vec::new();
         read(
@@ -236,7 +236,7 @@ pub async fn run(
             &classifier,
             |l| {
                 if l.category == "validation" {
-                    out.push(export_line(&l, &registry_read));
+                    out.push(export_line(&l, &decoder_read));
                 }
                 Ok(())
             },
@@ -249,8 +249,13 @@ pub async fn run(
         fixed_lines.push_str(&line.to_string());
         fixed_lines.push('\n');
     }
-    let to_import = check_import(&fixed_lines, &registry, None, "demo-fix")
-        .map_err(|bad| anyhow::anyhow!("the scripted fix produced invalid lines: {bad:?}"))?;
+    let to_import = check_import(
+        &fixed_lines,
+        &Decoder::new(registry.clone()),
+        None,
+        "demo-fix",
+    )
+    .map_err(|bad| anyhow::anyhow!("the scripted fix produced invalid lines: {bad:?}"))?;
     let fixed = to_import.len() as u64;
     if fixed != fixable {
         anyhow::bail!("{fixable} records failed validation but {fixed} letters were exported");

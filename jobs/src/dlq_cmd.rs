@@ -204,7 +204,7 @@ pub enum DlqCommand {
 struct Context2 {
     kafka: KafkaProperties,
     classifier: Classifier,
-    registry: FileRegistry,
+    decoder: Decoder<FileRegistry>,
 }
 
 fn context(c: &Connection) -> anyhow::Result<Context2> {
@@ -229,7 +229,7 @@ fn context(c: &Connection) -> anyhow::Result<Context2> {
     Ok(Context2 {
         kafka: file.kafka,
         classifier,
-        registry,
+        decoder: Decoder::new(registry),
     })
 }
 
@@ -388,10 +388,10 @@ fn stats(topic: &str, filter: &LetterFilter, ctx: &Context2, as_json: bool) -> a
     Ok(())
 }
 
-fn decoded_value(l: &StoredLetter, registry: &FileRegistry) -> serde_json::Value {
-    let decoder = Decoder::new(registry.clone());
+fn decoded_value(l: &StoredLetter, decoder: &Decoder<FileRegistry>) -> serde_json::Value {
     match decoder.decode(&l.value, None) {
-        Ok((id, v)) => registry
+        Ok((id, v)) => decoder
+            .registry()
             .get(id)
             .and_then(|s| to_json(&v, &s).ok())
             .unwrap_or(serde_json::Value::Null),
@@ -415,7 +415,7 @@ fn inspect(
         }
         shown += 1;
         let c = &l.context;
-        let value = decoded_value(l, &ctx.registry);
+        let value = decoded_value(l, &ctx.decoder);
         let key = l.key.as_deref().map(String::from_utf8_lossy);
         if as_json {
             let line = json!({
@@ -550,7 +550,7 @@ fn export(topic: &str, filter: &LetterFilter, ctx: &Context2) -> anyhow::Result<
     let mut out = stdout.lock();
     let mut n = 0u64;
     each(topic, filter, ctx, |l| {
-        writeln!(out, "{}", export_line(l, &ctx.registry))?;
+        writeln!(out, "{}", export_line(l, &ctx.decoder))?;
         n += 1;
         Ok(())
     })?;
@@ -567,8 +567,11 @@ fn import(
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let id = format!("import-{:016x}", fnv(text.as_bytes()));
-    let records = match check_import(&text, &ctx.registry, to, &id) {
+    let id = format!(
+        "import-{:016x}",
+        eventbus_dlq::replay::fnv1a(text.as_bytes())
+    );
+    let records = match check_import(&text, &ctx.decoder, to, &id) {
         Ok(r) => r,
         Err(bad) => {
             for (line, reason) in &bad {
@@ -594,10 +597,4 @@ fn import(
         println!("  {n:>8} to {t}");
     }
     Ok(())
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

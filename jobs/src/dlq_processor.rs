@@ -41,8 +41,6 @@ use eventbus_runtime::{
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use serde::Deserialize;
 
@@ -149,12 +147,8 @@ impl ProcessorSink {
         let rate = NonZeroU32::new(config.rate_per_sec).ok_or_else(|| {
             RuntimeError::config("dlq_processor.rate_per_sec", "must be at least 1")
         })?;
-        let mut cfg = ClientConfig::new();
-        for (k, v) in kafka.producer_properties() {
-            cfg.set(k, v);
-        }
-        cfg.set("enable.idempotence", "true").set("acks", "all");
-        let producer = cfg
+        let producer = kafka
+            .durable_producer("the DLQ processor")?
             .create_with_context(Deliveries)
             .map_err(|e| RuntimeError::config("kafka", e.to_string()))?;
         Ok(Self {
@@ -188,14 +182,7 @@ impl ProcessorSink {
         headers: &eventbus_runtime::Headers,
         ack: Ack,
     ) {
-        let owned = headers
-            .iter()
-            .fold(OwnedHeaders::new_with_capacity(headers.len()), |hs, h| {
-                hs.insert(Header {
-                    key: &h.key,
-                    value: h.value.as_deref(),
-                })
-            });
+        let owned = headers.to_kafka();
         let mut out = BaseRecord::with_opaque_to(topic, Box::new(ack))
             .payload(&record.value[..])
             .headers(owned);
@@ -258,7 +245,7 @@ impl Sink<Bytes> for ProcessorSink {
             .first_failure_ms
             .unwrap_or(0)
             .saturating_add(i64::try_from(self.config.cool_off_ms).unwrap_or(i64::MAX));
-        let wait = due.saturating_sub(now_ms());
+        let wait = due.saturating_sub(eventbus_runtime::dead_letter::now_ms());
         if wait > 0 {
             ack.hold_partition(true);
             tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
@@ -273,12 +260,6 @@ impl Sink<Bytes> for ProcessorSink {
         self.produce(&topic, &record, &headers, ack);
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Resolves each replayed or parked letter's ack from its delivery report.

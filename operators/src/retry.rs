@@ -146,8 +146,8 @@ where
                     origin: record.origin(),
                 },
             };
-            let (since, first_ms) =
-                *first_failure.get_or_insert_with(|| (Instant::now(), now_ms()));
+            let (since, first_ms) = *first_failure
+                .get_or_insert_with(|| (Instant::now(), eventbus_runtime::dead_letter::now_ms()));
             let delay = (error.class() == ErrorClass::Transient)
                 .then(|| {
                     self.policy
@@ -179,12 +179,6 @@ where
     ) -> Result<(), SinkError> {
         self.inner.partitions_revoked(partitions).await
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -127,6 +127,39 @@ impl KafkaProperties {
         self.iter().filter(|(k, _)| !CONSUMER_ONLY.contains(k))
     }
 
+    /// A librdkafka config for the producers that make records done (sinks, dead
+    /// letters, replays): these properties less the consumer-only ones, with the
+    /// idempotent producer and `acks=all` forced, and `linger.ms` 5 unless set.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] when `enable.idempotence` or `acks` is set to something
+    /// weaker; `what` names the producer in the message.
+    pub fn durable_producer(&self, what: &str) -> Result<rdkafka::ClientConfig, RuntimeError> {
+        for (key, allowed) in [
+            ("enable.idempotence", &["true"][..]),
+            ("acks", &["all", "-1"][..]),
+        ] {
+            if self.get(key).is_some_and(|v| !allowed.contains(&v)) {
+                return Err(config_error(
+                    &format!("kafka.{key}"),
+                    format!(
+                        "{what} needs {key}={}: records are done only once durable",
+                        allowed[0]
+                    ),
+                ));
+            }
+        }
+        let mut cfg = rdkafka::ClientConfig::new();
+        for (k, v) in self.producer_properties() {
+            cfg.set(k, v);
+        }
+        cfg.set("enable.idempotence", "true").set("acks", "all");
+        if self.get("linger.ms").is_none() {
+            cfg.set("linger.ms", "5");
+        }
+        Ok(cfg)
+    }
+
     /// An empty set.
     pub fn new() -> Self {
         Self::default()

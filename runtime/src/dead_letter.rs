@@ -110,7 +110,7 @@ pub(crate) fn sink_failure(error: &SinkError) -> (String, String, ErrorClass) {
 }
 
 /// Milliseconds since the epoch, now.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -285,6 +285,9 @@ async fn run_partition<T, Op, K>(
     Op: Operator<T>,
     K: Sink<Op::Out>,
 {
+    // Where a failed record's dead letter is written from (the ack may fail on a
+    // librdkafka thread); looked up once per partition, not per record.
+    let runtime = tokio::runtime::Handle::current();
     while let Some(batch) = rx.recv().await {
         for record in batch {
             let offset = record.offset;
@@ -303,7 +306,7 @@ async fn run_partition<T, Op, K>(
                         Box::new(Route {
                             queue,
                             original,
-                            runtime: tokio::runtime::Handle::current(),
+                            runtime: runtime.clone(),
                         })
                     });
                     let ack = Ack::new(part.clone(), offset, route);

@@ -75,6 +75,19 @@ impl Headers {
             .and_then(|h| h.value.as_deref())
     }
 
+    /// The headers as librdkafka takes them on a produced record.
+    pub fn to_kafka(&self) -> rdkafka::message::OwnedHeaders {
+        self.0.iter().fold(
+            rdkafka::message::OwnedHeaders::new_with_capacity(self.0.len()),
+            |hs, h| {
+                hs.insert(rdkafka::message::Header {
+                    key: &h.key,
+                    value: h.value.as_deref(),
+                })
+            },
+        )
+    }
+
     /// Iterates the headers in order.
     pub fn iter(&self) -> std::slice::Iter<'_, Header> {
         self.0.iter()

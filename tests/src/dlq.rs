@@ -136,6 +136,8 @@ pub fn decode_and_validate(
 pub struct TestSink {
     pub collected: CollectSink<VehicleState>,
     pub down: Arc<AtomicBool>,
+    /// When set, only this partition's records are refused while `down` holds.
+    pub only_partition: Option<i32>,
     pub refused_while_down: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -144,6 +146,7 @@ impl TestSink {
         Self {
             collected: CollectSink::new(),
             down: Arc::new(AtomicBool::new(false)),
+            only_partition: None,
             refused_while_down: Arc::default(),
         }
     }
@@ -158,7 +161,9 @@ impl Default for TestSink {
 impl Sink<VehicleState> for TestSink {
     async fn send(&self, record: Record<VehicleState>, ack: Ack) -> Result<(), SinkError> {
         let origin = record.origin();
-        if self.down.load(Ordering::Relaxed) {
+        if self.down.load(Ordering::Relaxed)
+            && self.only_partition.is_none_or(|p| p == record.partition)
+        {
             self.refused_while_down.fetch_add(1, Ordering::Relaxed);
             ack.fail(SinkError::Delivery {
                 sink: "test",

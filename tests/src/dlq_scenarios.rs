@@ -15,8 +15,8 @@ use eventbus_schemas::codec::Decoder;
 use eventbus_schemas::events::VehicleState;
 
 use crate::dlq::{
-    JobSetup, Mock, TestSink, create_topics, dlq_config, eventbus, filled_dlq, poison_stream,
-    read_letters, read_records, run_job,
+    JobSetup, Mock, TestSink, check_poison_outcome, create_topics, dlq_config, eventbus,
+    filled_dlq, poison_stream, read_letters, read_records, run_job,
 };
 use crate::unique;
 
@@ -441,4 +441,151 @@ pub async fn retries_exhausted_send_the_record_to_the_dlq_with_its_attempts(
         assert_eq!(l.context.attempts, Some(3));
         assert_eq!(l.context.stage.as_deref(), Some("sink:test"));
     }
+}
+
+/// A finished poison run.
+pub struct PoisonRun {
+    /// The source topic.
+    pub topic: String,
+    /// Its DLQ.
+    pub dlq: String,
+    /// The letters read back.
+    pub letters: Vec<crate::dlq::Letter>,
+    /// How long the job ran (group join and commit interval included).
+    pub elapsed: Duration,
+}
+
+/// 10k records on 4 partitions, 2% poison of five kinds: every poison record is in the
+/// DLQ once with the right headers, every good record reaches the sink once, and every
+/// partition is committed to its end (none stalled behind its poison).
+pub async fn poison_goes_to_the_dlq_once(mock: Mock<'_>, brokers: &str) -> PoisonRun {
+    let topic = unique("vehicle.state");
+    let dlq = format!("{topic}.dlq");
+    create_topics(mock, brokers, &[(&topic, 4), (&dlq, 4)]).await;
+    let stream = poison_stream(10_000, 50);
+    assert_eq!(stream.poison.len(), 200);
+    let run = poison_or_clean_run(brokers, &topic, &stream).await;
+    let report = run.result.as_ref().expect("the job ends cleanly");
+    let ends = topic_io::end_offsets(brokers, &topic).unwrap();
+    for (p, end) in &ends {
+        let committed = report
+            .committed
+            .iter()
+            .find(|(tp, _)| tp.partition == *p)
+            .map(|(_, o)| *o);
+        assert_eq!(committed, Some(*end), "partition {p} committed to its end");
+    }
+    let letters = read_letters(brokers, &dlq);
+    check_poison_outcome(&stream, &topic, &letters, &run.sink.collected.records());
+    PoisonRun {
+        topic,
+        dlq,
+        letters,
+        elapsed: run.elapsed,
+    }
+}
+
+/// The same volume without poison: how long a clean run takes, for comparison.
+pub async fn clean_run_elapsed(mock: Mock<'_>, brokers: &str) -> Duration {
+    let topic = unique("vehicle.state");
+    create_topics(mock, brokers, &[(&topic, 4), (&format!("{topic}.dlq"), 4)]).await;
+    let run = poison_or_clean_run(brokers, &topic, &poison_stream(10_000, usize::MAX)).await;
+    run.result.as_ref().expect("the clean run ends cleanly");
+    run.elapsed
+}
+
+struct SinkRun {
+    result: Result<eventbus_runtime::JobReport, eventbus_runtime::RuntimeError>,
+    elapsed: Duration,
+    sink: TestSink,
+}
+
+async fn poison_or_clean_run(
+    brokers: &str,
+    topic: &str,
+    stream: &crate::dlq::PoisonStream,
+) -> SinkRun {
+    topic_io::produce(brokers, topic, stream.records.clone(), |_| {}).unwrap();
+    let sink = TestSink::new();
+    let run = run_job(JobSetup {
+        brokers,
+        group: &unique("g"),
+        topic,
+        dlq: dlq_config(topic),
+        retry: None,
+        sink: sink.clone(),
+        kafka: vec![],
+        until_committed: i64::try_from(stream.records.len()).unwrap(),
+        timeout: Duration::from_secs(180),
+    })
+    .await;
+    SinkRun {
+        result: run.result,
+        elapsed: run.elapsed,
+        sink,
+    }
+}
+
+/// See the test of the same name.
+pub async fn while_one_partition_backs_off_the_others_keep_flowing(mock: Mock<'_>, brokers: &str) {
+    let topic = unique("vehicle.state");
+    let dlq = format!("{topic}.dlq");
+    create_topics(mock, brokers, &[(&topic, 2), (&dlq, 2)]).await;
+    let stream = poison_stream(2_000, usize::MAX);
+    let per_partition =
+        topic_io::produce_by_partition(brokers, &topic, stream.records.clone(), |_| {}).unwrap();
+    assert!(
+        per_partition.len() == 2,
+        "both partitions hold records: {per_partition:?}"
+    );
+    // The sink refuses partition 0 for 3 s from its first refusal; partition 1 is fine.
+    let mut sink = TestSink::new();
+    sink.only_partition = Some(0);
+    sink.down.store(true, Ordering::Relaxed);
+    let (down, refused) = (sink.down.clone(), sink.refused_while_down.clone());
+    tokio::spawn(async move {
+        while refused.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        down.store(false, Ordering::Relaxed);
+    });
+    let run = run_job(JobSetup {
+        brokers,
+        group: &unique("g"),
+        topic: &topic,
+        dlq: dlq_config(&topic),
+        retry: Some(RetryPolicy {
+            initial_delay_ms: 50,
+            multiplier: 2.0,
+            max_delay_ms: 500,
+            max_attempts: 100,
+            max_elapsed_ms: 30_000,
+        }),
+        sink: sink.clone(),
+        kafka: vec![],
+        until_committed: 2_000,
+        timeout: Duration::from_secs(120),
+    })
+    .await;
+    run.result.expect("the job ends cleanly");
+    let delivered = sink.collected.records();
+    assert_eq!(
+        delivered.len(),
+        2_000,
+        "everything delivered once the outage ends"
+    );
+    // Partition 1 did not wait for partition 0's backoff: all of it was delivered before
+    // partition 0's first record got through.
+    let first_p0 = delivered.iter().position(|r| r.partition == 0).unwrap();
+    let p1_before = delivered[..first_p0]
+        .iter()
+        .filter(|r| r.partition == 1)
+        .count() as u64;
+    assert_eq!(
+        p1_before, per_partition[&1],
+        "partition 1 flowed while partition 0 backed off"
+    );
+    let total: i64 = topic_io::end_offsets(brokers, &dlq).unwrap().values().sum();
+    assert_eq!(total, 0, "nothing reached the DLQ");
 }

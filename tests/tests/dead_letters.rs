@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use eventbus_jobs::topic_io;
-use eventbus_tests::dlq::{
-    JobSetup, TestSink, check_poison_outcome, dlq_config, poison_stream, read_letters, run_job,
-};
+use eventbus_tests::dlq::{JobSetup, TestSink, dlq_config, poison_stream, run_job};
+use eventbus_tests::dlq_scenarios as scenarios;
 use eventbus_tests::unique;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaRespErr;
@@ -16,69 +15,16 @@ use rdkafka::types::RDKafkaRespErr;
 async fn poison_of_five_kinds_goes_to_the_dlq_once_and_every_good_record_is_delivered() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    let topic = unique("vehicle.state");
-    let dlq = format!("{topic}.dlq");
-    cluster.create_topic(&topic, 4, 1).unwrap();
-    cluster.create_topic(&dlq, 4, 1).unwrap();
-    let stream = poison_stream(10_000, 50);
-    assert_eq!(stream.poison.len(), 200);
-    topic_io::produce(&brokers, &topic, stream.records.clone(), |_| {}).unwrap();
-
-    let sink = TestSink::new();
-    let run = run_job(JobSetup {
-        brokers: &brokers,
-        group: &unique("g"),
-        topic: &topic,
-        dlq: dlq_config(&topic),
-        retry: None,
-        sink: sink.clone(),
-        kafka: vec![],
-        until_committed: 10_000,
-        timeout: Duration::from_secs(60),
-    })
-    .await;
-    let report = run.result.expect("the job ends cleanly");
-    // No partition stalled behind its poison: every one is committed to its end.
-    let ends = topic_io::end_offsets(&brokers, &topic).unwrap();
-    for (p, end) in &ends {
-        let tp = report
-            .committed
-            .iter()
-            .find(|(tp, _)| tp.partition == *p)
-            .map(|(_, o)| *o);
-        assert_eq!(tp, Some(*end), "partition {p} committed to its end");
-    }
-    let letters = read_letters(&brokers, &dlq);
-    check_poison_outcome(&stream, &topic, &letters, &sink.collected.records());
-
+    let run = scenarios::poison_goes_to_the_dlq_once(Some(&cluster), &brokers).await;
     // The same volume without poison, for the record: how much longer poison makes a
-    // run (group join and commit interval included on both sides). The guarantee is
-    // asserted above (every partition committed to its end); this is the figure.
-    let clean_topic = unique("vehicle.state");
-    cluster.create_topic(&clean_topic, 4, 1).unwrap();
-    cluster
-        .create_topic(&format!("{clean_topic}.dlq"), 4, 1)
-        .unwrap();
-    let clean = poison_stream(10_000, usize::MAX);
-    topic_io::produce(&brokers, &clean_topic, clean.records, |_| {}).unwrap();
-    let baseline = run_job(JobSetup {
-        brokers: &brokers,
-        group: &unique("g"),
-        topic: &clean_topic,
-        dlq: dlq_config(&clean_topic),
-        retry: None,
-        sink: TestSink::new(),
-        kafka: vec![],
-        until_committed: 10_000,
-        timeout: Duration::from_secs(60),
-    })
-    .await;
-    baseline.result.expect("the clean run ends cleanly");
+    // run. The guarantee is asserted in the scenario (every partition committed to its
+    // end); this is the figure.
+    let clean = scenarios::clean_run_elapsed(Some(&cluster), &brokers).await;
     eprintln!(
         "10k records: clean {:.2} s, with 2% poison {:.2} s (factor {:.2})",
-        baseline.elapsed.as_secs_f64(),
+        clean.as_secs_f64(),
         run.elapsed.as_secs_f64(),
-        run.elapsed.as_secs_f64() / baseline.elapsed.as_secs_f64()
+        run.elapsed.as_secs_f64() / clean.as_secs_f64()
     );
 }
 
@@ -141,6 +87,16 @@ async fn a_transient_sink_outage_inside_the_retry_budget_dead_letters_nothing() 
 async fn retries_exhausted_send_the_record_to_the_dlq_with_its_attempts() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     eventbus_tests::dlq_scenarios::retries_exhausted_send_the_record_to_the_dlq_with_its_attempts(
+        Some(&cluster),
+        &cluster.bootstrap_servers(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_one_partition_backs_off_the_others_keep_flowing() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    scenarios::while_one_partition_backs_off_the_others_keep_flowing(
         Some(&cluster),
         &cluster.bootstrap_servers(),
     )

@@ -7,9 +7,7 @@
 use std::time::Duration;
 
 use eventbus_jobs::topic_io;
-use eventbus_tests::dlq::{
-    JobSetup, TestSink, check_poison_outcome, dlq_config, poison_stream, read_letters, run_job,
-};
+use eventbus_tests::dlq::{JobSetup, TestSink, dlq_config, poison_stream, run_job};
 use eventbus_tests::dlq_scenarios as s;
 use eventbus_tests::{shared_brokers, unique};
 
@@ -52,34 +50,8 @@ print(json.dumps(out))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dlq_once_and_python_reads_the_spring_and_connect_headers() {
     let brokers = shared_brokers();
-    let topic = unique("vehicle.state");
-    let dlq = format!("{topic}.dlq");
-    topic_io::create_topics(&brokers, &[(&topic, 4), (&dlq, 4)])
-        .await
-        .unwrap();
-    let stream = poison_stream(10_000, 50);
-    topic_io::produce(&brokers, &topic, stream.records.clone(), |_| {}).unwrap();
-    let sink = TestSink::new();
-    let run = run_job(JobSetup {
-        brokers: &brokers,
-        group: &unique("g"),
-        topic: &topic,
-        dlq: dlq_config(&topic),
-        retry: None,
-        sink: sink.clone(),
-        kafka: vec![],
-        until_committed: 10_000,
-        timeout: Duration::from_secs(180),
-    })
-    .await;
-    let report = run.result.expect("the job ends cleanly");
-    assert_eq!(
-        report.committed_total(),
-        10_000,
-        "every partition committed to its end"
-    );
-    let letters = read_letters(&brokers, &dlq);
-    check_poison_outcome(&stream, &topic, &letters, &sink.collected.records());
+    let run = s::poison_goes_to_the_dlq_once(None, &brokers).await;
+    let (topic, dlq, letters) = (run.topic, run.dlq, run.letters);
 
     // The same letters through another ecosystem's client.
     let python =
@@ -206,4 +178,9 @@ async fn a_transient_sink_outage_inside_the_retry_budget_dead_letters_nothing() 
 async fn retries_exhausted_send_the_record_to_the_dlq_with_its_attempts() {
     s::retries_exhausted_send_the_record_to_the_dlq_with_its_attempts(None, &shared_brokers())
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_one_partition_backs_off_the_others_keep_flowing() {
+    s::while_one_partition_backs_off_the_others_keep_flowing(None, &shared_brokers()).await;
 }

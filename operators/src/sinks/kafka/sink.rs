@@ -6,9 +6,8 @@ use std::time::Duration;
 use eventbus_runtime::config::KafkaProperties;
 use eventbus_runtime::{Ack, ErrorClass, Record, RuntimeError, Sink, SinkError};
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -51,33 +50,8 @@ impl KafkaSink {
         config: KafkaSinkConfig,
     ) -> Result<Self, RuntimeError> {
         let brokers = properties.require_brokers()?.to_owned();
-        if properties
-            .get("enable.idempotence")
-            .is_some_and(|v| v != "true")
-        {
-            return Err(RuntimeError::config(
-                "kafka.enable.idempotence",
-                "the Kafka sink needs the idempotent producer to keep order across retries",
-            ));
-        }
-        if properties
-            .get("acks")
-            .is_some_and(|v| v != "all" && v != "-1")
-        {
-            return Err(RuntimeError::config(
-                "kafka.acks",
-                "the Kafka sink acknowledges only fully replicated records: use all",
-            ));
-        }
-        let mut cfg = ClientConfig::new();
-        for (k, v) in properties.producer_properties() {
-            cfg.set(k, v);
-        }
-        cfg.set("enable.idempotence", "true").set("acks", "all");
-        if properties.get("linger.ms").is_none() {
-            cfg.set("linger.ms", "5");
-        }
-        let producer: ThreadedProducer<Deliveries> = cfg
+        let producer: ThreadedProducer<Deliveries> = properties
+            .durable_producer("the Kafka sink")?
             .create_with_context(Deliveries {
                 topic: config.topic.clone(),
             })
@@ -146,17 +120,7 @@ impl KafkaSink {
 
 impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {
     async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
-        let headers = (!record.headers.is_empty()).then(|| {
-            record.headers.iter().fold(
-                OwnedHeaders::new_with_capacity(record.headers.len()),
-                |hs, h| {
-                    hs.insert(Header {
-                        key: &h.key,
-                        value: h.value.as_deref(),
-                    })
-                },
-            )
-        });
+        let headers = (!record.headers.is_empty()).then(|| record.headers.to_kafka());
         let mut out = BaseRecord::with_opaque_to(&self.config.topic, Box::new(ack))
             .payload(record.value.as_ref());
         if let Some(key) = record.key.as_deref() {

@@ -719,7 +719,7 @@ impl ParquetSink {
             schema_id: p.schema_id.unwrap_or_default(),
             max_event_time_ms: max_event,
             files,
-            committed_at_ms: now_ms(),
+            committed_at_ms: eventbus_runtime::dead_letter::now_ms(),
             writer: self.inner.writer.clone(),
         };
         if let Committed::Conflict = p.table.commit(&entry).await.map_err(store_error)? {
@@ -869,11 +869,4 @@ fn flush_error(reason: impl Into<String>) -> SinkError {
 
 fn store_error(e: object_store::Error) -> SinkError {
     flush_error(format!("object store: {e}"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
