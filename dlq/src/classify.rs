@@ -66,7 +66,9 @@ impl Classifier {
         let built_in = vec![
             (
                 "schema_unknown",
-                pattern(r"(?i)registry does not know|unknown schema|schema id \d+ (is )?not found"),
+                pattern(
+                    r"(?i)registry does not know|unknown schema|schema id \d+ (is )?not (found|registered)",
+                ),
             ),
             ("timeout", pattern(r"(?i)timed? ?out|deadline exceeded")),
             (

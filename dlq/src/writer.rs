@@ -65,12 +65,22 @@ impl DlqConfig {
 
     /// Takes the DLQ topic names and PII fields from the catalog.
     pub fn from_catalog(catalog: &eventbus_schemas::Catalog) -> Self {
-        let mut cfg = Self::default();
+        Self::default().with_catalog(catalog)
+    }
+
+    /// Fills in, for every catalog topic this config does not name, the catalog's DLQ
+    /// topic and PII fields. What the config names wins.
+    #[must_use]
+    pub fn with_catalog(mut self, catalog: &eventbus_schemas::Catalog) -> Self {
         for t in &catalog.topics {
-            cfg.topics.insert(t.name.clone(), t.dlq_topic());
-            cfg.pii.insert(t.name.clone(), t.pii.clone());
+            self.topics
+                .entry(t.name.clone())
+                .or_insert_with(|| t.dlq_topic());
+            self.pii
+                .entry(t.name.clone())
+                .or_insert_with(|| t.pii.clone());
         }
-        cfg
+        self
     }
 }
 

@@ -15,6 +15,10 @@
 //!
 //! [mirror]                      # the mirror job's own section
 //! output = "vehicle.state.mirror.v1"
+//!
+//! [dlq]                         # dead letters (all optional)
+//! max_attempts = 5
+//! topics = { "vehicle.state.v1" = "vehicle.state.v1.dlq" }
 //! ```
 //!
 //! Precedence, lowest first: the file, the environment (`EVENTBUS_BROKERS`,
@@ -53,6 +57,11 @@ pub struct JobFile {
     /// Settings of the `dlq-processor` job, and the category rules `eventbus dlq` uses.
     #[serde(default)]
     pub dlq_processor: Option<crate::dlq_processor::ProcessorConfig>,
+    /// Where jobs that quarantine bad records write them (the warehouse job): DLQ topic
+    /// per source topic (default the catalog's, else `<topic>.dlq`), PII fields, write
+    /// attempts.
+    #[serde(default)]
+    pub dlq: Option<eventbus_dlq::DlqConfig>,
 }
 
 /// Overrides from the command line.

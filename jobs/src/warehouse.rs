@@ -8,6 +8,10 @@
 //!     .sink(ParquetSink::new(config, lookup, &ids)?)
 //! ```
 //!
+//! A record that cannot be decoded goes to its topic's DLQ (`[dlq]`, default the
+//! catalog's `<topic>.dlq`) with its full context, and its partition goes on; set
+//! `[warehouse] dead_letters = false` to stop the job on it instead.
+//!
 //! With `until_caught_up` it stops once every partition of its topics has reached the end
 //! offset it had at start (in this instance or, by the table's progress files, in any
 //! other of the group), publishes, commits and returns: the batch-loader mode.
@@ -18,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use eventbus_dlq::KafkaDeadLetters;
 use eventbus_operators::{ParquetSink, ParquetSinkConfig, S3Config, SchemaLookup};
 use eventbus_runtime::operator::Identity;
 use eventbus_runtime::{
@@ -64,6 +69,11 @@ pub struct WarehouseConfig {
     /// S3 settings (else the AWS environment variables).
     #[serde(default)]
     pub s3: Option<S3Config>,
+    /// Records that cannot be decoded (not the wire format, an unknown schema id, a body
+    /// that does not match its schema) go to the topic's DLQ with their context, and the
+    /// partition goes on. Default true. With false, such a record stops the job, and
+    /// nothing is committed past it.
+    pub dead_letters: Option<bool>,
 }
 
 /// Command-line settings of `eventbus run warehouse`.
@@ -201,11 +211,18 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     } else {
         None
     };
-    let job = eventbus_runtime::Job::builder("warehouse")
+    let group = source.group_id.clone();
+    let mut pipeline = eventbus_runtime::Job::builder("warehouse")
         .config(runtime)
-        .source(KafkaSource::new(file.kafka.clone(), source))
-        .sink(sink.clone())
-        .build()?;
+        .source(KafkaSource::new(file.kafka.clone(), source));
+    if wh.dead_letters.unwrap_or(true) {
+        let mut dlq = file.dlq.clone().unwrap_or_default().with_catalog(&catalog);
+        dlq.group.get_or_insert(group);
+        pipeline = pipeline.dead_letters(
+            KafkaDeadLetters::new(&file.kafka, dlq).context("starting the dead-letter producer")?,
+        );
+    }
+    let job = pipeline.sink(sink.clone()).build()?;
     Ok(Warehouse {
         job,
         sink,

@@ -342,3 +342,155 @@ async fn a_partition_that_goes_quiet_is_published_within_the_maximum_age() {
     stop_tx.send(()).expect("stop");
     running.await.expect("join").expect("clean stop");
 }
+
+/// A warehouse job over `topic` into `root`, in batch mode, with `extra` job-file lines.
+fn warehouse_file(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    root: &std::path::Path,
+    extra: &str,
+) -> JobFile {
+    let mut file = JobFile::parse(&format!(
+        "[source]\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\ncommit_interval_ms = 100\n\
+         [warehouse]\ntable_root = \"{}\"\n{extra}",
+        root.display()
+    ))
+    .expect("job file");
+    file.kafka.set("bootstrap.servers", brokers);
+    file
+}
+
+fn batch_mode() -> eventbus_jobs::warehouse::WarehouseArgs {
+    eventbus_jobs::warehouse::WarehouseArgs {
+        until_caught_up: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warehouse_sends_records_it_cannot_decode_to_the_dlq_and_goes_on() {
+    use eventbus_tests::dlq::{poison_stream, read_letters};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("wh-poison");
+    let dlq = format!("{topic}.dlq");
+    cluster.create_topic(&topic, 3, 1).expect("topic");
+    cluster.create_topic(&dlq, 1, 1).expect("dlq topic");
+    // 3,000 records, every 50th poison: 12 each of five kinds. Three kinds cannot be
+    // decoded (bad bytes, unknown schema id, a truncated body); the other two are valid
+    // Avro and belong in the table.
+    let stream = poison_stream(3_000, 50);
+    let by_key: std::collections::HashMap<String, Vec<u8>> =
+        stream.records.iter().cloned().collect();
+    topic_io::produce(&brokers, &topic, stream.records.clone(), |_| {}).expect("produce");
+    let undecodable: std::collections::BTreeMap<&String, &str> = stream
+        .poison
+        .iter()
+        .filter(|(_, k)| matches!(**k, "bad_bytes" | "unknown_schema" | "truncated"))
+        .map(|(key, kind)| (key, *kind))
+        .collect();
+    assert_eq!(undecodable.len(), 36);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let group = unique("g");
+    let file = warehouse_file(&brokers, &group, &topic, &root, "");
+    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
+    let report = tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
+        .await
+        .expect("caught up within 120 s")
+        .expect("the job goes on past the poison and exits cleanly");
+    assert_eq!(report.consumed, 3_000);
+
+    // Each undecodable record is in the DLQ once, byte for byte, with its coordinates
+    // and a category that says why.
+    let letters = read_letters(&brokers, &dlq);
+    assert_eq!(letters.len(), 36, "one letter per undecodable record");
+    let classifier = eventbus_dlq::Classifier::default();
+    let mut quarantined = std::collections::BTreeSet::new();
+    for l in &letters {
+        let kind = undecodable
+            .get(&l.key)
+            .unwrap_or_else(|| panic!("{} is not an undecodable record", l.key));
+        assert_eq!(
+            l.value, by_key[&l.key],
+            "{} keeps its original bytes",
+            l.key
+        );
+        let c = &l.context;
+        assert_eq!(c.topic.as_deref(), Some(topic.as_str()));
+        assert_eq!(c.job.as_deref(), Some("warehouse"));
+        assert_eq!(c.stage.as_deref(), Some("sink:parquet"));
+        assert_eq!(c.class.as_deref(), Some("permanent"));
+        let want = if *kind == "unknown_schema" {
+            "schema_unknown"
+        } else {
+            "decode_error"
+        };
+        assert_eq!(classifier.classify(c), want, "{}: {:?}", l.key, c.message);
+        let at = (c.partition.expect("partition"), c.offset.expect("offset"));
+        assert!(quarantined.insert(at), "{at:?} quarantined twice");
+    }
+
+    // The table holds every other record exactly once, and none of the quarantined.
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+    let rows = eventbus_tests::read_table(&store, &topic.as_str().into()).await;
+    assert_eq!(eventbus_tests::table_duplicates(&rows), (0, 3_000 - 36));
+    let ends = topic_io::end_offsets(&brokers, &topic).expect("ends");
+    let mut expected = std::collections::BTreeSet::new();
+    for (p, end) in &ends {
+        expected.extend(
+            (0..*end)
+                .map(|o| (*p, o))
+                .filter(|at| !quarantined.contains(at)),
+        );
+    }
+    let written: std::collections::BTreeSet<_> =
+        rows.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(
+        written, expected,
+        "the table is every record but the quarantined"
+    );
+
+    // No partition stalled behind its poison: the group is committed to the end.
+    let committed = topic_io::committed(&brokers, &group, &topic).expect("committed");
+    for (p, end) in &ends {
+        assert_eq!(
+            committed.get(p),
+            Some(end),
+            "partition {p} committed to its end"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dead_letters_off_the_warehouse_stops_at_the_first_bad_record() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("wh-strict");
+    cluster.create_topic(&topic, 1, 1).expect("topic");
+    let stream = eventbus_tests::dlq::poison_stream(200, 50);
+    topic_io::produce(&brokers, &topic, stream.records, |_| {}).expect("produce");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let group = unique("g");
+    let file = warehouse_file(&brokers, &group, &topic, &root, "dead_letters = false\n");
+    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
+    let err = tokio::time::timeout(Duration::from_secs(60), job.run(std::future::pending()))
+        .await
+        .expect("stops within 60 s")
+        .expect_err("a record that cannot be decoded stops the job");
+    let text = format!("{err:#}");
+    // Record 49 is the first poison: bad bytes, at offset 49 of the only partition.
+    assert!(
+        text.contains(&topic) && text.contains("offset 49"),
+        "{text}"
+    );
+    assert!(text.contains("wire format"), "{text}");
+    let committed = topic_io::committed(&brokers, &group, &topic).expect("committed");
+    assert!(
+        committed.get(&0).is_none_or(|c| *c <= 49),
+        "nothing committed past the bad record: {committed:?}"
+    );
+}

@@ -568,7 +568,7 @@ impl ParquetSink {
         if p.decoder.is_none() || p.schema_id != Some(id) {
             let schemas = self.known_schemas(id).map_err(|e| e.to_string())?;
             if !schemas.iter().any(|(k, _)| *k == id) {
-                return Err(format!("schema id {id} is not registered"));
+                return Err(format!("schema id {id} is not found in the registry"));
             }
             p.decoder = Some(build_decoder(
                 &schemas,
@@ -583,8 +583,11 @@ impl ParquetSink {
             Ok(n) if n == bytes.len() => Ok(()),
             other => {
                 let reason = match other {
-                    Ok(n) => format!("the body is {} bytes but the schema read {n}", bytes.len()),
-                    Err(e) => e.to_string(),
+                    Ok(n) => format!(
+                        "the body does not match schema id {id}: it is {} bytes but the schema read {n}",
+                        bytes.len()
+                    ),
+                    Err(e) => format!("the body does not match schema id {id}: {e}"),
                 };
                 self.rebuild(p)
                     .map_err(|e| format!("{reason}; then: {e}"))?;
@@ -823,7 +826,7 @@ impl Sink<Bytes> for ParquetSink {
             self.publish(&mut p).await?;
         }
         if let Err(reason) = self.decode_into(&mut p, id, bytes) {
-            ack.fail(bad(format!("schema id {id}: {reason}")));
+            ack.fail(bad(reason));
             return Ok(());
         }
         p.bytes += bytes.len();
