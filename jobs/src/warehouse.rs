@@ -212,12 +212,15 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         None
     };
     let group = source.group_id.clone();
+    let topics = source.topics.clone();
     let mut pipeline = eventbus_runtime::Job::builder("warehouse")
         .config(runtime)
         .source(KafkaSource::new(file.kafka.clone(), source));
     if wh.dead_letters.unwrap_or(true) {
         let mut dlq = file.dlq.clone().unwrap_or_default().with_catalog(&catalog);
         dlq.group.get_or_insert(group);
+        let wanted: Vec<String> = topics.iter().map(|t| dlq.dlq_topic(t)).collect();
+        warn_missing_dlq_topics(&file.kafka, &wanted);
         pipeline = pipeline.dead_letters(
             KafkaDeadLetters::new(&file.kafka, dlq).context("starting the dead-letter producer")?,
         );
@@ -258,6 +261,40 @@ impl Warehouse {
             }),
         };
         Ok(self.job.run(stop).await?)
+    }
+}
+
+/// Warns, at start, about DLQ topics the cluster does not have: a bad record would
+/// otherwise find out minutes later, when its letter's tries run out and the job stops.
+/// Brokers that create topics on first write are fine; the warning says how to create
+/// them. A metadata error is only logged: the job's own start-up check reports it.
+fn warn_missing_dlq_topics(kafka: &KafkaProperties, wanted: &[String]) {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in kafka.iter() {
+        cfg.set(k, v);
+    }
+    cfg.set("group.id", "eventbus-warehouse-metadata");
+    let metadata = cfg
+        .create::<BaseConsumer>()
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            c.fetch_metadata(None, Duration::from_secs(10))
+                .map_err(|e| e.to_string())
+        });
+    match metadata {
+        Ok(md) => {
+            let have: std::collections::HashSet<&str> =
+                md.topics().iter().map(|t| t.name()).collect();
+            for topic in wanted.iter().filter(|t| !have.contains(t.as_str())) {
+                tracing::warn!(
+                    dlq = %topic,
+                    "the DLQ topic does not exist: a record that cannot be decoded will stop \
+                     the job unless the broker creates it on first write; create it with \
+                     `eventbus topics apply` (catalog topics) or set [warehouse] dead_letters = false"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot check the DLQ topics"),
     }
 }
 
