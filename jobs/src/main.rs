@@ -64,7 +64,8 @@ enum Command {
     ///
     /// Jobs: mirror (the [source] topics to the [mirror] output topic); warehouse (each
     /// topic into a Hive-partitioned Parquet table under the table root, every record
-    /// exactly once; settings in [warehouse]); dlq-processor (the DLQ topics, default
+    /// exactly once; records it cannot decode go to the topic's DLQ, settings in [dlq];
+    /// settings in [warehouse]); dlq-processor (the DLQ topics, default
     /// every catalog topic's: letters classified and counted, automatic categories
     /// replayed after a cool-off, letters replayed too often parked; settings in
     /// [dlq_processor]). On the first signal the job stops
