@@ -108,7 +108,15 @@ pub struct DemoSummary {
 pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let cluster = MockCluster::new(1).context("cannot start the in-process mock cluster")?;
     let brokers = cluster.bootstrap_servers();
-    for topic in [INPUT, SIDE_INPUTS[0].0, SIDE_INPUTS[1].0, OUTPUT] {
+    // The input's DLQ too: the warehouse stage dead-letters what it cannot decode.
+    let input_dlq = format!("{INPUT}.dlq");
+    for topic in [
+        INPUT,
+        SIDE_INPUTS[0].0,
+        SIDE_INPUTS[1].0,
+        OUTPUT,
+        &input_dlq,
+    ] {
         cluster
             .create_topic(topic, opts.partitions, 1)
             .with_context(|| format!("cannot create {topic}"))?;

@@ -28,15 +28,19 @@
 //! 1. **Recover** (first record of a partition after it is assigned): read the partition's
 //!    newest commit entry; publish any of its files missing under their final names by
 //!    copying the staged copy (roll forward); `next` = its end + 1. Records below `next`
-//!    are already in the table and are acknowledged without being written again. Staged
-//!    leftovers below `next` are deleted.
-//! 2. **Buffer** records of the partition, decoding each into Arrow as it arrives.
+//!    are already in the table and are acknowledged without being written again, except
+//!    those the entry covering them lists as skipped, which are dead-lettered again.
+//!    Staged leftovers below `next` are deleted.
+//! 2. **Buffer** records of the partition, decoding each into Arrow as it arrives. A
+//!    record that cannot be decoded is failed to the job's dead-letter queue and
+//!    remembered as skipped.
 //! 3. **Stage** (on row count, byte size, maximum age, a schema change, revoke, shutdown):
 //!    write each hour's rows as a Parquet file under `_eventbus/staging/` with a name
 //!    unique to this writer. Staged names do not end in `.parquet`, so no reader of
 //!    `**/*.parquet` sees them.
 //! 4. **Commit**: create `_eventbus/commits/<partition>/<next>.json` listing the final and
-//!    staged names, offset range and row counts — with a conditional put (create only),
+//!    staged names, offset range, row counts and the skipped offsets of the range (with
+//!    why) — with a conditional put (create only),
 //!    so of two writers that believe they own the partition exactly one wins. The loser
 //!    re-reads the chain, acknowledges what the winner wrote, and stages the rest again.
 //! 5. **Publish**: copy each staged file to its final name (a copy appears whole or not at
@@ -55,6 +59,10 @@
 //!   they are below `next`, and they are acknowledged without writing.
 //! - a store that fails (unreachable, 5xx): the store client retries; a write that still
 //!   fails fails the flush, nothing is acknowledged, the job stops without committing.
+//! - a record dead-lettered, the job killed after the entry that covers it but before
+//!   the broker acknowledged its letter: its offset was never committed, so it is read
+//!   again below `next`; its entry lists it as skipped, so it is dead-lettered again
+//!   (dead letters are at least once) instead of being taken for a row of the table.
 //! - a rebalance: revoked partitions publish before their offsets are committed; the
 //!   next owner recovers from the store, so it continues the chain exactly.
 //!
@@ -82,8 +90,8 @@ use tokio::sync::Mutex;
 
 pub use encode::{COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC};
 use encode::{FileFormat, RowMeta};
-pub use table::{CommitEntry, CommitFile, Progress, Watermark};
-use table::{Committed, Table};
+pub use table::{CommitEntry, CommitFile, Progress, SkippedRecord, Watermark};
+use table::{Committed, Covered, Table};
 
 const SINK: &str = "parquet";
 
@@ -292,6 +300,11 @@ struct PartBuf {
     oldest: Option<Instant>,
     /// Highest offset received, for callers waiting to catch up.
     seen: Option<i64>,
+    /// Records failed to the dead-letter queue since the last commit entry: the next
+    /// entry lists them as skipped.
+    failed: Vec<SkippedRecord>,
+    /// What the commit chain says about the offsets being read again below `next`.
+    covered: Option<Covered>,
 }
 
 impl PartBuf {
@@ -450,6 +463,8 @@ impl ParquetSink {
             bytes: 0,
             oldest: None,
             seen: None,
+            failed: Vec::new(),
+            covered: None,
         }));
         parts.insert(tp.clone(), p.clone());
         p
@@ -548,6 +563,34 @@ impl ParquetSink {
         }
         p.next = Some(next);
         Ok(next)
+    }
+
+    /// Why the record at `offset` (below the partition's `next`) is not in the table, if
+    /// its commit entry lists it as skipped. Records come in order, so one lookup serves
+    /// a whole entry's range.
+    async fn skipped_reason(
+        &self,
+        p: &mut PartBuf,
+        offset: i64,
+    ) -> Result<Option<String>, SinkError> {
+        if !p
+            .covered
+            .as_ref()
+            .is_some_and(|c| (c.start..=c.end).contains(&offset))
+        {
+            p.covered = Some(
+                p.table
+                    .covering(p.tp.partition, offset)
+                    .await
+                    .map_err(store_error)?,
+            );
+        }
+        Ok(p.covered.as_ref().and_then(|c| {
+            c.skipped
+                .iter()
+                .find(|f| f.offset == offset)
+                .map(|f| f.reason.clone())
+        }))
     }
 
     fn known_schemas(&self, id: u32) -> Result<Vec<(u32, String)>, SinkError> {
@@ -653,6 +696,7 @@ impl ParquetSink {
                         topic = %p.tp.topic, partition = p.tp.partition, next,
                         "another writer committed first; continuing after its entry"
                     );
+                    p.failed.retain(|f| f.offset >= next);
                     let covered = p.meta.offsets.partition_point(|o| *o < next);
                     for ack in self.take_rows(p, covered) {
                         ack.done();
@@ -724,6 +768,12 @@ impl ParquetSink {
             files,
             committed_at_ms: eventbus_runtime::dead_letter::now_ms(),
             writer: self.inner.writer.clone(),
+            skipped: p
+                .failed
+                .iter()
+                .filter(|f| (start..=end).contains(&f.offset))
+                .cloned()
+                .collect(),
         };
         if let Committed::Conflict = p.table.commit(&entry).await.map_err(store_error)? {
             return Ok(Committed::Conflict);
@@ -736,6 +786,7 @@ impl ParquetSink {
             }
         }
         p.next = Some(Some(end + 1));
+        p.failed.retain(|f| f.offset > end);
         p.table
             .write_progress(&Progress {
                 partition: tp.partition,
@@ -800,13 +851,6 @@ impl Sink<Bytes> for ParquetSink {
         let part = self.part(&tp);
         let mut p = part.lock().await;
         p.seen = Some(p.seen.map_or(record.offset, |s| s.max(record.offset)));
-        if let Some(next) = self.recover(&mut p).await?
-            && record.offset < next
-        {
-            ack.done(); // already in the table
-            return Ok(());
-        }
-        let bytes = &record.value;
         let origin = ack.origin();
         let bad = |reason: String| SinkError::Delivery {
             sink: SINK,
@@ -814,10 +858,25 @@ impl Sink<Bytes> for ParquetSink {
             reason,
             class: ErrorClass::Permanent,
         };
+        if let Some(next) = self.recover(&mut p).await?
+            && record.offset < next
+        {
+            // In the table, or dead-lettered by the writer of the entry that covers it
+            // (whose letter may have been lost with that writer): dead-letter it again.
+            match self.skipped_reason(&mut p, record.offset).await? {
+                Some(reason) => ack.fail(bad(reason)),
+                None => ack.done(),
+            }
+            return Ok(());
+        }
+        let bytes = &record.value;
         if bytes.len() < 5 || bytes[0] != 0 {
-            ack.fail(bad(
-                "not in the wire format (magic byte 0 and a 4-byte schema id)".into(),
-            ));
+            let reason = "not in the wire format (magic byte 0 and a 4-byte schema id)";
+            p.failed.push(SkippedRecord {
+                offset: record.offset,
+                reason: reason.to_owned(),
+            });
+            ack.fail(bad(reason.to_owned()));
             return Ok(());
         }
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -826,6 +885,10 @@ impl Sink<Bytes> for ParquetSink {
             self.publish(&mut p).await?;
         }
         if let Err(reason) = self.decode_into(&mut p, id, bytes) {
+            p.failed.push(SkippedRecord {
+                offset: record.offset,
+                reason: reason.clone(),
+            });
             ack.fail(bad(reason));
             return Ok(());
         }

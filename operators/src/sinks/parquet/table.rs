@@ -21,9 +21,20 @@ pub struct CommitFile {
     pub bytes: u64,
 }
 
+/// A record of an entry's offset range that is not in its files: the sink could not
+/// decode it and sent it to the dead-letter queue instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRecord {
+    /// Its offset.
+    pub offset: i64,
+    /// Why it is not in the table.
+    pub reason: String,
+}
+
 /// A commit entry: `<table>/_eventbus/commits/<partition>/<start_offset>.json`. Its
 /// existence is the decision that the offsets `start_offset..=end_offset` of the
-/// partition are in the table, in exactly these files.
+/// partition are in the table, in exactly these files, except those listed in
+/// `skipped` (dead-lettered).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitEntry {
     /// Source topic.
@@ -47,6 +58,20 @@ pub struct CommitEntry {
     pub committed_at_ms: i64,
     /// Which writer made it (for diagnosis).
     pub writer: String,
+    /// Offsets of the range that are not in the files: records that could not be
+    /// decoded and went to the dead-letter queue. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedRecord>,
+}
+
+/// What the commit chain says about an offset below the partition's `next`: the range
+/// of offsets the same answer holds for, and the records of that range that are not in
+/// the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Covered {
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) skipped: Vec<SkippedRecord>,
 }
 
 /// What a partition's progress file says: `<table>/_eventbus/progress/<partition>.json`.
@@ -167,6 +192,41 @@ impl Table {
             meta.location.filename().unwrap_or_default()
         );
         self.get_json(&key).await.map(Some)
+    }
+
+    /// The commit entry whose range holds `offset` (for a record read again below the
+    /// partition's `next`), or, when none does, the gap up to the next entry.
+    pub(crate) async fn covering(&self, partition: i32, offset: i64) -> StoreResult<Covered> {
+        let dir = self.path(&Self::commits_dir(partition));
+        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
+        let mut starts: Vec<i64> = listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        starts.sort_unstable();
+        let after = starts.partition_point(|s| *s <= offset);
+        let gap_until = starts.get(after).map_or(i64::MAX, |s| s - 1);
+        let Some(start) = after.checked_sub(1).map(|i| starts[i]) else {
+            return Ok(Covered {
+                start: offset,
+                end: gap_until,
+                skipped: Vec::new(),
+            });
+        };
+        let entry: CommitEntry = self.get_json(&Self::commit_key(partition, start)).await?;
+        if entry.end_offset < offset {
+            return Ok(Covered {
+                start: offset,
+                end: gap_until,
+                skipped: Vec::new(),
+            });
+        }
+        Ok(Covered {
+            start: entry.start_offset,
+            end: entry.end_offset,
+            skipped: entry.skipped,
+        })
     }
 
     /// Makes sure every file of `entry` is published: a file missing under its final name

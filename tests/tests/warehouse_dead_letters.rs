@@ -1,0 +1,166 @@
+//! The warehouse job on the real broker (tansu) with records it cannot decode: they go
+//! to the topic's DLQ with their context, across a SIGKILL, while the table stays exactly
+//! once. Its own test binary, so `make test` runs it on a fresh tansu (tansu 0.6's group
+//! coordinator slows down as groups and killed members pile up).
+#![cfg(feature = "real-broker")]
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use eventbus_jobs::topic_io;
+use eventbus_tests::{JobProcess, read_table, shared_brokers, table_duplicates, unique};
+use object_store::path::Path as StorePath;
+
+const READ: Duration = Duration::from_secs(180);
+
+/// Runs the job with `--until-caught-up` to the end and expects exit 0, once the killed
+/// member's session (6 s) has expired.
+fn finish(cfg: &std::path::Path, logs: &std::path::Path, name: &str) {
+    std::thread::sleep(Duration::from_secs(7));
+    let mut last = JobProcess::warehouse(cfg, logs, name, &["--until-caught-up"]);
+    let status = last.wait(Duration::from_secs(300));
+    assert!(status.success(), "final run failed:\n{}", last.log_tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_cannot_be_decoded_go_to_the_dlq_across_a_crash_and_the_table_stays_exact() {
+    use eventbus_tests::dlq::{poison_stream, read_letters};
+    let brokers = shared_brokers();
+    let topic = unique("wh-poison");
+    let dlq = format!("{topic}.dlq");
+    topic_io::create_topics(&brokers, &[(&topic, 3), (&dlq, 1)])
+        .await
+        .expect("create topics");
+    // 20,000 records, every 100th poison of five kinds: 120 cannot be decoded (bad
+    // bytes, an unknown schema id, a truncated body); 80 are valid Avro.
+    let stream = poison_stream(20_000, 100);
+    let undecodable: std::collections::BTreeSet<String> = stream
+        .poison
+        .iter()
+        .filter(|(_, kind)| matches!(**kind, "bad_bytes" | "unknown_schema" | "truncated"))
+        .map(|(key, _)| key.clone())
+        .collect();
+    assert_eq!(undecodable.len(), 120);
+    let (b, t, records) = (brokers.clone(), topic.clone(), stream.records.clone());
+    tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, records, |_| {}))
+        .await
+        .expect("join")
+        .expect("produce");
+    let (b, t) = (brokers.clone(), topic.clone());
+    let produced = tokio::task::spawn_blocking(move || topic_io::read_all(&b, &t, READ))
+        .await
+        .expect("join")
+        .expect("read back");
+    // Where each record landed, and which positions hold undecodable ones.
+    let mut bad_at = std::collections::BTreeMap::new();
+    let mut good_at = std::collections::BTreeSet::new();
+    for m in &produced {
+        use rdkafka::Message;
+        let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
+        if undecodable.contains(&key) {
+            bad_at.insert((m.partition(), m.offset()), key);
+        } else {
+            good_at.insert((m.partition(), m.offset()));
+        }
+    }
+    assert_eq!(bad_at.len(), 120);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let group = unique("g");
+    let cfg = dir.path().join("job.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[kafka]
+"bootstrap.servers" = "{brokers}"
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "20000"
+[source]
+group_id = "{group}"
+topics = ["{topic}"]
+commit_interval_ms = 200
+[warehouse]
+table_root = "{}"
+roll_rows = 3000
+max_age_ms = 500
+"#,
+            root.display()
+        ),
+    )
+    .expect("write config");
+    let logs = dir.path().to_owned();
+    let (c, l, b, d) = (cfg.clone(), logs.clone(), brokers.clone(), dlq.clone());
+    tokio::task::spawn_blocking(move || {
+        // Killed mid-run, once its first letters are in the DLQ, then run to the end.
+        let mut first = JobProcess::warehouse(&c, &l, "killed", &[]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while topic_io::end_offsets(&b, &d)
+            .map(|e| e.values().sum::<i64>())
+            .unwrap_or(0)
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no letter within 120 s:\n{}",
+                first.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        first.kill();
+        finish(&c, &l, "final");
+    })
+    .await
+    .expect("join");
+
+    // The table: every decodable record exactly once, none of the undecodable ones.
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+    let rows = read_table(&store, &StorePath::from(topic.as_str())).await;
+    assert_eq!(
+        table_duplicates(&rows),
+        (0, good_at.len()),
+        "rows written twice or missing"
+    );
+    let written: std::collections::BTreeSet<_> =
+        rows.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(
+        written, good_at,
+        "the table is every record but the undecodable"
+    );
+
+    // The DLQ: every undecodable record, byte for byte at its coordinates (a crash may
+    // write a letter again: dead letters are at least once), and nothing else.
+    let (b, d) = (brokers.clone(), dlq.clone());
+    let letters = tokio::task::spawn_blocking(move || read_letters(&b, &d))
+        .await
+        .expect("join");
+    let mut quarantined = std::collections::BTreeSet::new();
+    for l in &letters {
+        let at = (
+            l.context.partition.expect("partition"),
+            l.context.offset.expect("offset"),
+        );
+        assert_eq!(bad_at.get(&at), Some(&l.key), "the letter for {at:?}");
+        assert_eq!(l.context.topic.as_deref(), Some(topic.as_str()));
+        assert_eq!(l.context.stage.as_deref(), Some("sink:parquet"));
+        quarantined.insert(at);
+    }
+    assert_eq!(
+        quarantined.len(),
+        120,
+        "every undecodable record is in the DLQ"
+    );
+
+    // And the group is committed to the end of every partition.
+    let (b, t, g) = (brokers.clone(), topic.clone(), group.clone());
+    let (committed, ends) = tokio::task::spawn_blocking(move || {
+        (
+            topic_io::committed(&b, &g, &t).expect("committed"),
+            topic_io::end_offsets(&b, &t).expect("ends"),
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(committed, ends, "committed to the end");
+}
