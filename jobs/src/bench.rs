@@ -135,13 +135,22 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let (cluster, brokers, topic) = match &opts.brokers {
         Some(b) => {
             let topic = format!("bench.records.r{run_id}.v1");
-            topic_io::create_topics(b, &[(&topic, opts.partitions)]).await?;
+            let dlq = format!("{topic}.dlq");
+            let mut topics = vec![(topic.as_str(), opts.partitions)];
+            if opts.job == BenchJob::Warehouse {
+                // As in production: the warehouse dead-letters what it cannot decode.
+                topics.push((dlq.as_str(), 1));
+            }
+            topic_io::create_topics(b, &topics).await?;
             (None, b.clone(), topic)
         }
         None => {
             let cluster = MockCluster::new(1).context("cannot start the mock cluster")?;
             let brokers = cluster.bootstrap_servers();
             cluster.create_topic(TOPIC, opts.partitions, 1)?;
+            if opts.job == BenchJob::Warehouse {
+                cluster.create_topic(&format!("{TOPIC}.dlq"), 1, 1)?;
+            }
             (Some(cluster), brokers, TOPIC.to_owned())
         }
     };
