@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use eventbus_runtime::{
     Ack, DeadLetter, DeadLetterQueue, ErrorClass, KafkaProperties, Record, RuntimeError, SinkError,
 };
 use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -91,7 +92,11 @@ pub struct KafkaDeadLetters {
 }
 
 struct Inner {
-    producer: ThreadedProducer<Deliveries>,
+    /// The producer's settings, checked at construction.
+    producer_config: ClientConfig,
+    /// Created with the first letter: a job whose records never fail holds no producer
+    /// (no connection, no producer id at the broker).
+    producer: OnceLock<Result<ThreadedProducer<Deliveries>, String>>,
     config: DlqConfig,
     /// Per source topic: a pattern that finds `field = value` / `field: value` for each
     /// PII field.
@@ -117,7 +122,7 @@ struct Pending {
 }
 
 impl KafkaDeadLetters {
-    /// Creates the producer.
+    /// Checks the settings; the producer itself is created with the first letter.
     ///
     /// # Errors
     /// [`RuntimeError::Config`] when idempotence or `acks=all` is switched off, a PII
@@ -134,14 +139,13 @@ impl KafkaDeadLetters {
         if properties.get("message.timeout.ms").is_none() {
             cfg.set("message.timeout.ms", "30000");
         }
-        let producer: ThreadedProducer<Deliveries> =
-            cfg.create_with_context(Deliveries).map_err(|e| match e {
-                KafkaError::ClientCreation(reason) => RuntimeError::config("kafka", reason),
-                source => RuntimeError::Kafka {
-                    operation: "dead-letter producer creation",
-                    source,
-                },
-            })?;
+        // librdkafka checks every property here, without creating a client.
+        cfg.create_native_config().map_err(|e| match e {
+            KafkaError::ClientConfig(_, reason, key, value) => {
+                RuntimeError::config(&format!("kafka.{key}"), format!("{value:?}: {reason}"))
+            }
+            other => RuntimeError::config("kafka", other.to_string()),
+        })?;
         let mut redact = HashMap::new();
         for (topic, fields) in &config.pii {
             if fields.is_empty() {
@@ -158,7 +162,8 @@ impl KafkaDeadLetters {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                producer,
+                producer_config: cfg,
+                producer: OnceLock::new(),
                 config,
                 redact,
             }),
@@ -190,7 +195,21 @@ impl KafkaDeadLetters {
             if let Some(ts) = out.delivery_opaque.letter.timestamp {
                 out = out.timestamp(ts);
             }
-            match self.inner.producer.send(out) {
+            let producer = self.inner.producer.get_or_init(|| {
+                self.inner
+                    .producer_config
+                    .create_with_context(Deliveries)
+                    .map_err(|e| format!("cannot create the dead-letter producer: {e}"))
+            });
+            let producer = match producer {
+                Ok(p) => p,
+                Err(reason) => {
+                    let reason = reason.clone();
+                    out.delivery_opaque.failed(reason);
+                    return;
+                }
+            };
+            match producer.send(out) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     pending = back.delivery_opaque;

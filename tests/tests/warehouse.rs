@@ -146,17 +146,6 @@ fn check_exactly_once(rows: &[TableRow], produced: &BTreeMap<(i32, i64), String>
     }
 }
 
-/// Runs the job with `--until-caught-up` to the end and expects exit 0. It starts once
-/// the session of a member killed just before has expired (6 s): tansu 0.6 sometimes
-/// assigns a member that joins while a dead one's session is still live, then stops
-/// answering its heartbeats and gives it nothing after the rejoin, for minutes.
-fn finish(cfg: &Path, logs: &Path, name: &str) {
-    std::thread::sleep(Duration::from_secs(7));
-    let mut last = JobProcess::warehouse(cfg, logs, name, &["--until-caught-up"]);
-    let status = last.wait(Duration::from_secs(300));
-    assert!(status.success(), "final run failed:\n{}", last.log_tail());
-}
-
 fn sigkill_at_random_moments(cfg: &Path, logs: &Path, kills: usize) {
     let mut rng = rand::rng();
     for n in 0..kills {
@@ -172,7 +161,7 @@ async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
     let (cfg, logs) = (fx.cfg.clone(), fx.dir.path().to_owned());
     tokio::task::spawn_blocking(move || {
         sigkill_at_random_moments(&cfg, &logs, 5);
-        finish(&cfg, &logs, "final");
+        JobProcess::finish_warehouse(&cfg, &logs, "final");
     })
     .await
     .expect("join");
@@ -253,7 +242,7 @@ async fn two_members_one_killed_still_write_every_record_once() {
         b.signal("TERM");
         let status = b.wait(Duration::from_secs(60));
         assert!(status.success(), "{}", b.log_tail());
-        finish(&cfg, &logs, "final");
+        JobProcess::finish_warehouse(&cfg, &logs, "final");
     })
     .await
     .expect("join");
@@ -294,7 +283,7 @@ async fn an_s3_outage_mid_run_loses_and_doubles_nothing() {
         signal("CONT");
         std::thread::sleep(Duration::from_secs(2));
         job.kill();
-        finish(&cfg, &logs, "final");
+        JobProcess::finish_warehouse(&cfg, &logs, "final");
     })
     .await
     .expect("join");

@@ -13,15 +13,6 @@ use object_store::path::Path as StorePath;
 
 const READ: Duration = Duration::from_secs(180);
 
-/// Runs the job with `--until-caught-up` to the end and expects exit 0, once the killed
-/// member's session (6 s) has expired.
-fn finish(cfg: &std::path::Path, logs: &std::path::Path, name: &str) {
-    std::thread::sleep(Duration::from_secs(7));
-    let mut last = JobProcess::warehouse(cfg, logs, name, &["--until-caught-up"]);
-    let status = last.wait(Duration::from_secs(300));
-    assert!(status.success(), "final run failed:\n{}", last.log_tail());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_that_cannot_be_decoded_go_to_the_dlq_across_a_crash_and_the_table_stays_exact() {
     use eventbus_tests::dlq::{poison_stream, read_letters};
@@ -109,7 +100,7 @@ max_age_ms = 500
             std::thread::sleep(Duration::from_millis(50));
         }
         first.kill();
-        finish(&c, &l, "final");
+        JobProcess::finish_warehouse(&c, &l, "final");
     })
     .await
     .expect("join");
