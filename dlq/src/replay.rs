@@ -282,19 +282,6 @@ fn send(
     if let Some(k) = l.key.as_deref() {
         record = record.key(k);
     }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err((e, _)) => bail!("cannot send to {target}: {e}"),
-        }
-    }
+    eventbus_runtime::kafka::send_waiting(producer, record)
+        .map_err(|(e, _)| anyhow::anyhow!("cannot send to {target}: {e}"))
 }

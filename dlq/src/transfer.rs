@@ -227,21 +227,9 @@ pub fn produce(
         if let Some(k) = r.key.as_deref() {
             rec = rec.key(k);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    rec = back;
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                Err((e, _)) => anyhow::bail!("line {}: cannot send to {}: {e}", r.line, r.topic),
-            }
-        }
+        eventbus_runtime::kafka::send_waiting(&producer, rec).map_err(|(e, _)| {
+            anyhow::anyhow!("line {}: cannot send to {}: {e}", r.line, r.topic)
+        })?;
         *by_topic.entry(r.topic.clone()).or_default() += 1;
         progress(i as u64 + 1);
     }

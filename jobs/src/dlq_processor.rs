@@ -189,30 +189,17 @@ impl ProcessorSink {
         if let Some(k) = record.key.as_deref() {
             out = out.key(k);
         }
-        loop {
-            match self.producer.send(out) {
-                Ok(()) => return,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    out = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, back)) => {
-                    let ack = back.delivery_opaque;
-                    let origin = ack.origin();
-                    ack.fail(SinkError::Delivery {
-                        sink: "dlq-processor",
-                        origin,
-                        reason: format!("cannot produce to {topic}: {e}"),
-                        class: ErrorClass::Fatal,
-                    });
-                    return;
-                }
-            }
+        // Waits on this thread while librdkafka's queue is full: brief, and it holds
+        // back this partition, which is what a full queue asks for.
+        if let Err((e, back)) = eventbus_runtime::kafka::send_waiting(&self.producer, out) {
+            let ack = back.delivery_opaque;
+            let origin = ack.origin();
+            ack.fail(SinkError::Delivery {
+                sink: "dlq-processor",
+                origin,
+                reason: format!("cannot produce to {topic}: {e}"),
+                class: ErrorClass::Fatal,
+            });
         }
     }
 }

@@ -11,7 +11,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -88,18 +87,11 @@ where
         .context("cannot create the producer")?;
     let mut sent = 0u64;
     for (key, value) in records {
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .key(key.as_bytes())
             .payload(&value[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
-            }
+        if let Err((e, _)) = eventbus_runtime::kafka::send_waiting(&producer, record) {
+            bail!("cannot produce to {topic}: {e}");
         }
         sent += 1;
         if sent.is_multiple_of(1024) {

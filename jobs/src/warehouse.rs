@@ -206,21 +206,36 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     config.s3 = wh.s3.clone().unwrap_or_default();
     let sink = ParquetSink::new(config, lookup(registry), &ids)
         .with_context(|| format!("opening the tables under {table_root}"))?;
-    let ends = if args.until_caught_up {
-        Some(end_offsets(&file.kafka, &source.topics)?)
+    let dead_letters = wh.dead_letters.unwrap_or(true);
+    let cluster = if args.until_caught_up || dead_letters {
+        Some(Cluster::look(&file.kafka))
     } else {
         None
+    };
+    let ends = match &cluster {
+        Some(c) if args.until_caught_up => Some(
+            c.as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?
+                .end_offsets(&source.topics)?,
+        ),
+        _ => None,
     };
     let group = source.group_id.clone();
     let topics = source.topics.clone();
     let mut pipeline = eventbus_runtime::Job::builder("warehouse")
         .config(runtime)
         .source(KafkaSource::new(file.kafka.clone(), source));
-    if wh.dead_letters.unwrap_or(true) {
+    if dead_letters {
         let mut dlq = file.dlq.clone().unwrap_or_default().with_catalog(&catalog);
         dlq.group.get_or_insert(group);
-        let wanted: Vec<String> = topics.iter().map(|t| dlq.dlq_topic(t)).collect();
-        warn_missing_dlq_topics(&file.kafka, &wanted);
+        match &cluster {
+            Some(Ok(c)) => {
+                c.warn_missing(&topics.iter().map(|t| dlq.dlq_topic(t)).collect::<Vec<_>>())
+            }
+            // The job's own start-up check names an unreachable cluster.
+            Some(Err(e)) => tracing::debug!(error = %e, "cannot check the DLQ topics"),
+            None => {}
+        }
         pipeline = pipeline.dead_letters(
             KafkaDeadLetters::new(&file.kafka, dlq).context("starting the dead-letter producer")?,
         );
@@ -264,68 +279,70 @@ impl Warehouse {
     }
 }
 
-/// Warns, at start, about DLQ topics the cluster does not have: a bad record would
-/// otherwise find out minutes later, when its letter's tries run out and the job stops.
-/// Brokers that create topics on first write are fine; the warning says how to create
-/// them. A metadata error is only logged: the job's own start-up check reports it.
-fn warn_missing_dlq_topics(kafka: &KafkaProperties, wanted: &[String]) {
-    let mut cfg = ClientConfig::new();
-    for (k, v) in kafka.iter() {
-        cfg.set(k, v);
-    }
-    // No group: reading metadata needs no coordinator.
-    let metadata = cfg
-        .create::<BaseConsumer>()
-        .map_err(|e| e.to_string())
-        .and_then(|c| {
-            c.fetch_metadata(None, Duration::from_secs(10))
-                .map_err(|e| e.to_string())
-        });
-    match metadata {
-        Ok(md) => {
-            let have: std::collections::HashSet<&str> =
-                md.topics().iter().map(|t| t.name()).collect();
-            for topic in wanted.iter().filter(|t| !have.contains(t.as_str())) {
-                tracing::warn!(
-                    dlq = %topic,
-                    "the DLQ topic does not exist: a record that cannot be decoded will stop \
-                     the job unless the broker creates it on first write; create it with \
-                     `eventbus topics apply` (catalog topics) or set [warehouse] dead_letters = false"
-                );
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "cannot check the DLQ topics"),
-    }
+/// The cluster as the job finds it at start: one client and one metadata request
+/// serve the batch mode's end offsets and the DLQ-topic check.
+struct Cluster {
+    consumer: BaseConsumer,
+    metadata: rdkafka::metadata::Metadata,
 }
 
-/// Per partition, the (low, high) offsets now.
-fn end_offsets(
-    kafka: &KafkaProperties,
-    topics: &[String],
-) -> anyhow::Result<BTreeMap<TopicPartition, (i64, i64)>> {
-    let mut cfg = ClientConfig::new();
-    for (k, v) in kafka.iter() {
-        cfg.set(k, v);
+impl Cluster {
+    fn look(kafka: &KafkaProperties) -> anyhow::Result<Self> {
+        let mut cfg = ClientConfig::new();
+        for (k, v) in kafka.iter() {
+            cfg.set(k, v);
+        }
+        // No group: metadata and watermarks need no coordinator.
+        let consumer: BaseConsumer = cfg.create().context("cannot create a consumer")?;
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(30))
+            .context("cannot read the cluster's metadata")?;
+        Ok(Self { consumer, metadata })
     }
-    cfg.set("group.id", "eventbus-warehouse-watermarks");
-    let consumer: BaseConsumer = cfg.create().context("cannot create a consumer")?;
-    let timeout = Duration::from_secs(30);
-    let mut out = BTreeMap::new();
-    for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .with_context(|| format!("metadata of {topic}"))?;
-        let Some(t) = md.topics().first().filter(|t| t.error().is_none()) else {
-            bail!("topic {topic} does not exist");
-        };
-        for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), timeout)
-                .with_context(|| format!("end offsets of {topic}[{}]", p.id()))?;
-            out.insert(TopicPartition::new(topic.as_str(), p.id()), (low, high));
+
+    fn topic(&self, name: &str) -> Option<&rdkafka::metadata::MetadataTopic> {
+        self.metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+    }
+
+    /// Warns about DLQ topics the cluster does not have: a bad record would otherwise
+    /// find out minutes later, when its letter's tries run out and the job stops.
+    /// Brokers that create topics on first write are fine; the warning says how to
+    /// create them.
+    fn warn_missing(&self, dlq_topics: &[String]) {
+        for topic in dlq_topics.iter().filter(|t| self.topic(t).is_none()) {
+            tracing::warn!(
+                dlq = %topic,
+                "the DLQ topic does not exist: a record that cannot be decoded will stop \
+                 the job unless the broker creates it on first write; create it with \
+                 `eventbus topics apply` (catalog topics) or set [warehouse] dead_letters = false"
+            );
         }
     }
-    Ok(out)
+
+    /// Per partition of `topics`, the (low, high) offsets now.
+    fn end_offsets(
+        &self,
+        topics: &[String],
+    ) -> anyhow::Result<BTreeMap<TopicPartition, (i64, i64)>> {
+        let timeout = Duration::from_secs(30);
+        let mut out = BTreeMap::new();
+        for topic in topics {
+            let Some(t) = self.topic(topic) else {
+                bail!("topic {topic} does not exist");
+            };
+            for p in t.partitions() {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .with_context(|| format!("end offsets of {topic}[{}]", p.id()))?;
+                out.insert(TopicPartition::new(topic.as_str(), p.id()), (low, high));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Resolves once every partition is in the table up to its start-time end offset. What

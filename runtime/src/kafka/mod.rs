@@ -11,4 +11,38 @@
 mod context;
 mod source;
 
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
 pub use source::KafkaSource;
+
+/// Hands `record` to `producer`, waiting on this thread while librdkafka's local queue
+/// is full (its sending thread drains it). Any other refusal returns with the record.
+///
+/// # Errors
+/// librdkafka refused the record for a reason other than a full queue.
+// The error type is `ThreadedProducer::send`'s own: the record comes back to its caller.
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+pub fn send_waiting<'a, C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
