@@ -253,55 +253,28 @@ pub fn parse_offsets(text: &str) -> Result<(i64, i64), String> {
     Ok((a, b))
 }
 
-/// Parses a time: milliseconds since the epoch, `YYYY-MM-DD`, or RFC 3339 in UTC
-/// (`2026-11-27T10:00:00Z`, fractions allowed).
+/// Parses a time: milliseconds since the epoch, `YYYY-MM-DD` (midnight UTC), or RFC 3339
+/// (`2026-11-27T10:00:00Z`, fractions and offsets allowed).
 ///
 /// # Errors
 /// Anything else, quoted.
 pub fn parse_time(text: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "`{text}` is not a time: use ms since the epoch, 2026-11-27 or 2026-11-27T10:00:00Z"
-        )
-    };
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let (date, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00Z"));
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
-    else {
-        return Err(bad());
-    };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return Err(bad());
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis());
     }
-    let time = time.strip_suffix(['Z', 'z']).ok_or_else(bad)?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':').map(str::parse::<i64>);
-    let (Some(Ok(h)), Some(Ok(mi)), Some(Ok(s)), None) = (t.next(), t.next(), t.next(), t.next())
-    else {
-        return Err(bad());
-    };
-    let ms_frac = if frac.is_empty() {
-        0
-    } else {
-        let digits: String = frac.chars().chain("000".chars()).take(3).collect();
-        digits.parse::<i64>().map_err(|_| bad())?
-    };
-    let days = days_from_civil(y, m, day);
-    Ok(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms_frac)
-}
-
-/// Days since 1970-01-01 of a Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            format!(
+                "`{text}` is not a time: use ms since the epoch, 2026-11-27 or 2026-11-27T10:00:00Z"
+            )
+        })
 }
 
 #[cfg(test)]

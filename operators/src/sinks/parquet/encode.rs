@@ -158,28 +158,10 @@ pub(crate) fn split_by_hour(
 
 /// The `dt` and `hour` of an hour number since the epoch (UTC).
 pub(crate) fn hour_path(hours_since_epoch: i64) -> (String, u32) {
-    let days = hours_since_epoch.div_euclid(24);
-    let hour = u32::try_from(hours_since_epoch.rem_euclid(24)).unwrap_or(0);
-    let (y, m, d) = civil_from_days(days);
-    (format!("{y:04}-{m:02}-{d:02}"), hour)
-}
-
-/// Gregorian date of a day number since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
+    use chrono::Timelike;
+    let t = chrono::DateTime::from_timestamp(hours_since_epoch.saturating_mul(3600), 0)
+        .unwrap_or_default();
+    (t.format("%Y-%m-%d").to_string(), t.hour())
 }
 
 /// Calls `f` with the path and type of every leaf column under `field` (struct fields
