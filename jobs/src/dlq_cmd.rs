@@ -47,57 +47,38 @@ pub struct Filters {
     pub class: Option<String>,
     /// First failure at or after: ms since the epoch, 2026-11-27 or
     /// 2026-11-27T10:00:00Z.
-    #[arg(long)]
-    pub since: Option<String>,
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<i64>,
     /// First failure before (same forms as --since).
-    #[arg(long)]
-    pub until: Option<String>,
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<i64>,
     /// Original partition.
     #[arg(long)]
     pub partition: Option<i32>,
     /// Original offsets: A..B (B excluded) or A..=B.
-    #[arg(long)]
-    pub offsets: Option<String>,
+    #[arg(long, value_parser = parse_offsets)]
+    pub offsets: Option<(i64, i64)>,
     /// The record key, as text.
     #[arg(long)]
     pub key: Option<String>,
     /// A regular expression the error message must match.
-    #[arg(long)]
-    pub error_matches: Option<String>,
+    #[arg(long, value_parser = regex::Regex::new)]
+    pub error_matches: Option<regex::Regex>,
 }
 
 impl Filters {
-    fn build(&self) -> anyhow::Result<LetterFilter> {
-        Ok(LetterFilter {
+    /// Values are checked as the command line is parsed; clap names the flag of a bad one.
+    fn build(&self) -> LetterFilter {
+        LetterFilter {
             categories: self.category.clone(),
             class: self.class.clone(),
-            since_ms: self
-                .since
-                .as_deref()
-                .map(parse_time)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
-            until_ms: self
-                .until
-                .as_deref()
-                .map(parse_time)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+            since_ms: self.since,
+            until_ms: self.until,
             partition: self.partition,
-            offsets: self
-                .offsets
-                .as_deref()
-                .map(parse_offsets)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--offsets: {e}"))?,
+            offsets: self.offsets,
             key: self.key.clone(),
-            error_matches: self
-                .error_matches
-                .as_deref()
-                .map(regex::Regex::new)
-                .transpose()
-                .context("--error-matches is not a valid regular expression")?,
-        })
+            error_matches: self.error_matches.clone(),
+        }
     }
 }
 
@@ -244,7 +225,7 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
             filters,
             connection,
             json,
-        } => stats(&topic, &filters.build()?, &context(&connection)?, json),
+        } => stats(&topic, &filters.build(), &context(&connection)?, json),
         DlqCommand::Inspect {
             topic,
             filters,
@@ -253,7 +234,7 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
             limit,
         } => inspect(
             &topic,
-            &filters.build()?,
+            &filters.build(),
             &context(&connection)?,
             json,
             limit,
@@ -271,7 +252,7 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
             let opts = ReplayOptions {
                 dlq_topic: topic,
                 to,
-                filter: filters.build()?,
+                filter: filters.build(),
                 rate: rate.as_deref().map(parse_rate).transpose()?,
                 dry_run,
                 id,
@@ -282,7 +263,7 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
             topic,
             filters,
             connection,
-        } => export(&topic, &filters.build()?, &context(&connection)?),
+        } => export(&topic, &filters.build(), &context(&connection)?),
         DlqCommand::Import {
             file,
             connection,
