@@ -30,6 +30,10 @@ pub const KINDS: [&str; 5] = [
     "sink_rejects",
 ];
 
+/// The kinds that are not valid Avro of a registered schema: a decoding job (the
+/// warehouse) cannot read them; the others decode and fail later, or not at all.
+pub const UNDECODABLE: [&str; 3] = ["bad_bytes", "unknown_schema", "truncated"];
+
 /// A produced stream: the records, and which kind of poison sits at which key.
 pub struct PoisonStream {
     pub records: Vec<(String, Vec<u8>)>,
@@ -149,6 +153,20 @@ impl TestSink {
             only_partition: None,
             refused_while_down: Arc::default(),
         }
+    }
+
+    /// Down from now until `outage` after its first refusal (on a task of the current
+    /// runtime).
+    pub fn down_for(&self, outage: Duration) {
+        self.down.store(true, Ordering::Relaxed);
+        let (down, refused) = (self.down.clone(), self.refused_while_down.clone());
+        tokio::spawn(async move {
+            while refused.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(outage).await;
+            down.store(false, Ordering::Relaxed);
+        });
     }
 }
 

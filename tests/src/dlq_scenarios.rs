@@ -357,16 +357,8 @@ pub async fn a_transient_sink_outage_inside_the_retry_budget_dead_letters_nothin
     topic_io::produce(brokers, &topic, stream.records.clone(), |_| {}).unwrap();
 
     let sink = TestSink::new();
-    sink.down.store(true, Ordering::Relaxed);
-    let (down, refused) = (sink.down.clone(), sink.refused_while_down.clone());
-    tokio::spawn(async move {
-        // The outage lasts 2 s from the first refusal: well inside the retry budget.
-        while refused.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        down.store(false, Ordering::Relaxed);
-    });
+    // The outage lasts 2 s from the first refusal: well inside the retry budget.
+    sink.down_for(Duration::from_secs(2));
     let run = run_job(JobSetup {
         brokers,
         group: &unique("g"),
@@ -541,15 +533,7 @@ pub async fn while_one_partition_backs_off_the_others_keep_flowing(mock: Mock<'_
     // The sink refuses partition 0 for 3 s from its first refusal; partition 1 is fine.
     let mut sink = TestSink::new();
     sink.only_partition = Some(0);
-    sink.down.store(true, Ordering::Relaxed);
-    let (down, refused) = (sink.down.clone(), sink.refused_while_down.clone());
-    tokio::spawn(async move {
-        while refused.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        down.store(false, Ordering::Relaxed);
-    });
+    sink.down_for(Duration::from_secs(3));
     let run = run_job(JobSetup {
         brokers,
         group: &unique("g"),
