@@ -119,6 +119,29 @@ max_age_ms = 500
         written, good_at,
         "the table is every record but the undecodable"
     );
+    // The commit log tells a loader the same: each entry lists, as skipped, exactly the
+    // undecodable offsets inside its range.
+    let commits = root.join(&topic).join("_eventbus/commits");
+    let mut entries = 0;
+    for part in std::fs::read_dir(&commits).expect("commit log") {
+        for file in std::fs::read_dir(part.expect("dir").path()).expect("partition log") {
+            let entry: eventbus_operators::sinks::parquet::CommitEntry =
+                serde_json::from_slice(&std::fs::read(file.expect("entry").path()).expect("read"))
+                    .expect("a commit entry");
+            let skipped: Vec<i64> = entry.skipped.iter().map(|s| s.offset).collect();
+            let bad_inside: Vec<i64> = bad_at
+                .range((entry.partition, entry.start_offset)..=(entry.partition, entry.end_offset))
+                .map(|((_, o), _)| *o)
+                .collect();
+            assert_eq!(
+                skipped, bad_inside,
+                "entry {}/{}",
+                entry.partition, entry.start_offset
+            );
+            entries += 1;
+        }
+    }
+    assert!(entries > 0, "no commit entries under {}", commits.display());
 
     // The DLQ: every undecodable record, byte for byte at its coordinates (a crash may
     // write a letter again: dead letters are at least once), and nothing else.
