@@ -169,28 +169,32 @@ impl JobProcess {
 
     /// Runs `eventbus run warehouse --until-caught-up` to the end and expects exit 0.
     ///
-    /// tansu 0.6's group coordinator sometimes strands a member that joins soon after
-    /// another was killed: it assigns it, stops answering its heartbeats, and after the
-    /// rejoin gives it nothing for minutes. So each try starts once the killed member's
-    /// session (the tests use 6 s) has expired, and a try that has not finished within
-    /// 100 s is SIGKILLed and started again, at most three times. Killing it is one more
-    /// crash of the kind the table's exactly-once protocol must survive, so the tests'
-    /// assertions on the table keep their full force.
-    pub fn finish_warehouse(config: &Path, log_dir: &Path, name: &str) {
+    /// tansu 0.6's group coordinator sometimes strands a member that joins a group soon
+    /// after another member was killed: it never assigns it, or assigns it and then stops
+    /// answering its heartbeats, for minutes, and every later join of that group waits
+    /// the same way. So each try starts once the killed member's session (the tests use
+    /// 6 s) has expired, and a try that has not finished within 100 s is SIGKILLed and
+    /// started again in a consumer group of its own, at most three tries. Both keep the
+    /// tests' assertions at full force: the kill is one more crash the table's
+    /// exactly-once protocol must survive, and a new group reads every partition from the
+    /// start, so the table (not the committed offsets) must keep out every record it
+    /// already holds. Returns the group of the try that finished, when it is not the
+    /// config's.
+    pub fn finish_warehouse(config: &Path, log_dir: &Path, name: &str) -> Option<String> {
         let tries = 3;
         for n in 1..=tries {
             std::thread::sleep(Duration::from_secs(7));
-            let mut run = Self::warehouse(
-                config,
-                log_dir,
-                &format!("{name}-try{n}"),
-                &["--until-caught-up"],
-            );
+            let group = unique("final");
+            let mut args = vec!["--until-caught-up"];
+            if n > 1 {
+                args.extend(["--group", group.as_str()]);
+            }
+            let mut run = Self::warehouse(config, log_dir, &format!("{name}-try{n}"), &args);
             let deadline = Instant::now() + Duration::from_secs(100);
             while Instant::now() < deadline {
                 if let Some(status) = run.child.try_wait().expect("wait") {
                     assert!(status.success(), "final run failed:\n{}", run.log_tail());
-                    return;
+                    return (n > 1).then_some(group);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -201,11 +205,12 @@ impl JobProcess {
             );
             eprintln!(
                 "final run {n} did not finish within 100 s (a stalled group join on tansu?); \
-                 killing it and starting again. Its log:\n{}",
+                 killing it and starting again in a group of its own. Its log:\n{}",
                 run.log_tail()
             );
             run.kill();
         }
+        unreachable!("the last try either finishes or fails its assertion")
     }
 
     /// SIGKILL and reap.

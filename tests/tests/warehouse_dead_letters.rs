@@ -83,7 +83,7 @@ max_age_ms = 500
     .expect("write config");
     let logs = dir.path().to_owned();
     let (c, l, b, d) = (cfg.clone(), logs.clone(), brokers.clone(), dlq.clone());
-    tokio::task::spawn_blocking(move || {
+    let finished_in = tokio::task::spawn_blocking(move || {
         // Killed mid-run, once its first letters are in the DLQ, then run to the end.
         let mut first = JobProcess::warehouse(&c, &l, "killed", &[]);
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -100,7 +100,7 @@ max_age_ms = 500
             std::thread::sleep(Duration::from_millis(50));
         }
         first.kill();
-        JobProcess::finish_warehouse(&c, &l, "final");
+        JobProcess::finish_warehouse(&c, &l, "final")
     })
     .await
     .expect("join");
@@ -166,8 +166,12 @@ max_age_ms = 500
         "every undecodable record is in the DLQ"
     );
 
-    // And the group is committed to the end of every partition.
-    let (b, t, g) = (brokers.clone(), topic.clone(), group.clone());
+    // And the job's group is committed to the end of every partition. (When tansu
+    // stranded that group and the final run finished in a fresh one, the fresh group
+    // stopped as soon as the table's progress showed every partition complete: its
+    // offsets only must not pass the ends.)
+    let g = finished_in.clone().unwrap_or(group);
+    let (b, t) = (brokers.clone(), topic.clone());
     let (committed, ends) = tokio::task::spawn_blocking(move || {
         (
             topic_io::committed(&b, &g, &t).expect("committed"),
@@ -176,5 +180,11 @@ max_age_ms = 500
     })
     .await
     .expect("join");
-    assert_eq!(committed, ends, "committed to the end");
+    if finished_in.is_none() {
+        assert_eq!(committed, ends, "committed to the end");
+    } else {
+        for (p, c) in &committed {
+            assert!(*c <= ends[p], "partition {p} committed past its end: {c}");
+        }
+    }
 }
