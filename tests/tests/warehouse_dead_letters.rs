@@ -119,8 +119,11 @@ max_age_ms = 500
         written, good_at,
         "the table is every record but the undecodable"
     );
-    // The commit log tells a loader the same: each entry lists, as skipped, exactly the
-    // undecodable offsets inside its range.
+    // The commit log tells a loader the same: what an entry lists as skipped is
+    // undecodable offsets inside its range. (Not necessarily all of them: one that the
+    // killed run dead-lettered and committed right after its last entry falls inside the
+    // next writer's range, which read on from the committed offset and never saw it.) So
+    // what an entry leaves out can only come before everything it lists.
     let commits = root.join(&topic).join("_eventbus/commits");
     let mut entries = 0;
     for part in std::fs::read_dir(&commits).expect("commit log") {
@@ -133,10 +136,12 @@ max_age_ms = 500
                 .range((entry.partition, entry.start_offset)..=(entry.partition, entry.end_offset))
                 .map(|((_, o), _)| *o)
                 .collect();
-            assert_eq!(
-                skipped, bad_inside,
-                "entry {}/{}",
-                entry.partition, entry.start_offset
+            assert!(
+                bad_inside.ends_with(&skipped),
+                "entry {}/{} lists {skipped:?} as skipped; the undecodable offsets in its range \
+                 are {bad_inside:?}",
+                entry.partition,
+                entry.start_offset
             );
             entries += 1;
         }

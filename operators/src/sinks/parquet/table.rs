@@ -58,8 +58,11 @@ pub struct CommitEntry {
     pub committed_at_ms: i64,
     /// Which writer made it (for diagnosis).
     pub writer: String,
-    /// Offsets of the range that are not in the files: records that could not be
-    /// decoded and went to the dead-letter queue. Absent when there are none.
+    /// Offsets of the range that are not in the files because this entry's writer could
+    /// not decode them and sent them to the dead-letter queue. Absent when there are
+    /// none. A range may also hold offsets that are in neither: records an earlier
+    /// writer dead-lettered (and committed) just before it stopped, transaction markers,
+    /// compacted records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedRecord>,
 }
