@@ -336,7 +336,8 @@ impl DlqSummary {
         ));
         out.push_str(
             "  on a real cluster, the same letters are read and replayed with\n  \
-             eventbus dlq stats|inspect|replay|export|import --topic <topic>.dlq\n",
+             eventbus dlq stats|inspect|replay|export|import --topic <topic>.dlq\n  \
+             (the warning logged for each retry and each letter is hidden here; RUST_LOG=warn shows it)\n",
         );
         out
     }
