@@ -148,7 +148,8 @@ impl ParquetSinkConfig {
 }
 
 /// S3 settings. Unset values come from the usual AWS environment variables
-/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
+/// (`AWS_ENDPOINT_URL` or `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, ...). An `http://` endpoint is allowed without TLS.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
@@ -180,10 +181,10 @@ pub fn open_store(
         if let Some(e) = &s3.endpoint {
             b = b.with_endpoint(e);
         }
-        let endpoint = s3
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        // The endpoint as the builder resolved it: from the config, `AWS_ENDPOINT_URL`
+        // or `AWS_ENDPOINT`. A plain-http endpoint is a local or private server.
+        let endpoint = b
+            .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
             .unwrap_or_default();
         if endpoint.starts_with("http://") {
             b = b.with_allow_http(true);
