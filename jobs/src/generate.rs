@@ -47,7 +47,8 @@ pub fn run(
     catalog: &Path,
     opts: &GenerateOptions,
 ) -> anyhow::Result<BTreeMap<i32, u64>> {
-    let catalog = Catalog::load(catalog)?;
+    let catalog = Catalog::load(catalog)
+        .with_context(|| format!("loading the catalog {}", catalog.display()))?;
     let spec = catalog
         .topic(&opts.topic)
         .with_context(|| format!("topic {} is not in the catalog", opts.topic))?;

@@ -117,9 +117,10 @@ enum Command {
         /// Seed: the same seed gives the same records.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// The catalog file.
-        #[arg(long, default_value = "schemas/topics.toml")]
-        catalog: PathBuf,
+        /// The catalog file [default: schemas/topics.toml in the current folder, else the
+        /// catalog of the source tree eventbus was built from].
+        #[arg(long)]
+        catalog: Option<PathBuf>,
     },
     /// Compare the topic catalog with a cluster, and create what is missing.
     Topics {
@@ -184,9 +185,10 @@ struct TopicsArgs {
     /// Bootstrap servers.
     #[arg(long, env = "EVENTBUS_BROKERS")]
     brokers: String,
-    /// The catalog file.
-    #[arg(long, default_value = "schemas/topics.toml")]
-    catalog: PathBuf,
+    /// The catalog file [default: schemas/topics.toml in the current folder, else the
+    /// catalog of the source tree eventbus was built from].
+    #[arg(long)]
+    catalog: Option<PathBuf>,
     /// Replication factor for new topics instead of the catalog's (e.g. 1 on a
     /// single-broker development cluster).
     #[arg(long)]
@@ -205,9 +207,10 @@ enum TopicsCommand {
         /// Bootstrap servers; without them only the catalog is shown.
         #[arg(long, env = "EVENTBUS_BROKERS")]
         brokers: Option<String>,
-        /// The catalog file.
-        #[arg(long, default_value = "schemas/topics.toml")]
-        catalog: PathBuf,
+        /// The catalog file [default: schemas/topics.toml in the current folder, else the
+        /// catalog of the source tree eventbus was built from].
+        #[arg(long)]
+        catalog: Option<PathBuf>,
     },
 }
 
@@ -270,11 +273,29 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            let text = error_text(&e);
+            tracing::error!("{text}");
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `: `-separated, leaving out a cause whose words
+/// the line already ends with (many errors print their source in their own message too).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let words = cause.to_string();
+        if text.ends_with(&words) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&words);
+    }
+    text
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -371,14 +392,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 "dlq-processor" => {
                     if file.source.is_none() {
                         let topics = if topics.is_empty() {
-                            let catalog = eventbus_schemas::Catalog::load(std::path::Path::new(
-                                "schemas/topics.toml",
-                            ))
-                            .or_else(|_| {
-                                eventbus_schemas::Catalog::load(
-                                    &eventbus_schemas::bundled_dir().join("topics.toml"),
-                                )
-                            })?;
+                            let catalog = eventbus_jobs::load_catalog(None)?;
                             catalog.topics.iter().map(|t| t.dlq_topic()).collect()
                         } else {
                             topics.clone()
@@ -461,7 +475,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 quiet: false,
             };
             let counts = tokio::task::spawn_blocking(move || {
-                eventbus_jobs::generate::run(&brokers, &catalog, &opts)
+                eventbus_jobs::generate::run(
+                    &brokers,
+                    &eventbus_jobs::catalog_file(catalog.as_deref()),
+                    &opts,
+                )
             })
             .await??;
             let total: u64 = counts.values().sum();
@@ -546,10 +564,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 
 async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
     use eventbus_jobs::topics_cmd;
-    let load = |path: &std::path::Path| {
-        eventbus_schemas::Catalog::load(path)
-            .with_context(|| format!("loading the catalog {}", path.display()))
-    };
+    let load = |path: &Option<PathBuf>| eventbus_jobs::load_catalog(path.as_deref());
     match command {
         TopicsCommand::List { brokers, catalog } => {
             topics_cmd::list(brokers.as_deref(), &load(&catalog)?)

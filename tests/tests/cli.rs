@@ -42,6 +42,45 @@ fn missing_brokers_are_named() {
     assert!(err.contains("bootstrap.servers"), "{err}");
 }
 
+/// `eventbus` with `args`, run in `dir`, without a broker in its environment: whether it
+/// succeeded, its stdout and its stderr.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(eventbus_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("EVENTBUS_BROKERS")
+        .output()
+        .expect("run eventbus");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_catalog_commands_work_outside_a_checkout_and_name_a_missing_catalog_once() {
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    // No schemas/topics.toml here: the catalog eventbus was built from is read.
+    let (ok, out, err) = run_in(elsewhere.path(), &["topics", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("vehicle.state.v1"), "{out}");
+
+    let missing = elsewhere.path().join("nope").join("topics.toml");
+    let (ok, _, err) = run_in(
+        elsewhere.path(),
+        &["topics", "list", "--catalog", missing.to_str().expect("utf-8")],
+    );
+    assert!(!ok);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {err}"));
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+    // The cause is said once, not once per error that carries it.
+    assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+}
+
 #[test]
 fn the_demo_reports_json_with_nothing_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
