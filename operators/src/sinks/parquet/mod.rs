@@ -606,11 +606,23 @@ impl ParquetSink {
         Ok(schemas.clone())
     }
 
-    /// Feeds one record's bytes to the partition's decoder. On a bad record the decoder
-    /// is rebuilt from the good records, so the buffer stays consistent.
-    fn decode_into(&self, p: &mut PartBuf, id: u32, bytes: &[u8]) -> Result<(), String> {
-        if p.decoder.is_none() || p.schema_id != Some(id) {
-            let schemas = self.known_schemas(id).map_err(|e| e.to_string())?;
+    /// Whether a record with writer schema `id` needs the partition's decoder built anew.
+    fn needs_decoder(p: &PartBuf, id: u32) -> bool {
+        p.decoder.is_none() || p.schema_id != Some(id)
+    }
+
+    /// Feeds one record's bytes to the partition's decoder, built from `schemas` (the
+    /// known schemas, `id`'s included when the registry has it) when
+    /// [`Self::needs_decoder`]. On a bad record the decoder is rebuilt from the good
+    /// records, so the buffer stays consistent.
+    fn decode_into(
+        &self,
+        p: &mut PartBuf,
+        id: u32,
+        schemas: Option<Vec<(u32, String)>>,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        if let Some(schemas) = schemas {
             if !schemas.iter().any(|(k, _)| *k == id) {
                 return Err(format!("schema id {id} is not found in the registry"));
             }
@@ -885,7 +897,21 @@ impl Sink<Bytes> for ParquetSink {
             // A new writer schema rolls the file: one schema per file.
             self.publish(&mut p).await?;
         }
-        if let Err(reason) = self.decode_into(&mut p, id, bytes) {
+        let schemas = if Self::needs_decoder(&p, id) {
+            match self.known_schemas(id) {
+                Ok(schemas) => Some(schemas),
+                Err(e) => {
+                    // A registry that cannot answer says nothing about the record, so it
+                    // is not dead-lettered: a flush error on its ack stops the job, and
+                    // nothing from here on is acknowledged.
+                    ack.fail(e);
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
+        if let Err(reason) = self.decode_into(&mut p, id, schemas, bytes) {
             p.failed.push(SkippedRecord {
                 offset: record.offset,
                 reason: reason.clone(),
