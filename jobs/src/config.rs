@@ -19,12 +19,20 @@
 //! [dlq]                         # dead letters (all optional)
 //! max_attempts = 5
 //! topics = { "vehicle.state.v1" = "vehicle.state.v1.dlq" }
+//!
+//! [registry]                    # a Confluent-API schema registry for jobs that decode
+//! url = "http://registry:8081"  # (default: the file registry compiled in)
+//! user = "ops"                  # basic auth, optional
+//! password = "secret"
 //! ```
 //!
 //! Precedence, lowest first: the file, the environment (`EVENTBUS_BROKERS`,
-//! `EVENTBUS_GROUP_ID`, `EVENTBUS_KAFKA_*`), the command line (`--brokers`, `--group`).
+//! `EVENTBUS_GROUP_ID`, `EVENTBUS_KAFKA_*`, `EVENTBUS_REGISTRY_URL`,
+//! `EVENTBUS_REGISTRY_USER`, `EVENTBUS_REGISTRY_PASSWORD`), the command line
+//! (`--brokers`, `--group`, `--registry`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use eventbus_runtime::{KafkaProperties, RuntimeConfig, SourceConfig};
@@ -62,6 +70,49 @@ pub struct JobFile {
     /// attempts.
     #[serde(default)]
     pub dlq: Option<eventbus_dlq::DlqConfig>,
+    /// The schema registry jobs that decode records look writer schemas up in.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+}
+
+/// The `[registry]` section. Without a URL, the file registry compiled in (the ids in
+/// `schemas/registry.toml`) is used.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of a Confluent-API schema registry, e.g. `http://registry:8081`.
+    pub url: Option<String>,
+    /// Basic-auth user (with `password`).
+    pub user: Option<String>,
+    /// Basic-auth password (with `user`).
+    pub password: Option<String>,
+    /// Bound on one request, connect included. Default 10,000.
+    pub timeout_ms: Option<u64>,
+}
+
+impl RegistryConfig {
+    /// The HTTP registry client this section describes, or `None` for the file registry.
+    ///
+    /// # Errors
+    /// A user without a password or the other way round, or a URL that is not http(s).
+    pub fn http(&self) -> anyhow::Result<Option<eventbus_schemas::http::HttpRegistry>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("registry.url {url:?} is not an http:// or https:// URL");
+        }
+        let mut config = eventbus_schemas::http::HttpRegistryConfig::new(url.clone());
+        config.basic_auth = match (&self.user, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => bail!("registry.user and registry.password go together: set both or neither"),
+        };
+        if let Some(ms) = self.timeout_ms {
+            config.timeout = Duration::from_millis(ms.max(1));
+        }
+        Ok(Some(eventbus_schemas::http::HttpRegistry::new(config)))
+    }
 }
 
 /// Overrides from the command line.
@@ -71,6 +122,8 @@ pub struct Overrides {
     pub brokers: Option<String>,
     /// `--group`: replaces `source.group_id`.
     pub group: Option<String>,
+    /// `--registry`: replaces `registry.url`.
+    pub registry: Option<String>,
 }
 
 impl JobFile {
@@ -113,6 +166,18 @@ impl JobFile {
             .iter()
             .find(|(k, _)| k == ENV_GROUP_ID)
             .map(|(_, v)| v.clone());
+        for (key, value) in &vars {
+            let slot = match key.as_str() {
+                "EVENTBUS_REGISTRY_URL" => &mut self.registry.url,
+                "EVENTBUS_REGISTRY_USER" => &mut self.registry.user,
+                "EVENTBUS_REGISTRY_PASSWORD" => &mut self.registry.password,
+                _ => continue,
+            };
+            *slot = Some(value.clone());
+        }
+        if let Some(url) = &overrides.registry {
+            self.registry.url = Some(url.clone());
+        }
         if let Some(b) = &overrides.brokers {
             self.kafka.set("bootstrap.servers", b.clone());
         }
@@ -166,10 +231,43 @@ mod tests {
             &Overrides {
                 brokers: Some("cli:9092".into()),
                 group: Some("cli-group".into()),
+                registry: None,
             },
         );
         assert_eq!(f.kafka.brokers(), Some("cli:9092"));
         assert_eq!(f.source().expect("source").group_id, "cli-group");
+    }
+
+    #[test]
+    fn the_registry_comes_from_the_file_the_environment_or_the_command_line() {
+        let mut f = JobFile::parse("[registry]\nurl = \"http://file:8081\"\nuser = \"u\"\n")
+            .expect("valid");
+        assert!(format!("{:#}", f.registry.http().expect_err("no password")).contains("password"));
+        f.apply(
+            [
+                (
+                    "EVENTBUS_REGISTRY_URL".to_owned(),
+                    "http://env:8081".to_owned(),
+                ),
+                ("EVENTBUS_REGISTRY_PASSWORD".to_owned(), "p".to_owned()),
+            ],
+            &Overrides::default(),
+        );
+        assert_eq!(f.registry.url.as_deref(), Some("http://env:8081"));
+        assert!(f.registry.http().expect("user and password").is_some());
+        f.apply(
+            [],
+            &Overrides {
+                registry: Some("http://cli:8081".into()),
+                ..Overrides::default()
+            },
+        );
+        assert_eq!(f.registry.url.as_deref(), Some("http://cli:8081"));
+        assert!(JobFile::default().registry.http().expect("none").is_none());
+        let bad = JobFile::parse("[registry]\nurl = \"registry:8081\"\n").expect("valid toml");
+        assert!(
+            format!("{:#}", bad.registry.http().expect_err("no scheme")).contains("registry.url")
+        );
     }
 
     #[test]

@@ -193,7 +193,7 @@ fn context(c: &Connection) -> anyhow::Result<Context2> {
         c.config.as_deref(),
         &Overrides {
             brokers: c.brokers.clone(),
-            group: None,
+            ..Overrides::default()
         },
     )?;
     file.kafka.require_brokers()?;

@@ -84,6 +84,12 @@ enum Command {
         /// Consumer group; overrides the file and EVENTBUS_GROUP_ID.
         #[arg(long)]
         group: Option<String>,
+        /// warehouse: a Confluent-API schema registry to look writer schemas up in (basic
+        /// auth from EVENTBUS_REGISTRY_USER and EVENTBUS_REGISTRY_PASSWORD); overrides
+        /// [registry] url and EVENTBUS_REGISTRY_URL. Default: the file registry compiled
+        /// in.
+        #[arg(long)]
+        registry: Option<String>,
         /// warehouse: topics to load; dlq-processor: DLQ topics to process
         /// (comma-separated); overrides [source] topics.
         #[arg(long, value_delimiter = ',')]
@@ -351,11 +357,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config,
             brokers,
             group,
+            registry,
             topics,
             table_root,
             until_caught_up,
         } => {
-            let overrides = Overrides { brokers, group };
+            let overrides = Overrides {
+                brokers,
+                group,
+                registry,
+            };
             let mut file = JobFile::load(config.as_deref(), &overrides)?;
             match job.as_str() {
                 "warehouse" => {

@@ -8,6 +8,9 @@
 //!     .sink(ParquetSink::new(config, lookup, &ids)?)
 //! ```
 //!
+//! Writer schemas come from `[registry]` (a Confluent-API schema registry, `--registry`)
+//! when it names a URL, else from the file registry compiled in.
+//!
 //! A record that cannot be decoded goes to its topic's DLQ (`[dlq]`, default the
 //! catalog's `<topic>.dlq`) with its full context, and its partition goes on; set
 //! `[warehouse] dead_letters = false` to stop the job on it instead.
@@ -105,8 +108,9 @@ impl std::fmt::Debug for Warehouse {
     }
 }
 
-/// The schema lookup the sink uses: the file registry compiled in.
-fn lookup(registry: Arc<FileRegistry>) -> SchemaLookup {
+/// The schema lookup the sink uses: `[registry]`'s HTTP registry, else the file registry
+/// compiled in.
+fn lookup(registry: Arc<dyn SchemaRegistry>) -> SchemaLookup {
     Arc::new(move |id| match registry.schema(id) {
         Ok(Some(schema)) => serde_json::to_string(&*schema)
             .map(Some)
@@ -133,26 +137,58 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     if source.topics.is_empty() {
         bail!("no topics: give --topics T1,T2 or [source] topics in the config");
     }
-    let registry = Arc::new(FileRegistry::embedded()?);
+    let files = Arc::new(FileRegistry::embedded()?);
+    let http = file.registry.http()?;
     let catalog = Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
+    // The schema ids checked up front (each must map to Arrow, or the job does not start);
+    // any other id is looked up, and checked, when a record names it.
     let mut ids = Vec::new();
     let mut event_time = wh.event_time.clone();
     for topic in &source.topics {
-        // A catalog topic: its subject's versions. Any other topic may carry any
-        // registered schema, so every one is checked.
         let Some(spec) = catalog.topic(topic) else {
-            ids.extend(registry.entries().map(|e| e.id));
+            // Any registered schema may arrive on a topic outside the catalog: with the
+            // file registry, every one is checked.
+            if http.is_none() {
+                ids.extend(files.entries().map(|e| e.id));
+            }
             continue;
         };
-        let (_, schema) = registry
-            .latest_of(&spec.subject)
-            .with_context(|| format!("subject {} is not registered", spec.subject))?;
-        ids.extend(
-            registry
-                .entries()
-                .filter(|e| e.subject == spec.subject)
-                .map(|e| e.id),
-        );
+        let schema = match &http {
+            // A catalog topic: its subject's latest version in the registry.
+            Some(registry) => match registry.latest(&spec.subject) {
+                Ok(Some((id, schema))) => {
+                    ids.push(id);
+                    schema
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        topic = %topic,
+                        subject = %spec.subject,
+                        registry = file.registry.url.as_deref().unwrap_or_default(),
+                        "the subject has no version in the schema registry yet; schemas are looked up as records arrive"
+                    );
+                    continue;
+                }
+                Err(e) => bail!(
+                    "cannot read subject {} from the schema registry {}: {e}",
+                    spec.subject,
+                    file.registry.url.as_deref().unwrap_or_default()
+                ),
+            },
+            // A catalog topic: every version of its subject.
+            None => {
+                let (_, schema) = files
+                    .latest_of(&spec.subject)
+                    .with_context(|| format!("subject {} is not registered", spec.subject))?;
+                ids.extend(
+                    files
+                        .entries()
+                        .filter(|e| e.subject == spec.subject)
+                        .map(|e| e.id),
+                );
+                schema
+            }
+        };
         if !event_time.contains_key(topic)
             && let apache_avro::Schema::Record(r) = &*schema
             && r.fields.iter().any(|f| f.name == "event_time")
@@ -204,6 +240,10 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     }
     config.event_time_fields = event_time;
     config.s3 = wh.s3.clone().unwrap_or_default();
+    let registry: Arc<dyn SchemaRegistry> = match http {
+        Some(h) => Arc::new(h),
+        None => files,
+    };
     let sink = ParquetSink::new(config, lookup(registry), &ids)
         .with_context(|| format!("opening the tables under {table_root}"))?;
     let dead_letters = wh.dead_letters.unwrap_or(true);

@@ -12,6 +12,7 @@
 
 pub mod dlq;
 pub mod dlq_scenarios;
+pub mod registry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

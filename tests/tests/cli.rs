@@ -69,7 +69,12 @@ fn the_catalog_commands_work_outside_a_checkout_and_name_a_missing_catalog_once(
     let missing = elsewhere.path().join("nope").join("topics.toml");
     let (ok, _, err) = run_in(
         elsewhere.path(),
-        &["topics", "list", "--catalog", missing.to_str().expect("utf-8")],
+        &[
+            "topics",
+            "list",
+            "--catalog",
+            missing.to_str().expect("utf-8"),
+        ],
     );
     assert!(!ok);
     let line = err
@@ -215,86 +220,10 @@ fn schemas_check_rejects_an_incompatible_change_naming_subject_mode_and_field() 
     }
 }
 
-/// A stand-in for a Confluent schema registry holding subjects in memory: it answers
-/// POST /subjects/{s}/versions as the real one does (the same schema under a subject
-/// keeps its id; a new one gets the next id) and checks basic auth.
-struct RegistryDouble {
-    url: String,
-    subjects: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u32>>>>,
-}
-
-impl RegistryDouble {
-    fn start(expected_auth: &'static str) -> Self {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let subjects = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
-            String,
-            Vec<u32>,
-        >::new()));
-        let state = subjects.clone();
-        std::thread::spawn(move || {
-            let mut ids: std::collections::HashMap<String, u32> = Default::default();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let (mut len, mut auth) = (0usize, String::new());
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h).unwrap();
-                    let h = h.trim_end();
-                    if h.is_empty() {
-                        break;
-                    }
-                    let (k, v) = h.split_once(':').unwrap();
-                    match k.to_ascii_lowercase().as_str() {
-                        "content-length" => len = v.trim().parse().unwrap(),
-                        "authorization" => auth = v.trim().to_owned(),
-                        _ => {}
-                    }
-                }
-                let mut body = vec![0; len];
-                reader.read_exact(&mut body).unwrap();
-                let (status, answer) = if auth != expected_auth {
-                    (
-                        401,
-                        r#"{"error_code":401,"message":"Unauthorized"}"#.to_owned(),
-                    )
-                } else if let Some(subject) = path
-                    .strip_prefix("/subjects/")
-                    .and_then(|p| p.strip_suffix("/versions"))
-                {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    let schema = v["schema"].as_str().unwrap().to_owned();
-                    let next = u32::try_from(ids.len()).unwrap() + 1;
-                    let id = *ids.entry(schema).or_insert(next);
-                    let mut subjects = state.lock().unwrap();
-                    let versions = subjects.entry(subject.to_owned()).or_default();
-                    if !versions.contains(&id) {
-                        versions.push(id);
-                    }
-                    (200, format!(r#"{{"id":{id}}}"#))
-                } else {
-                    (404, r#"{"error_code":404,"message":"no route"}"#.to_owned())
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-            }
-        });
-        Self { url, subjects }
-    }
-}
-
 #[test]
 fn schemas_register_registers_every_subject_once_and_is_idempotent() {
     // "Basic " + base64("ops:secret")
-    let registry = RegistryDouble::start("Basic b3BzOnNlY3JldA==");
+    let registry = eventbus_tests::registry::RegistryDouble::start("Basic b3BzOnNlY3JldA==", 0);
     let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
     let register = |password: &str| {
         Command::new(eventbus_bin())

@@ -494,3 +494,120 @@ async fn with_dead_letters_off_the_warehouse_stops_at_the_first_bad_record() {
         "nothing committed past the bad record: {committed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warehouse_reads_writer_schemas_from_a_confluent_registry_and_waits_out_its_outage() {
+    use eventbus_tests::registry::RegistryDouble;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("wh-registry");
+    let dlq = format!("{topic}.dlq");
+    cluster.create_topic(&topic, 3, 1).expect("topic");
+    cluster.create_topic(&dlq, 1, 1).expect("dlq topic");
+
+    // The registry's ids (101, 102) mean other schemas in the file registry, or none:
+    // only a job that asks this registry can decode the records. 102 is VehicleState with
+    // a doc: another text, the same encoding.
+    let registry = RegistryDouble::start("Basic b3BzOnNlY3JldA==", 100);
+    let files = eventbus_schemas::FileRegistry::embedded().expect("file registry");
+    let (_, schema) = files
+        .latest_of("vehicle.state.v1-value")
+        .expect("VehicleState");
+    let text = serde_json::to_string(&*schema).expect("schema json");
+    let mut doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    doc["doc"] = "VehicleState, registered again".into();
+    let client = eventbus_schemas::http::HttpRegistry::new({
+        let mut c = eventbus_schemas::http::HttpRegistryConfig::new(registry.url.clone());
+        c.basic_auth = Some(("ops".into(), "secret".into()));
+        c
+    });
+    assert_eq!(client.register("a-value", &text).expect("register"), 101);
+    assert_eq!(
+        client
+            .register("b-value", &doc.to_string())
+            .expect("register"),
+        102
+    );
+    // Per partition, the records with id 101 come before those with id 102.
+    for (id, seed) in [(101, 1), (102, 2)] {
+        let records = eventbus_jobs::generate::records("vehicle.state.v1", seed, id, &schema)
+            .expect("generator")
+            .take(300)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .expect("encode");
+        topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
+    }
+    let ends = topic_io::end_offsets(&brokers, &topic).expect("ends");
+    assert_eq!(ends.values().sum::<i64>(), 600);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let group = unique("g");
+    let registry_lines = format!(
+        "[registry]\nurl = \"{}\"\nuser = \"ops\"\npassword = \"secret\"\n",
+        registry.url
+    );
+    let mut file = warehouse_file(&brokers, &group, &topic, &root, &registry_lines);
+    // The second run joins the same group: the mock cluster frees the stopped member's
+    // partitions only after its session times out.
+    file.kafka.set("session.timeout.ms", "6000");
+
+    // The registry cannot answer for 102: that says nothing about the records, so none is
+    // dead-lettered; the job stops naming the registry, committing nothing past them.
+    registry.failing.lock().unwrap().insert(102);
+    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+    let err = tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
+        .await
+        .expect("stops within 120 s")
+        .expect_err("an unreachable registry stops the job");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(&registry.url) && text.contains("102"),
+        "{text}"
+    );
+    assert!(
+        eventbus_tests::dlq::read_letters(&brokers, &dlq).is_empty(),
+        "nothing dead-lettered"
+    );
+    let rows = eventbus_tests::read_table(&store, &topic.as_str().into()).await;
+    let in_table: std::collections::BTreeSet<_> =
+        rows.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(in_table.len(), rows.len(), "no row twice");
+    let committed = topic_io::committed(&brokers, &group, &topic).expect("committed");
+    for (p, c) in &committed {
+        // Every committed offset is in the table: nothing is committed that is not.
+        assert!(
+            (0..*c).all(|o| in_table.contains(&(*p, o))),
+            "partition {p} committed to {c} past what the table holds"
+        );
+    }
+
+    // The registry is back: the same job picks up where the table ends, and the table is
+    // every record once, read with the registry's schemas.
+    registry.failing.lock().unwrap().clear();
+    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
+    tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
+        .await
+        .expect("caught up within 120 s")
+        .expect("clean exit");
+    let rows = eventbus_tests::read_table(&store, &topic.as_str().into()).await;
+    assert_eq!(eventbus_tests::table_duplicates(&rows), (0, 600));
+    assert!(
+        eventbus_tests::dlq::read_letters(&brokers, &dlq).is_empty(),
+        "nothing dead-lettered"
+    );
+    let committed = topic_io::committed(&brokers, &group, &topic).expect("committed");
+    for (p, end) in &ends {
+        assert_eq!(
+            committed.get(p),
+            Some(end),
+            "partition {p} committed to its end"
+        );
+    }
+    let lookups = registry.lookups.lock().unwrap().clone();
+    assert!(
+        lookups.contains_key(&101) && lookups.contains_key(&102),
+        "{lookups:?}"
+    );
+}
