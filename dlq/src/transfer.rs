@@ -25,14 +25,26 @@ use bytes::Bytes;
 use eventbus_runtime::{Headers, KafkaProperties};
 use eventbus_schemas::codec::Decoder;
 use eventbus_schemas::json::{from_json, to_json};
-use eventbus_schemas::{FileRegistry, encode_value};
+use eventbus_schemas::{SchemaRegistry, encode_value};
 use serde_json::{Value as Json, json};
 
 use crate::envelope::{REPLAY_COUNT, REPLAY_ID, is_context_header};
 use crate::store::StoredLetter;
 
+/// The writer schema `id` names, or why there is none.
+fn schema_of<R: SchemaRegistry>(
+    registry: &R,
+    id: u32,
+) -> Result<std::sync::Arc<apache_avro::Schema>, String> {
+    match registry.schema(id) {
+        Ok(Some(schema)) => Ok(schema),
+        Ok(None) => Err(format!("schema id {id} is not registered")),
+        Err(e) => Err(format!("schema id {id}: {e}")),
+    }
+}
+
 /// The JSON line of one letter.
-pub fn export_line(l: &StoredLetter, decoder: &Decoder<FileRegistry>) -> Json {
+pub fn export_line<R: SchemaRegistry>(l: &StoredLetter, decoder: &Decoder<R>) -> Json {
     let registry = decoder.registry();
     let c = &l.context;
     let headers: Vec<Json> = l
@@ -68,9 +80,7 @@ pub fn export_line(l: &StoredLetter, decoder: &Decoder<FileRegistry>) -> Json {
         .decode(&l.value, None)
         .map_err(|e| e.to_string())
         .and_then(|(id, v)| {
-            let schema = registry
-                .get(id)
-                .ok_or_else(|| format!("schema id {id} is not registered"))?;
+            let schema = schema_of(registry, id)?;
             Ok((id, to_json(&v, &schema)?))
         });
     match decoded {
@@ -106,9 +116,9 @@ pub struct ImportRecord {
 }
 
 /// Checks every line. Returns the records, or every invalid line with its reason.
-pub fn check_import(
+pub fn check_import<R: SchemaRegistry>(
     text: &str,
-    decoder: &Decoder<FileRegistry>,
+    decoder: &Decoder<R>,
     to: Option<&str>,
     import_id: &str,
 ) -> Result<Vec<ImportRecord>, Vec<(usize, String)>> {
@@ -130,9 +140,9 @@ pub fn check_import(
     if bad.is_empty() { Ok(ok) } else { Err(bad) }
 }
 
-fn check_line(
+fn check_line<R: SchemaRegistry>(
     raw: &str,
-    decoder: &Decoder<FileRegistry>,
+    decoder: &Decoder<R>,
     to: Option<&str>,
     import_id: &str,
 ) -> Result<ImportRecord, String> {
@@ -157,9 +167,7 @@ fn check_line(
             .as_u64()
             .and_then(|id| u32::try_from(id).ok())
             .ok_or("a JSON value needs its \"schema_id\"")?;
-        let schema = registry
-            .get(id)
-            .ok_or_else(|| format!("schema id {id} is not registered"))?;
+        let schema = schema_of(registry, id)?;
         let avro = from_json(v, &schema).map_err(|e| format!("value: {e}"))?;
         encode_value(id, &schema, avro).map_err(|e| format!("value: {e}"))?
     } else if let Some(b) = line["value_base64"].as_str() {

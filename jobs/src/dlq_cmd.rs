@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -12,9 +13,9 @@ use eventbus_dlq::replay::{ReplayOptions, replay};
 use eventbus_dlq::store::{LetterFilter, StoredLetter, parse_offsets, parse_time, read};
 use eventbus_dlq::transfer::{check_import, export_line, produce};
 use eventbus_runtime::KafkaProperties;
-use eventbus_schemas::FileRegistry;
 use eventbus_schemas::codec::Decoder;
 use eventbus_schemas::json::to_json;
+use eventbus_schemas::{FileRegistry, SchemaRegistry};
 use serde_json::json;
 
 use crate::config::{JobFile, Overrides};
@@ -29,10 +30,16 @@ pub struct Connection {
     /// [dlq_processor] category rules are used.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Schemas folder holding registry.toml, for decoding values (default: the bundled
-    /// schemas/).
-    #[arg(long)]
+    /// Schemas folder holding registry.toml, for decoding values (default: a
+    /// Confluent-API registry when --registry, EVENTBUS_REGISTRY_URL or [registry] url
+    /// names one, else the file registry compiled in).
+    #[arg(long, conflicts_with = "registry")]
     pub schemas: Option<PathBuf>,
+    /// A Confluent-API schema registry to decode values with (basic auth from
+    /// EVENTBUS_REGISTRY_USER and EVENTBUS_REGISTRY_PASSWORD); overrides [registry] url
+    /// and EVENTBUS_REGISTRY_URL.
+    #[arg(long)]
+    pub registry: Option<String>,
 }
 
 /// Which letters.
@@ -185,7 +192,7 @@ pub enum DlqCommand {
 struct Context2 {
     kafka: KafkaProperties,
     classifier: Classifier,
-    decoder: Decoder<FileRegistry>,
+    decoder: Decoder<Arc<dyn SchemaRegistry>>,
 }
 
 fn context(c: &Connection) -> anyhow::Result<Context2> {
@@ -193,6 +200,7 @@ fn context(c: &Connection) -> anyhow::Result<Context2> {
         c.config.as_deref(),
         &Overrides {
             brokers: c.brokers.clone(),
+            registry: c.registry.clone(),
             ..Overrides::default()
         },
     )?;
@@ -203,9 +211,10 @@ fn context(c: &Connection) -> anyhow::Result<Context2> {
         .map(|p| p.rules.clone())
         .unwrap_or_default();
     let classifier = Classifier::new(rules).map_err(|e| anyhow::anyhow!("[dlq_processor] {e}"))?;
-    let registry = match &c.schemas {
-        Some(dir) => FileRegistry::open(dir)?,
-        None => FileRegistry::embedded()?,
+    let registry: Arc<dyn SchemaRegistry> = match (&c.schemas, file.registry.http()?) {
+        (Some(dir), _) => Arc::new(FileRegistry::open(dir)?),
+        (None, Some(http)) => Arc::new(http),
+        (None, None) => Arc::new(FileRegistry::embedded()?),
     };
     Ok(Context2 {
         kafka: file.kafka,
@@ -351,11 +360,16 @@ fn stats(topic: &str, filter: &LetterFilter, ctx: &Context2, as_json: bool) -> a
     Ok(())
 }
 
-fn decoded_value(l: &StoredLetter, decoder: &Decoder<FileRegistry>) -> serde_json::Value {
+fn decoded_value(
+    l: &StoredLetter,
+    decoder: &Decoder<Arc<dyn SchemaRegistry>>,
+) -> serde_json::Value {
     match decoder.decode(&l.value, None) {
         Ok((id, v)) => decoder
             .registry()
-            .get(id)
+            .schema(id)
+            .ok()
+            .flatten()
             .and_then(|s| to_json(&v, &s).ok())
             .unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::Value::Null,

@@ -611,3 +611,70 @@ async fn the_warehouse_reads_writer_schemas_from_a_confluent_registry_and_waits_
         "{lookups:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_inspect_decodes_letters_with_the_registry_the_job_file_names() {
+    use eventbus_tests::registry::RegistryDouble;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let dlq = unique("inspect-registry");
+    cluster.create_topic(&dlq, 1, 1).expect("dlq topic");
+    // A letter whose writer schema only the registry knows (id 501).
+    let registry = RegistryDouble::start("Basic b3BzOnNlY3JldA==", 500);
+    let files = eventbus_schemas::FileRegistry::embedded().expect("file registry");
+    let (_, schema) = files
+        .latest_of("vehicle.state.v1-value")
+        .expect("VehicleState");
+    let client = eventbus_schemas::http::HttpRegistry::new({
+        let mut c = eventbus_schemas::http::HttpRegistryConfig::new(registry.url.clone());
+        c.basic_auth = Some(("ops".into(), "secret".into()));
+        c
+    });
+    let text = serde_json::to_string(&*schema).expect("schema json");
+    assert_eq!(client.register("a-value", &text).expect("register"), 501);
+    let letter = eventbus_jobs::generate::records("vehicle.state.v1", 7, 501, &schema)
+        .expect("generator")
+        .next()
+        .expect("one")
+        .expect("encode");
+    topic_io::produce(&brokers, &dlq, vec![letter.clone()], |_| {}).expect("produce");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\nurl = \"{}\"\nuser = \"ops\"\npassword = \"secret\"\n",
+            registry.url
+        ),
+    )
+    .expect("write config");
+    let inspect = |extra: &[&str]| {
+        let mut args = vec![
+            "dlq",
+            "inspect",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &dlq,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = eventbus_tests::dlq::eventbus(&args);
+        assert!(ok, "{err}");
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        lines[0]["value"].clone()
+    };
+    let with_registry = inspect(&["--config", config.to_str().expect("utf-8")]);
+    assert_eq!(
+        with_registry["vehicle_id"].as_str(),
+        Some(letter.0.as_str()),
+        "decoded with the registry's schema: {with_registry}"
+    );
+    // The file registry has no id 501: the value is shown undecoded.
+    assert!(inspect(&[]).is_null());
+}
