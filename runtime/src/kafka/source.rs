@@ -143,6 +143,14 @@ fn consume(
     let mut next_commit = Instant::now() + interval;
     let mut last_commit: Vec<(TopicPartition, i64)> = Vec::new();
     let mut batcher = Batcher::default();
+    let mut distinct = src.config.topics.clone();
+    distinct.sort();
+    distinct.dedup();
+    if let [only] = distinct.as_slice() {
+        // Subscribed by name to one topic: every message is from it, so its name need not
+        // be read (and checked as UTF-8) per message.
+        batcher.only_topic = Some(only.clone());
+    }
     let batch_limit = MAX_BATCH.min(dispatch.config().max_in_flight_per_partition.max(64));
     let mut outcome = Ok(());
     while !dispatch.is_stopping() {
@@ -285,6 +293,8 @@ fn consumer_error(e: KafkaError) -> Result<(), RuntimeError> {
 struct Batcher {
     lanes: Vec<Lane>,
     last: usize,
+    /// The topic of every message, when the subscription names just one.
+    only_topic: Option<String>,
 }
 
 /// One partition's records of the current poll batch, and the buffer their keys and
@@ -297,7 +307,11 @@ struct Lane {
 
 impl Batcher {
     fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let (topic, partition) = (m.topic(), m.partition());
+        let partition = m.partition();
+        let topic = match &self.only_topic {
+            Some(t) => t.as_str(),
+            None => m.topic(),
+        };
         let hit = |l: &Lane| l.tp.partition == partition && &*l.tp.topic == topic;
         if !self.lanes.get(self.last).is_some_and(hit) {
             self.last = match self.lanes.iter().position(hit) {
