@@ -119,6 +119,15 @@ impl RegistryDouble {
     }
 }
 
+impl RegistryDouble {
+    /// A client of the double that sends `user` and `password`.
+    pub fn client(&self, user: &str, password: &str) -> eventbus_schemas::http::HttpRegistry {
+        let mut config = eventbus_schemas::http::HttpRegistryConfig::new(self.url.clone());
+        config.basic_auth = Some((user.to_owned(), password.to_owned()));
+        eventbus_schemas::http::HttpRegistry::new(config)
+    }
+}
+
 fn error(code: u32, message: &str) -> String {
     serde_json::json!({ "error_code": code, "message": message }).to_string()
 }

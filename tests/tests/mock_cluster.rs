@@ -361,6 +361,23 @@ fn warehouse_file(
     file
 }
 
+/// Asserts that `group` has committed every partition of `topic` to its end offset.
+fn assert_committed_to_end(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    ends: &std::collections::BTreeMap<i32, i64>,
+) {
+    let committed = topic_io::committed(brokers, group, topic).expect("committed");
+    for (p, end) in ends {
+        assert_eq!(
+            committed.get(p),
+            Some(end),
+            "partition {p} committed to its end"
+        );
+    }
+}
+
 fn batch_mode() -> eventbus_jobs::warehouse::WarehouseArgs {
     eventbus_jobs::warehouse::WarehouseArgs {
         until_caught_up: true,
@@ -454,14 +471,7 @@ async fn the_warehouse_sends_records_it_cannot_decode_to_the_dlq_and_goes_on() {
     );
 
     // No partition stalled behind its poison: the group is committed to the end.
-    let committed = topic_io::committed(&brokers, &group, &topic).expect("committed");
-    for (p, end) in &ends {
-        assert_eq!(
-            committed.get(p),
-            Some(end),
-            "partition {p} committed to its end"
-        );
-    }
+    assert_committed_to_end(&brokers, &group, &topic, &ends);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,11 +526,7 @@ async fn the_warehouse_reads_writer_schemas_from_a_confluent_registry_and_waits_
     let text = serde_json::to_string(&*schema).expect("schema json");
     let mut doc: serde_json::Value = serde_json::from_str(&text).expect("json");
     doc["doc"] = "VehicleState, registered again".into();
-    let client = eventbus_schemas::http::HttpRegistry::new({
-        let mut c = eventbus_schemas::http::HttpRegistryConfig::new(registry.url.clone());
-        c.basic_auth = Some(("ops".into(), "secret".into()));
-        c
-    });
+    let client = registry.client("ops", "secret");
     assert_eq!(client.register("a-value", &text).expect("register"), 101);
     assert_eq!(
         client
@@ -597,14 +603,7 @@ async fn the_warehouse_reads_writer_schemas_from_a_confluent_registry_and_waits_
         eventbus_tests::dlq::read_letters(&brokers, &dlq).is_empty(),
         "nothing dead-lettered"
     );
-    let committed = topic_io::committed(&brokers, &group, &topic).expect("committed");
-    for (p, end) in &ends {
-        assert_eq!(
-            committed.get(p),
-            Some(end),
-            "partition {p} committed to its end"
-        );
-    }
+    assert_committed_to_end(&brokers, &group, &topic, &ends);
     let lookups = registry.lookups.lock().unwrap().clone();
     assert!(
         lookups.contains_key(&101) && lookups.contains_key(&102),
@@ -625,11 +624,7 @@ async fn dlq_inspect_decodes_letters_with_the_registry_the_job_file_names() {
     let (_, schema) = files
         .latest_of("vehicle.state.v1-value")
         .expect("VehicleState");
-    let client = eventbus_schemas::http::HttpRegistry::new({
-        let mut c = eventbus_schemas::http::HttpRegistryConfig::new(registry.url.clone());
-        c.basic_auth = Some(("ops".into(), "secret".into()));
-        c
-    });
+    let client = registry.client("ops", "secret");
     let text = serde_json::to_string(&*schema).expect("schema json");
     assert_eq!(client.register("a-value", &text).expect("register"), 501);
     let letter = eventbus_jobs::generate::records("vehicle.state.v1", 7, 501, &schema)
