@@ -595,13 +595,21 @@ impl ParquetSink {
     }
 
     fn known_schemas(&self, id: u32) -> Result<Vec<(u32, String)>, SinkError> {
-        let mut schemas = lock(&self.inner.schemas);
-        if !schemas.iter().any(|(k, _)| *k == id) {
-            let json = (self.inner.lookup)(id)
-                .map_err(|e| flush_error(format!("looking up schema id {id}: {e}")))?;
-            if let Some(json) = json {
-                schemas.push((id, json));
+        {
+            let schemas = lock(&self.inner.schemas);
+            if schemas.iter().any(|(k, _)| *k == id) {
+                return Ok(schemas.clone());
             }
+        }
+        // Not under the lock: a registry lookup may take seconds (retries), and other
+        // partitions' records must not wait on it for schemas already known.
+        let json = (self.inner.lookup)(id)
+            .map_err(|e| flush_error(format!("looking up schema id {id}: {e}")))?;
+        let mut schemas = lock(&self.inner.schemas);
+        if let Some(json) = json
+            && !schemas.iter().any(|(k, _)| *k == id)
+        {
+            schemas.push((id, json));
         }
         Ok(schemas.clone())
     }
