@@ -16,8 +16,8 @@
 //! `[warehouse] dead_letters = false` to stop the job on it instead.
 //!
 //! With `until_caught_up` it stops once every partition of its topics has reached the end
-//! offset it had at start (in this instance or, by the table's progress files, in any
-//! other of the group), publishes, commits and returns: the batch-loader mode.
+//! offset it had at start (read by this instance, or committed by the group), publishes,
+//! commits and returns: the batch-loader mode.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -34,6 +34,7 @@ use eventbus_runtime::{
 };
 use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry};
 use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
@@ -96,8 +97,15 @@ pub struct Warehouse {
     sink: ParquetSink,
     /// Where the tables are.
     pub table_root: String,
-    /// In batch mode, each partition's (low, high) offsets at start.
-    ends: Option<BTreeMap<TopicPartition, (i64, i64)>>,
+    /// In batch mode, where to stop.
+    batch: Option<Batch>,
+}
+
+/// What batch mode stops at: each partition's (low, high) offsets at start, and the
+/// cluster view that reads the group's committed offsets.
+struct Batch {
+    ends: BTreeMap<TopicPartition, (i64, i64)>,
+    cluster: Arc<Cluster>,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -248,16 +256,20 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         .with_context(|| format!("opening the tables under {table_root}"))?;
     let dead_letters = wh.dead_letters.unwrap_or(true);
     let cluster = if args.until_caught_up || dead_letters {
-        Some(Cluster::look(&file.kafka))
+        // Batch mode also reads the group's committed offsets, so it needs the group.
+        let group = args.until_caught_up.then_some(source.group_id.as_str());
+        Some(Cluster::look(&file.kafka, group).map(Arc::new))
     } else {
         None
     };
-    let ends = match &cluster {
-        Some(c) if args.until_caught_up => Some(
-            c.as_ref()
-                .map_err(|e| anyhow::anyhow!("{e:#}"))?
-                .end_offsets(&source.topics)?,
-        ),
+    let batch = match &cluster {
+        Some(c) if args.until_caught_up => {
+            let c = c.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            Some(Batch {
+                ends: c.end_offsets(&source.topics)?,
+                cluster: c.clone(),
+            })
+        }
         _ => None,
     };
     let group = source.group_id.clone();
@@ -285,7 +297,7 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         job,
         sink,
         table_root,
-        ends,
+        batch,
     })
 }
 
@@ -304,12 +316,12 @@ impl Warehouse {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<JobReport> {
         let sink = self.sink;
-        let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match self.ends {
+        let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match self.batch {
             None => Box::pin(shutdown),
-            Some(ends) => Box::pin(async move {
+            Some(batch) => Box::pin(async move {
                 tokio::select! {
                     () = shutdown => {}
-                    () = caught_up(sink, ends) => {
+                    () = caught_up(sink, batch) => {
                         tracing::info!("every partition reached its start-time end offset");
                     }
                 }
@@ -327,12 +339,18 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn look(kafka: &KafkaProperties) -> anyhow::Result<Self> {
+    /// A view of the cluster; with `group`, it can also read that group's committed
+    /// offsets (it never joins the group).
+    fn look(kafka: &KafkaProperties, group: Option<&str>) -> anyhow::Result<Self> {
         let mut cfg = ClientConfig::new();
         for (k, v) in kafka.iter() {
             cfg.set(k, v);
         }
-        // No group: metadata and watermarks need no coordinator.
+        // Without a group, metadata and watermarks need no coordinator.
+        if let Some(group) = group {
+            cfg.set("group.id", group);
+            cfg.set("enable.auto.commit", "false");
+        }
         let consumer: BaseConsumer = cfg.create().context("cannot create a consumer")?;
         let metadata = consumer
             .fetch_metadata(None, Duration::from_secs(30))
@@ -362,6 +380,31 @@ impl Cluster {
         }
     }
 
+    /// The group's committed offset of each of `partitions` that has one.
+    fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> anyhow::Result<HashMap<TopicPartition, i64>> {
+        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+        for tp in partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let got = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .context("cannot read the group's committed offsets")?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => {
+                    Some((TopicPartition::new(e.topic(), e.partition()), o))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Per partition of `topics`, the (low, high) offsets now.
     fn end_offsets(
         &self,
@@ -385,35 +428,42 @@ impl Cluster {
     }
 }
 
-/// Resolves once every partition is in the table up to its start-time end offset. What
-/// this instance received answers first; only partitions it has not reached (owned by
-/// another member, or not yet read) are looked up in the table's progress files.
-async fn caught_up(sink: ParquetSink, ends: BTreeMap<TopicPartition, (i64, i64)>) {
-    let mut pending: Vec<(TopicPartition, i64)> = ends
+/// Resolves once every partition is done up to its start-time end offset: read to there
+/// by this instance (what it received answers first), or committed to there by the
+/// group (by another member, or by an earlier run). The table's progress alone is not
+/// enough: a run killed after publishing but before its commit leaves the table ahead of
+/// the group, and a batch run must leave the group's offsets at the end. This instance
+/// gets there by reading its partitions; records the table already holds are
+/// acknowledged without being written again.
+async fn caught_up(sink: ParquetSink, batch: Batch) {
+    const COMMITS_EVERY: Duration = Duration::from_secs(1);
+    let mut pending: Vec<(TopicPartition, i64)> = batch
+        .ends
         .into_iter()
         .filter(|(_, (low, high))| high > low)
         .map(|(tp, (_, high))| (tp, high))
         .collect();
+    let mut commits_read: Option<tokio::time::Instant> = None;
     loop {
         pending.retain(|(tp, high)| sink.seen(tp).is_none_or(|s| s + 1 < *high));
         if pending.is_empty() {
             return;
         }
-        let mut topics: Vec<&str> = pending.iter().map(|(tp, _)| tp.topic.as_ref()).collect();
-        topics.dedup();
-        let mut published: HashMap<TopicPartition, i64> = HashMap::new();
-        for topic in topics {
-            match sink.table_progress(topic).await {
-                Ok(list) => published.extend(
-                    list.into_iter()
-                        .map(|p| (TopicPartition::new(topic, p.partition), p.next_offset)),
-                ),
-                Err(e) => tracing::warn!(error = %e, topic, "cannot read table progress"),
+        if commits_read.is_none_or(|t| t.elapsed() >= COMMITS_EVERY) {
+            commits_read = Some(tokio::time::Instant::now());
+            let cluster = batch.cluster.clone();
+            let partitions: Vec<TopicPartition> =
+                pending.iter().map(|(tp, _)| tp.clone()).collect();
+            match tokio::task::spawn_blocking(move || cluster.committed(&partitions)).await {
+                Ok(Ok(committed)) => {
+                    pending.retain(|(tp, high)| committed.get(tp).is_none_or(|c| c < high));
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read committed offsets"),
+                Err(e) => tracing::warn!(error = %e, "reading committed offsets panicked"),
             }
-        }
-        pending.retain(|(tp, high)| published.get(tp).is_none_or(|n| n < high));
-        if pending.is_empty() {
-            return;
+            if pending.is_empty() {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -673,3 +673,54 @@ async fn dlq_inspect_decodes_letters_with_the_registry_the_job_file_names() {
     // The file registry has no id 501: the value is shown undecoded.
     assert!(inspect(&[]).is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_stops_with_the_group_committed_to_the_end_even_when_the_table_is_ahead() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("wh-batch");
+    cluster.create_topic(&topic, 3, 1).expect("topic");
+    cluster
+        .create_topic(&format!("{topic}.dlq"), 1, 1)
+        .expect("dlq topic");
+    let files = eventbus_schemas::FileRegistry::embedded().expect("file registry");
+    let (id, schema) = files
+        .latest_of("vehicle.state.v1-value")
+        .expect("VehicleState");
+    let records = eventbus_jobs::generate::records("vehicle.state.v1", 3, id, &schema)
+        .expect("generator")
+        .take(1_500)
+        .collect::<anyhow::Result<Vec<_>>>()
+        .expect("encode");
+    topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
+    let ends = topic_io::end_offsets(&brokers, &topic).expect("ends");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tables");
+    let run = |group: &str| {
+        let file = warehouse_file(&brokers, group, &topic, &root, "");
+        let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
+                .await
+                .expect("caught up within 120 s")
+                .expect("clean exit")
+        }
+    };
+
+    let first = unique("g");
+    assert_eq!(run(&first).await.consumed, 1_500);
+    assert_committed_to_end(&brokers, &first, &topic, &ends);
+
+    // A group that has committed nothing, over a table that already holds everything
+    // (as after a run killed between publishing and committing): the run reads each
+    // record, writes none again, and leaves its group at the end.
+    let second = unique("g");
+    assert_eq!(run(&second).await.consumed, 1_500);
+    assert_committed_to_end(&brokers, &second, &topic, &ends);
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+    let rows = eventbus_tests::read_table(&store, &topic.as_str().into()).await;
+    assert_eq!(eventbus_tests::table_duplicates(&rows), (0, 1_500));
+
+    // A group already at the end has nothing to read, and the run stops at once.
+    assert_eq!(run(&first).await.consumed, 0);
+}

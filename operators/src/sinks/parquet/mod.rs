@@ -421,14 +421,6 @@ impl ParquetSink {
             .clone()
     }
 
-    /// Every partition's progress as the table records it (written by any instance).
-    ///
-    /// # Errors
-    /// The store could not be read.
-    pub async fn table_progress(&self, topic: &str) -> Result<Vec<Progress>, SinkError> {
-        self.table(topic).progress().await.map_err(store_error)
-    }
-
     /// The highest offset this sink has received for a partition, buffered or written.
     pub fn seen(&self, tp: &TopicPartition) -> Option<i64> {
         let part = lock(&self.inner.parts).get(tp).cloned()?;
