@@ -424,7 +424,13 @@ impl JobShared {
                 Some((_, false)) => {}
                 Some((_, true)) if weak => {}
                 _ => {
-                    tracing::error!(job = %self.name, error = %error, "job failed; stopping");
+                    if weak {
+                        // Usually the echo of a failure reported next (a sink that
+                        // returned an error had dropped the record's ack): not the cause.
+                        tracing::warn!(job = %self.name, error = %error, "stopping");
+                    } else {
+                        tracing::error!(job = %self.name, error = %error, "job failed; stopping");
+                    }
                     *slot = Some((error, weak));
                 }
             }
