@@ -277,15 +277,7 @@ async fn a_partition_that_goes_quiet_is_published_within_the_maximum_age() {
     let brokers = cluster.bootstrap_servers();
     let topic = unique("quiet");
     cluster.create_topic(&topic, 2, 1).expect("topic");
-    let registry = eventbus_schemas::FileRegistry::embedded().expect("registry");
-    let (id, schema) = registry
-        .latest_of("vehicle.state.v1-value")
-        .expect("registered");
-    let records: Vec<_> = eventbus_jobs::generate::records("vehicle.state.v1", 3, id, &schema)
-        .expect("generator")
-        .take(37)
-        .map(|r| r.expect("encode"))
-        .collect();
+    let records = eventbus_tests::vehicle_states(3, eventbus_tests::vehicle_state_id(), 37);
     topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -519,11 +511,7 @@ async fn the_warehouse_reads_writer_schemas_from_a_confluent_registry_and_waits_
     // only a job that asks this registry can decode the records. 102 is VehicleState with
     // a doc: another text, the same encoding.
     let registry = RegistryDouble::start("Basic b3BzOnNlY3JldA==", 100);
-    let files = eventbus_schemas::FileRegistry::embedded().expect("file registry");
-    let (_, schema) = files
-        .latest_of("vehicle.state.v1-value")
-        .expect("VehicleState");
-    let text = serde_json::to_string(&*schema).expect("schema json");
+    let text = eventbus_tests::vehicle_state_json();
     let mut doc: serde_json::Value = serde_json::from_str(&text).expect("json");
     doc["doc"] = "VehicleState, registered again".into();
     let client = registry.client("ops", "secret");
@@ -536,11 +524,7 @@ async fn the_warehouse_reads_writer_schemas_from_a_confluent_registry_and_waits_
     );
     // Per partition, the records with id 101 come before those with id 102.
     for (id, seed) in [(101, 1), (102, 2)] {
-        let records = eventbus_jobs::generate::records("vehicle.state.v1", seed, id, &schema)
-            .expect("generator")
-            .take(300)
-            .collect::<anyhow::Result<Vec<_>>>()
-            .expect("encode");
+        let records = eventbus_tests::vehicle_states(seed, id, 300);
         topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
     }
     let ends = topic_io::end_offsets(&brokers, &topic).expect("ends");
@@ -620,18 +604,10 @@ async fn dlq_inspect_decodes_letters_with_the_registry_the_job_file_names() {
     cluster.create_topic(&dlq, 1, 1).expect("dlq topic");
     // A letter whose writer schema only the registry knows (id 501).
     let registry = RegistryDouble::start("Basic b3BzOnNlY3JldA==", 500);
-    let files = eventbus_schemas::FileRegistry::embedded().expect("file registry");
-    let (_, schema) = files
-        .latest_of("vehicle.state.v1-value")
-        .expect("VehicleState");
     let client = registry.client("ops", "secret");
-    let text = serde_json::to_string(&*schema).expect("schema json");
+    let text = eventbus_tests::vehicle_state_json();
     assert_eq!(client.register("a-value", &text).expect("register"), 501);
-    let letter = eventbus_jobs::generate::records("vehicle.state.v1", 7, 501, &schema)
-        .expect("generator")
-        .next()
-        .expect("one")
-        .expect("encode");
+    let letter = eventbus_tests::vehicle_states(7, 501, 1).remove(0);
     topic_io::produce(&brokers, &dlq, vec![letter.clone()], |_| {}).expect("produce");
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -683,15 +659,7 @@ async fn batch_mode_stops_with_the_group_committed_to_the_end_even_when_the_tabl
     cluster
         .create_topic(&format!("{topic}.dlq"), 1, 1)
         .expect("dlq topic");
-    let files = eventbus_schemas::FileRegistry::embedded().expect("file registry");
-    let (id, schema) = files
-        .latest_of("vehicle.state.v1-value")
-        .expect("VehicleState");
-    let records = eventbus_jobs::generate::records("vehicle.state.v1", 3, id, &schema)
-        .expect("generator")
-        .take(1_500)
-        .collect::<anyhow::Result<Vec<_>>>()
-        .expect("encode");
+    let records = eventbus_tests::vehicle_states(3, eventbus_tests::vehicle_state_id(), 1_500);
     topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
     let ends = topic_io::end_offsets(&brokers, &topic).expect("ends");
     let dir = tempfile::tempdir().expect("tempdir");

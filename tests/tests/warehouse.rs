@@ -31,16 +31,9 @@ async fn load(
     topic_io::create_topics(brokers, &[(&topic, partitions)])
         .await
         .expect("create topic");
-    let registry = FileRegistry::embedded().expect("registry");
-    let (id, schema) = registry
-        .latest_of("vehicle.state.v1-value")
-        .expect("registered");
     let (b, t) = (brokers.to_owned(), topic.clone());
     tokio::task::spawn_blocking(move || {
-        let records = eventbus_jobs::generate::records("vehicle.state.v1", 7, id, &schema)
-            .expect("generator")
-            .take(count)
-            .map(|r| r.expect("encode"));
+        let records = eventbus_tests::vehicle_states(7, eventbus_tests::vehicle_state_id(), count);
         topic_io::produce(&b, &t, records, |_| {})
     })
     .await
@@ -52,7 +45,7 @@ async fn load(
         .expect("join")
         .expect("read back");
     assert_eq!(produced.len(), count);
-    let decoder = Decoder::new(Arc::new(registry));
+    let decoder = Decoder::new(Arc::new(FileRegistry::embedded().expect("registry")));
     let mut by_pos = BTreeMap::new();
     for m in produced {
         use rdkafka::Message;
