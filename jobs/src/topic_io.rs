@@ -240,13 +240,9 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> anyhow::Result<BTre
     let got = c
         .committed_offsets(tpl, TIMEOUT)
         .with_context(|| format!("committed offsets of group {group} on {topic}"))?;
-    Ok(got
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
+    Ok(eventbus_runtime::kafka::offsets_of(&got)
+        .into_iter()
+        .map(|(tp, o)| (tp.partition, o))
         .collect())
 }
 

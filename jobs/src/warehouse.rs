@@ -393,15 +393,8 @@ impl Cluster {
             .consumer
             .committed_offsets(tpl, Duration::from_secs(30))
             .context("cannot read the group's committed offsets")?;
-        Ok(got
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                rdkafka::Offset::Offset(o) => {
-                    Some((TopicPartition::new(e.topic(), e.partition()), o))
-                }
-                _ => None,
-            })
+        Ok(eventbus_runtime::kafka::offsets_of(&got)
+            .into_iter()
             .collect())
     }
 

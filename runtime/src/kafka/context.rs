@@ -79,19 +79,7 @@ impl ConsumerContext for SourceContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => {
-                let committed: Vec<(TopicPartition, i64)> = offsets
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => {
-                            Some((TopicPartition::new(e.topic(), e.partition()), o))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                self.dispatch.committed(&committed);
-            }
+            Ok(()) => self.dispatch.committed(&super::offsets_of(offsets)),
             Err(e) => tracing::warn!(error = %e, "offset commit failed; the next commit retries"),
         }
     }

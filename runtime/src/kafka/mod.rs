@@ -20,6 +20,20 @@ use rdkafka::types::RDKafkaErrorCode;
 
 pub use source::KafkaSource;
 
+use crate::record::TopicPartition;
+
+/// The partitions of `list` that carry an absolute offset, with it (committed offsets as
+/// librdkafka reports them; entries without one are left out).
+pub fn offsets_of(list: &rdkafka::TopicPartitionList) -> Vec<(TopicPartition, i64)> {
+    list.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Hands `record` to `producer`, waiting on this thread while librdkafka's local queue
 /// is full (its sending thread drains it). Any other refusal returns with the record.
 ///
