@@ -255,38 +255,43 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     let sink = ParquetSink::new(config, lookup(registry), &ids)
         .with_context(|| format!("opening the tables under {table_root}"))?;
     let dead_letters = wh.dead_letters.unwrap_or(true);
-    let cluster = if args.until_caught_up || dead_letters {
-        // Batch mode also reads the group's committed offsets, so it needs the group.
-        let group = args.until_caught_up.then_some(source.group_id.as_str());
-        Some(Cluster::look(&file.kafka, group).map(Arc::new))
+    // One view of the cluster serves batch mode (which needs it, and the group, to read
+    // committed offsets) and the DLQ-topic check (which can do without it: the job's own
+    // start-up check names an unreachable cluster).
+    let cluster = if args.until_caught_up {
+        Some(Arc::new(Cluster::look(
+            &file.kafka,
+            Some(&source.group_id),
+        )?))
+    } else if dead_letters {
+        Cluster::look(&file.kafka, None)
+            .inspect_err(|e| tracing::debug!(error = %e, "cannot check the DLQ topics"))
+            .ok()
+            .map(Arc::new)
     } else {
         None
     };
     let batch = match &cluster {
-        Some(c) if args.until_caught_up => {
-            let c = c.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            Some(Batch {
-                ends: c.end_offsets(&source.topics)?,
-                cluster: c.clone(),
-            })
-        }
+        Some(c) if args.until_caught_up => Some(Batch {
+            ends: c.end_offsets(&source.topics)?,
+            cluster: c.clone(),
+        }),
         _ => None,
     };
-    let group = source.group_id.clone();
-    let topics = source.topics.clone();
     let mut pipeline = eventbus_runtime::Job::builder("warehouse")
         .config(runtime)
-        .source(KafkaSource::new(file.kafka.clone(), source));
+        .source(KafkaSource::new(file.kafka.clone(), source.clone()));
     if dead_letters {
         let mut dlq = file.dlq.clone().unwrap_or_default().with_catalog(&catalog);
-        dlq.group.get_or_insert(group);
-        match &cluster {
-            Some(Ok(c)) => {
-                c.warn_missing(&topics.iter().map(|t| dlq.dlq_topic(t)).collect::<Vec<_>>())
-            }
-            // The job's own start-up check names an unreachable cluster.
-            Some(Err(e)) => tracing::debug!(error = %e, "cannot check the DLQ topics"),
-            None => {}
+        dlq.group.get_or_insert(source.group_id);
+        if let Some(c) = &cluster {
+            c.warn_missing(
+                &source
+                    .topics
+                    .iter()
+                    .map(|t| dlq.dlq_topic(t))
+                    .collect::<Vec<_>>(),
+            );
         }
         pipeline = pipeline.dead_letters(
             KafkaDeadLetters::new(&file.kafka, dlq).context("starting the dead-letter producer")?,
