@@ -882,14 +882,19 @@ impl Sink<Bytes> for ParquetSink {
             }
             return Ok(());
         }
+        // A record that cannot be decoded: dead-lettered, and listed as skipped by the
+        // next commit entry.
+        let skip = |p: &mut PartBuf, ack: Ack, reason: String| {
+            p.failed.push(SkippedRecord {
+                offset: record.offset,
+                reason: reason.clone(),
+            });
+            ack.fail(bad(reason));
+        };
         let bytes = &record.value;
         if bytes.len() < 5 || bytes[0] != 0 {
             let reason = "not in the wire format (magic byte 0 and a 4-byte schema id)";
-            p.failed.push(SkippedRecord {
-                offset: record.offset,
-                reason: reason.to_owned(),
-            });
-            ack.fail(bad(reason.to_owned()));
+            skip(&mut p, ack, reason.to_owned());
             return Ok(());
         }
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -912,11 +917,7 @@ impl Sink<Bytes> for ParquetSink {
             None
         };
         if let Err(reason) = self.decode_into(&mut p, id, schemas, bytes) {
-            p.failed.push(SkippedRecord {
-                offset: record.offset,
-                reason: reason.clone(),
-            });
-            ack.fail(bad(reason));
+            skip(&mut p, ack, reason);
             return Ok(());
         }
         p.bytes += bytes.len();

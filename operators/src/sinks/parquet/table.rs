@@ -177,29 +177,8 @@ impl Table {
         })
     }
 
-    /// The newest commit entry of a partition, if any.
-    pub(crate) async fn last_commit(&self, partition: i32) -> StoreResult<Option<CommitEntry>> {
-        let dir = self.path(&Self::commits_dir(partition));
-        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
-        let newest = listed
-            .objects
-            .iter()
-            .filter(|o| o.location.extension() == Some("json"))
-            .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
-        let Some(meta) = newest else {
-            return Ok(None);
-        };
-        let key = format!(
-            "{}/{}",
-            Self::commits_dir(partition),
-            meta.location.filename().unwrap_or_default()
-        );
-        self.get_json(&key).await.map(Some)
-    }
-
-    /// The commit entry whose range holds `offset` (for a record read again below the
-    /// partition's `next`), or, when none does, the gap up to the next entry.
-    pub(crate) async fn covering(&self, partition: i32, offset: i64) -> StoreResult<Covered> {
+    /// The start offsets of a partition's commit entries, in order.
+    async fn commit_starts(&self, partition: i32) -> StoreResult<Vec<i64>> {
         let dir = self.path(&Self::commits_dir(partition));
         let listed = self.store.list_with_delimiter(Some(&dir)).await?;
         let mut starts: Vec<i64> = listed
@@ -208,22 +187,36 @@ impl Table {
             .filter_map(|o| o.location.filename()?.strip_suffix(".json")?.parse().ok())
             .collect();
         starts.sort_unstable();
+        Ok(starts)
+    }
+
+    /// The newest commit entry of a partition, if any.
+    pub(crate) async fn last_commit(&self, partition: i32) -> StoreResult<Option<CommitEntry>> {
+        match self.commit_starts(partition).await?.last() {
+            Some(&start) => self
+                .get_json(&Self::commit_key(partition, start))
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The commit entry whose range holds `offset` (for a record read again below the
+    /// partition's `next`), or, when none does, the gap up to the next entry.
+    pub(crate) async fn covering(&self, partition: i32, offset: i64) -> StoreResult<Covered> {
+        let starts = self.commit_starts(partition).await?;
         let after = starts.partition_point(|s| *s <= offset);
-        let gap_until = starts.get(after).map_or(i64::MAX, |s| s - 1);
-        let Some(start) = after.checked_sub(1).map(|i| starts[i]) else {
-            return Ok(Covered {
-                start: offset,
-                end: gap_until,
-                skipped: Vec::new(),
-            });
+        let gap = Covered {
+            start: offset,
+            end: starts.get(after).map_or(i64::MAX, |s| s - 1),
+            skipped: Vec::new(),
+        };
+        let Some(&start) = after.checked_sub(1).and_then(|i| starts.get(i)) else {
+            return Ok(gap);
         };
         let entry: CommitEntry = self.get_json(&Self::commit_key(partition, start)).await?;
         if entry.end_offset < offset {
-            return Ok(Covered {
-                start: offset,
-                end: gap_until,
-                skipped: Vec::new(),
-            });
+            return Ok(gap);
         }
         Ok(Covered {
             start: entry.start_offset,
