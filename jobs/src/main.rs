@@ -123,10 +123,8 @@ enum Command {
         /// Seed: the same seed gives the same records.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// The catalog file [default: schemas/topics.toml in the current folder, else the
-        /// catalog of the source tree eventbus was built from].
-        #[arg(long)]
-        catalog: Option<PathBuf>,
+        #[command(flatten)]
+        catalog: CatalogArg,
     },
     /// Compare the topic catalog with a cluster, and create what is missing.
     Topics {
@@ -186,15 +184,28 @@ enum BenchJobArg {
     Warehouse,
 }
 
+/// Which topic catalog a command reads.
+#[derive(Debug, clap::Args)]
+struct CatalogArg {
+    /// The catalog file [default: schemas/topics.toml in the current folder, else the
+    /// catalog of the source tree eventbus was built from].
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+}
+
+impl CatalogArg {
+    fn load(&self) -> anyhow::Result<eventbus_schemas::Catalog> {
+        eventbus_jobs::load_catalog(self.catalog.as_deref())
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct TopicsArgs {
     /// Bootstrap servers.
     #[arg(long, env = "EVENTBUS_BROKERS")]
     brokers: String,
-    /// The catalog file [default: schemas/topics.toml in the current folder, else the
-    /// catalog of the source tree eventbus was built from].
-    #[arg(long)]
-    catalog: Option<PathBuf>,
+    #[command(flatten)]
+    catalog: CatalogArg,
     /// Replication factor for new topics instead of the catalog's (e.g. 1 on a
     /// single-broker development cluster).
     #[arg(long)]
@@ -213,10 +224,8 @@ enum TopicsCommand {
         /// Bootstrap servers; without them only the catalog is shown.
         #[arg(long, env = "EVENTBUS_BROKERS")]
         brokers: Option<String>,
-        /// The catalog file [default: schemas/topics.toml in the current folder, else the
-        /// catalog of the source tree eventbus was built from].
-        #[arg(long)]
-        catalog: Option<PathBuf>,
+        #[command(flatten)]
+        catalog: CatalogArg,
     },
 }
 
@@ -488,7 +497,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let counts = tokio::task::spawn_blocking(move || {
                 eventbus_jobs::generate::run(
                     &brokers,
-                    &eventbus_jobs::catalog_file(catalog.as_deref()),
+                    &eventbus_jobs::catalog_file(catalog.catalog.as_deref()),
                     &opts,
                 )
             })
@@ -575,20 +584,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 
 async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
     use eventbus_jobs::topics_cmd;
-    let load = |path: &Option<PathBuf>| eventbus_jobs::load_catalog(path.as_deref());
     match command {
         TopicsCommand::List { brokers, catalog } => {
-            topics_cmd::list(brokers.as_deref(), &load(&catalog)?)
+            topics_cmd::list(brokers.as_deref(), &catalog.load()?)
         }
         TopicsCommand::Plan(a) => {
             let changes =
-                topics_cmd::plan(&a.brokers, &load(&a.catalog)?, a.replication_factor).await?;
+                topics_cmd::plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
             print_plan(&changes);
             Ok(())
         }
         TopicsCommand::Apply(a) => {
             let changes =
-                topics_cmd::plan(&a.brokers, &load(&a.catalog)?, a.replication_factor).await?;
+                topics_cmd::plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
             print_plan(&changes);
             topics_cmd::apply(&a.brokers, &changes).await?;
             if !changes.is_empty() {
