@@ -515,14 +515,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Schemas {
             command: SchemasCommand::Register { registry, dir },
         } => {
-            let mut config = eventbus_schemas::http::HttpRegistryConfig::new(registry);
-            if let (Ok(user), Ok(password)) = (
-                std::env::var("EVENTBUS_REGISTRY_USER"),
-                std::env::var("EVENTBUS_REGISTRY_PASSWORD"),
-            ) {
-                config.basic_auth = Some((user, password));
-            }
-            let client = eventbus_schemas::http::HttpRegistry::new(config);
+            // The same [registry] settings and environment as the jobs that decode.
+            let mut file = JobFile::default();
+            file.apply(
+                std::env::vars(),
+                &Overrides {
+                    registry: Some(registry),
+                    ..Overrides::default()
+                },
+            );
+            let client = file.registry.http()?.context("no schema registry URL")?;
             tokio::task::spawn_blocking(move || eventbus_jobs::schemas_cmd::register(&dir, &client))
                 .await?
         }
