@@ -44,10 +44,7 @@ pub struct PoisonStream {
 /// `n` VehicleState records; every `every`-th is poison, the kinds in turn. Keys are
 /// unique (`<vehicle>#<i>`) so each record can be found again.
 pub fn poison_stream(n: usize, every: usize) -> PoisonStream {
-    let registry = FileRegistry::embedded().expect("registry");
-    let (id, schema) = registry
-        .latest_of("vehicle.state.v1-value")
-        .expect("vehicle.state.v1-value");
+    let (id, schema) = crate::vehicle_state_schema();
     let mut records = Vec::with_capacity(n);
     let mut poison = BTreeMap::new();
     for (i, mut event) in FleetGenerator::new(50, 11).take(n).enumerate() {

@@ -29,38 +29,28 @@ use eventbus_jobs::mirror::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use eventbus_jobs::topic_io;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
-/// VehicleState's writer schema as the file registry holds it, as JSON text (what a
-/// schema registry is given).
-pub fn vehicle_state_json() -> String {
-    let registry = eventbus_schemas::FileRegistry::embedded().expect("registry");
-    let (_, schema) = registry
+/// VehicleState's latest schema in the file registry, with its id.
+pub fn vehicle_state_schema() -> (u32, Arc<apache_avro::Schema>) {
+    eventbus_schemas::FileRegistry::embedded()
+        .expect("registry")
         .latest_of("vehicle.state.v1-value")
-        .expect("vehicle.state.v1-value");
-    serde_json::to_string(&*schema).expect("schema json")
+        .expect("vehicle.state.v1-value")
+}
+
+/// VehicleState's writer schema as JSON text (what a schema registry is given).
+pub fn vehicle_state_json() -> String {
+    serde_json::to_string(&*vehicle_state_schema().1).expect("schema json")
 }
 
 /// `n` VehicleState records from the generator with `seed`, keyed by vehicle, in the wire
 /// format under schema id `id` (the file registry's, or one a registry double gave the
 /// same schema).
 pub fn vehicle_states(seed: u64, id: u32, n: usize) -> Vec<(String, Vec<u8>)> {
-    let registry = eventbus_schemas::FileRegistry::embedded().expect("registry");
-    let (_, schema) = registry
-        .latest_of("vehicle.state.v1-value")
-        .expect("vehicle.state.v1-value");
-    eventbus_jobs::generate::records("vehicle.state.v1", seed, id, &schema)
+    eventbus_jobs::generate::records("vehicle.state.v1", seed, id, &vehicle_state_schema().1)
         .expect("generator")
         .take(n)
         .collect::<anyhow::Result<Vec<_>>>()
         .expect("encode")
-}
-
-/// The file registry's id of VehicleState's latest schema.
-pub fn vehicle_state_id() -> u32 {
-    let registry = eventbus_schemas::FileRegistry::embedded().expect("registry");
-    registry
-        .latest_of("vehicle.state.v1-value")
-        .expect("vehicle.state.v1-value")
-        .0
 }
 
 /// A name no other test (or earlier run against the same broker) uses.

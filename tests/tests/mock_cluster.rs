@@ -277,7 +277,7 @@ async fn a_partition_that_goes_quiet_is_published_within_the_maximum_age() {
     let brokers = cluster.bootstrap_servers();
     let topic = unique("quiet");
     cluster.create_topic(&topic, 2, 1).expect("topic");
-    let records = eventbus_tests::vehicle_states(3, eventbus_tests::vehicle_state_id(), 37);
+    let records = eventbus_tests::vehicle_states(3, eventbus_tests::vehicle_state_schema().0, 37);
     topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -659,7 +659,8 @@ async fn batch_mode_stops_with_the_group_committed_to_the_end_even_when_the_tabl
     cluster
         .create_topic(&format!("{topic}.dlq"), 1, 1)
         .expect("dlq topic");
-    let records = eventbus_tests::vehicle_states(3, eventbus_tests::vehicle_state_id(), 1_500);
+    let records =
+        eventbus_tests::vehicle_states(3, eventbus_tests::vehicle_state_schema().0, 1_500);
     topic_io::produce(&brokers, &topic, records, |_| {}).expect("produce");
     let ends = topic_io::end_offsets(&brokers, &topic).expect("ends");
     let dir = tempfile::tempdir().expect("tempdir");

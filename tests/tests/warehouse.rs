@@ -33,7 +33,8 @@ async fn load(
         .expect("create topic");
     let (b, t) = (brokers.to_owned(), topic.clone());
     tokio::task::spawn_blocking(move || {
-        let records = eventbus_tests::vehicle_states(7, eventbus_tests::vehicle_state_id(), count);
+        let records =
+            eventbus_tests::vehicle_states(7, eventbus_tests::vehicle_state_schema().0, count);
         topic_io::produce(&b, &t, records, |_| {})
     })
     .await
