@@ -53,6 +53,23 @@ pub fn vehicle_states(seed: u64, id: u32, n: usize) -> Vec<(String, Vec<u8>)> {
         .expect("encode")
 }
 
+/// Produces `records` to `topic` and reads the topic back whole (within `within`), off
+/// the async runtime: where each record landed.
+pub async fn produce_and_read_back(
+    brokers: &str,
+    topic: &str,
+    records: Vec<(String, Vec<u8>)>,
+    within: Duration,
+) -> Vec<OwnedMessage> {
+    let (b, t) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        topic_io::produce(&b, &t, records, |_| {}).expect("produce");
+        topic_io::read_all(&b, &t, within).expect("read back")
+    })
+    .await
+    .expect("join")
+}
+
 /// A name no other test (or earlier run against the same broker) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -31,20 +31,9 @@ async fn load(
     topic_io::create_topics(brokers, &[(&topic, partitions)])
         .await
         .expect("create topic");
-    let (b, t) = (brokers.to_owned(), topic.clone());
-    tokio::task::spawn_blocking(move || {
-        let records =
-            eventbus_tests::vehicle_states(7, eventbus_tests::vehicle_state_schema().0, count);
-        topic_io::produce(&b, &t, records, |_| {})
-    })
-    .await
-    .expect("join")
-    .expect("produce");
-    let (b, t) = (brokers.to_owned(), topic.clone());
-    let produced = tokio::task::spawn_blocking(move || topic_io::read_all(&b, &t, READ))
-        .await
-        .expect("join")
-        .expect("read back");
+    let records =
+        eventbus_tests::vehicle_states(7, eventbus_tests::vehicle_state_schema().0, count);
+    let produced = eventbus_tests::produce_and_read_back(brokers, &topic, records, READ).await;
     assert_eq!(produced.len(), count);
     let decoder = Decoder::new(Arc::new(FileRegistry::embedded().expect("registry")));
     let mut by_pos = BTreeMap::new();

@@ -32,16 +32,8 @@ async fn records_that_cannot_be_decoded_go_to_the_dlq_across_a_crash_and_the_tab
         .map(|(key, _)| key.clone())
         .collect();
     assert_eq!(undecodable.len(), 120);
-    let (b, t, records) = (brokers.clone(), topic.clone(), stream.records.clone());
-    tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, records, |_| {}))
-        .await
-        .expect("join")
-        .expect("produce");
-    let (b, t) = (brokers.clone(), topic.clone());
-    let produced = tokio::task::spawn_blocking(move || topic_io::read_all(&b, &t, READ))
-        .await
-        .expect("join")
-        .expect("read back");
+    let produced =
+        eventbus_tests::produce_and_read_back(&brokers, &topic, stream.records.clone(), READ).await;
     // Where each record landed, and which positions hold undecodable ones.
     let mut bad_at = std::collections::BTreeMap::new();
     let mut good_at = std::collections::BTreeSet::new();
