@@ -13,6 +13,7 @@
 pub mod dlq;
 pub mod dlq_scenarios;
 pub mod registry;
+pub mod warehouse_scenarios;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

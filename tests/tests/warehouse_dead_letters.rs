@@ -1,6 +1,7 @@
 //! The warehouse job on the real broker (tansu) with records it cannot decode: they go
 //! to the topic's DLQ with their context, across a SIGKILL, while the table stays exactly
-//! once. Its own test binary, so `make test` runs it on a fresh tansu (tansu 0.6's group
+//! once; with a schema registry that goes down; and batch mode's committed offsets. Its
+//! own test binary, so `make test` runs it on a fresh tansu (tansu 0.6's group
 //! coordinator slows down as groups and killed members pile up).
 #![cfg(feature = "real-broker")]
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
@@ -176,4 +177,22 @@ max_age_ms = 500
     .await
     .expect("join");
     assert_eq!(committed, ends, "committed to the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_stops_the_warehouse_and_a_restart_finishes() {
+    eventbus_tests::warehouse_scenarios::registry_outage_stops_the_warehouse_and_a_restart_finishes(
+        None,
+        &shared_brokers(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_commits_to_the_end_even_when_the_table_is_ahead() {
+    eventbus_tests::warehouse_scenarios::batch_mode_commits_to_the_end_even_when_the_table_is_ahead(
+        None,
+        &shared_brokers(),
+    )
+    .await;
 }
