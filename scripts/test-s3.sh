@@ -23,7 +23,9 @@ install() {
   fi
   echo "installing moto, pyarrow, duckdb and confluent-kafka into $VENV (once per machine)" >&2
   python3 -m venv "$VENV" >&2
-  "$VENV/bin/pip" install --quiet 'moto[server]' pyarrow duckdb confluent-kafka >&2
+  # Pinned: a fresh machine gets the versions the suite is known to pass with.
+  "$VENV/bin/pip" install --quiet 'moto[server]==5.2.5' 'pyarrow==26.0.1' 'duckdb==2.0.1' \
+    'confluent-kafka==2.16.1' >&2
 }
 
 start() {
