@@ -100,6 +100,13 @@ pub struct BenchResult {
     pub executor_cpu_s_per_million: f64,
     /// Executor CPU per record over the bare consumer's.
     pub cpu_ratio: f64,
+    /// Warehouse only: the same records decoded and written as zstd Parquet in memory on
+    /// one thread, one file per partition's share, without Kafka or a store. Process CPU
+    /// seconds per million records: the part of the warehouse's cost that is its output.
+    pub encode_cpu_s_per_million: Option<f64>,
+    /// Warehouse only: `(bare + encode) / bare`, the CPU ratio a warehouse with no
+    /// overhead at all beyond reading and encoding would reach on this run.
+    pub encode_floor_ratio: Option<f64>,
 }
 
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
@@ -156,6 +163,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     };
     let bar = progress::bar(opts.messages, "produced", opts.quiet);
     let count = usize::try_from(opts.messages).unwrap_or(usize::MAX);
+    let mut encode_input = None;
     match opts.job {
         BenchJob::Discard => {
             let value = vec![b'x'; opts.value_size];
@@ -170,6 +178,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             let records = crate::generate::records("vehicle.state.v1", 1, id, &schema)?
                 .take(count)
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let values: Vec<Bytes> = records
+                .iter()
+                .map(|(_, v)| Bytes::from(v.clone()))
+                .collect();
+            encode_input = Some((id, serde_json::to_string(&*schema)?, values));
             topic_io::produce(&brokers, &topic, records, |n| bar.set_position(n))?;
         }
     }
@@ -226,6 +239,15 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         exec_cpu = exec_cpu.min(e_cpu);
     }
     drop(cluster);
+    let encode_cpu = match encode_input {
+        Some((id, json, values)) => {
+            let share = values.len().div_ceil(opts.partitions.max(1) as usize);
+            Some(tokio::task::block_in_place(|| {
+                encode_cost(id, &json, &values, share)
+            })?)
+        }
+        None => None,
+    };
     Ok(BenchResult {
         job: opts.job,
         messages: n,
@@ -236,7 +258,26 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         bare_cpu_s_per_million: bare_cpu,
         executor_cpu_s_per_million: exec_cpu,
         cpu_ratio: exec_cpu / bare_cpu,
+        encode_cpu_s_per_million: encode_cpu,
+        encode_floor_ratio: encode_cpu.map(|c| (bare_cpu + c) / bare_cpu),
     })
+}
+
+/// Process CPU seconds per million records to decode `values` (wire format, schema `id`)
+/// and write them as Parquet in memory, in files of `rows_per_file` rows: the warehouse's
+/// per-file work (`wire_to_parquet`, as in the criterion bench) with nothing else running.
+fn encode_cost(id: u32, json: &str, values: &[Bytes], rows_per_file: usize) -> anyhow::Result<f64> {
+    let start = cpu_seconds();
+    for chunk in values.chunks(rows_per_file.max(1)) {
+        let file = eventbus_operators::sinks::parquet::wire_to_parquet(id, json, chunk, 1)
+            .map_err(|e| anyhow::anyhow!("decode+Parquet of the benchmark records: {e}"))?;
+        std::hint::black_box(file);
+    }
+    let end = cpu_seconds();
+    Ok(per_million(
+        end.zip(start).map(|(e, s)| e - s),
+        values.len() as u64,
+    ))
 }
 
 /// What the executor's side is called in reports.

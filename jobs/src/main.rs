@@ -578,6 +578,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     r.partitions,
                     opts.rounds
                 );
+                if let (Some(c), Some(f)) = (r.encode_cpu_s_per_million, r.encode_floor_ratio) {
+                    println!(
+                        "decode+Parquet alone   {c:>21.2} cpu-s per million (same records, one thread, in memory)\n\
+                         floor (bare + decode+Parquet)/bare {f:>6.3} cpu: the ratio with no other overhead"
+                    );
+                }
             }
             Ok(())
         }

@@ -305,4 +305,12 @@ fn bench_measures_the_warehouse_job_against_the_bare_consumer() {
     }
     // CPU is counted in 10 ms ticks: a run this small may show none for the bare side.
     assert!(v.get("cpu_ratio").is_some(), "{v}");
+    // The warehouse run also costs decoding and encoding alone, over the same records.
+    assert!(
+        v["encode_cpu_s_per_million"]
+            .as_f64()
+            .is_some_and(|x| x.is_finite() && x >= 0.0),
+        "encode_cpu_s_per_million in {v}"
+    );
+    assert!(v.get("encode_floor_ratio").is_some(), "{v}");
 }
