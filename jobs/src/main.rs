@@ -145,9 +145,13 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
-    /// Measure the executor against a bare rdkafka consumer on the mock cluster.
+    /// Measure a job against a bare rdkafka consumer on the mock cluster or a real broker.
     ///
-    /// Prints records/s of both and their ratio (goal: executor at least 0.8 of bare).
+    /// Both sides read the same topic in the same run. Prints records/s and CPU seconds
+    /// per million records of each, and their ratios (goals: at least 0.8 of the bare
+    /// consumer's records/s; for the warehouse, at most 2x its CPU per record). With
+    /// `--job warehouse` it also prints the CPU of decoding and writing the same records
+    /// as Parquet alone, and the ratio that would leave (the floor under the warehouse's).
     Bench {
         /// The job measured against the bare consumer: discard (the runtime's own cost)
         /// or warehouse (VehicleState records into Parquet tables, published and
