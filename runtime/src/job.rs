@@ -358,7 +358,7 @@ pub(crate) struct JobShared {
 }
 
 impl JobShared {
-    fn new(name: String, stats: Arc<JobStats>) -> Self {
+    pub(crate) fn new(name: String, stats: Arc<JobStats>) -> Self {
         Self {
             name,
             stats,
@@ -460,13 +460,13 @@ impl JobStats {
         self.consumed.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn count(&self, how: Resolution) {
+    pub(crate) fn count(&self, how: Resolution, n: u64) {
         let counter = match how {
             Resolution::Delivered => &self.delivered,
             Resolution::Filtered => &self.filtered,
             Resolution::Failed => &self.failed,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn set_committed(&self, offsets: &[(TopicPartition, i64)]) {

@@ -82,24 +82,41 @@ impl PartitionState {
     }
 
     pub(crate) fn resolve(&self, offset: i64, how: Resolution) {
+        self.resolve_many(&[offset], how);
+    }
+
+    /// Settles several records the same way under one lock: a sink that publishes a
+    /// file acknowledges all its rows at once.
+    pub(crate) fn resolve_many(&self, offsets: &[i64], how: Resolution) {
         let mut t = self.tracker();
         let before = t.held();
-        let known = match how {
-            Resolution::Failed => t.fail(offset),
-            Resolution::Delivered | Resolution::Filtered => t.done(offset),
-        };
+        let mut settled = 0u64;
+        let mut unknown = None;
+        for &offset in offsets {
+            let known = match how {
+                Resolution::Failed => t.fail(offset),
+                Resolution::Delivered | Resolution::Filtered => t.done(offset),
+            };
+            if known {
+                settled += 1;
+            } else {
+                unknown.get_or_insert(offset);
+            }
+        }
         let after = t.held();
         let idle = t.pending() == 0;
         self.held.store(after, Ordering::Relaxed);
         drop(t);
-        if !known {
+        if let Some(offset) = unknown {
             tracing::warn!(partition = %self.tp, offset, "settled an offset that was not pending");
+        }
+        if settled == 0 {
             return;
         }
         self.job.sub_held(before - after);
-        self.job.stats().count(how);
+        self.job.stats().count(how, settled);
         if how == Resolution::Delivered {
-            self.delivered.fetch_add(1, Ordering::Relaxed);
+            self.delivered.fetch_add(settled, Ordering::Relaxed);
         }
         if idle {
             self.idle.notify_waiters();

@@ -122,6 +122,35 @@ impl Ack {
         }
     }
 
+    /// Every record of `acks` is durable at the destination: the same as calling
+    /// [`Ack::done`] on each, with one lock per run of acks from the same partition
+    /// instead of one per record.
+    pub fn done_all(acks: impl IntoIterator<Item = Ack>) {
+        let mut run: Option<Arc<PartitionState>> = None;
+        let mut offsets: Vec<i64> = Vec::new();
+        for mut ack in acks {
+            match &ack.target {
+                Target::Partition { part, offset } => {
+                    if run.as_ref().is_some_and(|r| !Arc::ptr_eq(r, part)) {
+                        if let Some(r) = run.take() {
+                            r.resolve_many(&offsets, Resolution::Delivered);
+                        }
+                        offsets.clear();
+                    }
+                    if run.is_none() {
+                        run = Some(part.clone());
+                    }
+                    offsets.push(*offset);
+                    ack.resolved = true;
+                }
+                Target::Channel { .. } => ack.done(),
+            }
+        }
+        if let Some(r) = run {
+            r.resolve_many(&offsets, Resolution::Delivered);
+        }
+    }
+
     /// The record could not be delivered. A [`SinkError::Delivery`] that is not Fatal
     /// sends the record to the job's dead-letter queue when it has one; anything else
     /// stops the job, and the record is never committed past.
@@ -211,5 +240,61 @@ impl Drop for Ack {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobShared, JobStats};
+
+    fn partition(
+        job: &Arc<JobShared>,
+        p: i32,
+        offsets: std::ops::Range<i64>,
+    ) -> Arc<PartitionState> {
+        let state = Arc::new(PartitionState::new(
+            TopicPartition::new("t", p),
+            job.clone(),
+        ));
+        let mut batch: Vec<Record<()>> = offsets.map(|o| Record::new("t", p, o, ())).collect();
+        state.register_batch(&mut batch);
+        state
+    }
+
+    #[test]
+    fn done_all_settles_interleaved_partitions_and_channel_acks() {
+        let stats = Arc::new(JobStats::default());
+        let job = Arc::new(JobShared::new("test".to_owned(), stats.clone()));
+        let a = partition(&job, 0, 0..5);
+        let b = partition(&job, 1, 10..13);
+        let ack = |p: &Arc<PartitionState>, o| Ack::new(p.clone(), o, None);
+        let (channel, outcome) = Ack::channel(Origin {
+            topic: "t".into(),
+            partition: 2,
+            offset: 7,
+        });
+        // Runs of one partition are broken up by the other's and by a channel ack.
+        Ack::done_all([
+            ack(&a, 0),
+            ack(&b, 10),
+            ack(&a, 1),
+            ack(&a, 2),
+            channel,
+            ack(&b, 11),
+        ]);
+        assert_eq!(a.committable(), Some(3));
+        assert_eq!(b.committable(), Some(12));
+        assert_eq!((a.pending(), b.pending()), (2, 1));
+        assert_eq!((a.held(), b.held()), (2, 1));
+        assert_eq!(job.held(), 3);
+        assert_eq!(stats.delivered(), 5);
+        assert!(matches!(outcome.blocking_recv(), Ok(Ok(()))));
+        assert!(!job.has_failed(), "no ack was dropped unresolved");
+        // The rest of both partitions.
+        Ack::done_all([ack(&a, 3), ack(&a, 4), ack(&b, 12)]);
+        assert_eq!((a.committable(), b.committable()), (Some(5), Some(13)));
+        assert_eq!(job.held(), 0);
+        assert_eq!(stats.delivered(), 8);
     }
 }

@@ -335,7 +335,8 @@ struct Inner {
     lookup: SchemaLookup,
     /// Writer schemas known so far, by id.
     schemas: StdMutex<Vec<(u32, String)>>,
-    parts: StdMutex<HashMap<TopicPartition, Arc<Mutex<PartBuf>>>>,
+    /// Looked up for every record, so hashed with foldhash rather than SipHash.
+    parts: StdMutex<HashMap<TopicPartition, Arc<Mutex<PartBuf>>, foldhash::fast::RandomState>>,
     tables: StdMutex<HashMap<String, Table>>,
     writer: String,
     timer: OnceLock<tokio::task::JoinHandle<()>>,
@@ -396,7 +397,7 @@ impl ParquetSink {
                 root,
                 lookup,
                 schemas: StdMutex::new(schemas),
-                parts: StdMutex::new(HashMap::new()),
+                parts: StdMutex::new(HashMap::default()),
                 tables: StdMutex::new(HashMap::new()),
                 writer,
                 timer: OnceLock::new(),
@@ -694,9 +695,7 @@ impl ParquetSink {
                 .ok_or_else(|| flush_error("the decoder holds no rows"))?;
             match self.write_files(p, &batch).await? {
                 Committed::Yes => {
-                    for ack in self.take_rows(p, usize::MAX) {
-                        ack.done();
-                    }
+                    Ack::done_all(self.take_rows(p, usize::MAX));
                     self.inner.dirty.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
@@ -711,9 +710,7 @@ impl ParquetSink {
                     );
                     p.failed.retain(|f| f.offset >= next);
                     let covered = p.meta.offsets.partition_point(|o| *o < next);
-                    for ack in self.take_rows(p, covered) {
-                        ack.done();
-                    }
+                    Ack::done_all(self.take_rows(p, covered));
                     self.rebuild(p).map_err(flush_error)?;
                 }
             }
