@@ -321,6 +321,7 @@ impl Warehouse {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<JobReport> {
         let sink = self.sink;
+        sink.check_store().await?;
         let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match self.batch {
             None => Box::pin(shutdown),
             Some(batch) => Box::pin(async move {
@@ -341,6 +342,8 @@ impl Warehouse {
 struct Cluster {
     consumer: BaseConsumer,
     metadata: rdkafka::metadata::Metadata,
+    /// The bootstrap servers, for errors.
+    brokers: String,
 }
 
 impl Cluster {
@@ -356,11 +359,16 @@ impl Cluster {
             cfg.set("group.id", group);
             cfg.set("enable.auto.commit", "false");
         }
+        let brokers = kafka.brokers().unwrap_or_default().to_owned();
         let consumer: BaseConsumer = cfg.create().context("cannot create a consumer")?;
         let metadata = consumer
             .fetch_metadata(None, Duration::from_secs(30))
-            .context("cannot read the cluster's metadata")?;
-        Ok(Self { consumer, metadata })
+            .with_context(|| format!("cannot read the cluster's metadata from {brokers}"))?;
+        Ok(Self {
+            consumer,
+            metadata,
+            brokers,
+        })
     }
 
     fn topic(&self, name: &str) -> Option<&rdkafka::metadata::MetadataTopic> {
@@ -412,7 +420,11 @@ impl Cluster {
         let mut out = BTreeMap::new();
         for topic in topics {
             let Some(t) = self.topic(topic) else {
-                bail!("topic {topic} does not exist");
+                bail!(
+                    "topic `{topic}` does not exist on the cluster ({}); create it \
+                     (eventbus topics apply) or leave it out of --topics",
+                    self.brokers
+                );
             };
             for p in t.partitions() {
                 let (low, high) = self

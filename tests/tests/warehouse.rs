@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use eventbus_jobs::topic_io;
 use eventbus_schemas::events::VehicleState;
 use eventbus_schemas::{Decoder, FileRegistry};
-use eventbus_tests::{JobProcess, TableRow, read_table, shared_brokers, table_duplicates, unique};
+use eventbus_tests::{
+    JobProcess, TableRow, eventbus_bin, read_table, shared_brokers, table_duplicates, unique,
+};
 use futures_util::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
@@ -230,6 +232,47 @@ async fn two_members_one_killed_still_write_every_record_once() {
     .await
     .expect("join");
     check_exactly_once(&fx.local_rows().await, &fx.produced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_stops_the_job_at_start_naming_the_root() {
+    let Ok(endpoint) = std::env::var("EVENTBUS_TEST_S3") else {
+        panic!("EVENTBUS_TEST_S3 is not set: run through `make test`, which starts the S3 server");
+    };
+    let extra = format!(
+        "[warehouse.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
+    );
+    let bucket = format!(
+        "missing-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let root = format!("s3://{bucket}/tables");
+    let fx = Fixture::new(2, 500, Some(&root), &extra).await;
+    let out = std::process::Command::new(eventbus_bin())
+        .args(["run", "warehouse", "--until-caught-up", "-c"])
+        .arg(&fx.cfg)
+        .output()
+        .expect("run the warehouse");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a missing bucket must fail the job:\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("table root {root}")) && last.contains("the bucket does not exist"),
+        "the final error names the root and the cause: {last}"
+    );
+    // Stopped before consuming: nothing is committed for the group.
+    let group = fx.cfg.file_stem().and_then(|s| s.to_str()).expect("group");
+    let committed = topic_io::committed(&shared_brokers(), group, &fx.topic).expect("committed");
+    assert!(
+        committed.values().all(|o| *o <= 0),
+        "committed {committed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

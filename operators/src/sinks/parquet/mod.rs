@@ -407,6 +407,27 @@ impl ParquetSink {
         })
     }
 
+    /// Checks that the table root can be listed: a missing bucket, refused credentials
+    /// or a root that is not a folder stop the job at start, naming the root, instead of
+    /// at its first record.
+    ///
+    /// # Errors
+    /// The store refused the listing, after its own retries.
+    pub async fn check_store(&self) -> Result<(), SinkError> {
+        self.inner
+            .store
+            .list_with_delimiter(Some(&self.inner.root))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                flush_error(format!(
+                    "table root {}: {}",
+                    self.inner.config.table_root,
+                    describe_store_error(&e.to_string())
+                ))
+            })
+    }
+
     /// The table of `topic`.
     fn table(&self, topic: &str) -> Table {
         let mut tables = lock(&self.inner.tables);
@@ -959,5 +980,65 @@ fn flush_error(reason: impl Into<String>) -> SinkError {
 }
 
 fn store_error(e: object_store::Error) -> SinkError {
-    flush_error(format!("object store: {e}"))
+    flush_error(describe_store_error(&e.to_string()))
+}
+
+/// An object store error as an operator should read it: the store's own text, led by
+/// what it means when that is one of the usual set-up mistakes.
+fn describe_store_error(text: &str) -> String {
+    // S3 error bodies come on lines of their own; one error, one line.
+    let text = &text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let hint = if text.contains("NoSuchBucket") {
+        Some("the bucket does not exist")
+    } else if text.contains("169.254.169.254") {
+        // object_store falls back to the EC2 instance metadata service when no
+        // credentials are configured; off EC2 that fails with an unrelated-looking URL.
+        Some(
+            "no S3 credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             or access_key_id and secret_access_key in [warehouse.s3]), so the EC2 instance \
+             metadata service was asked and did not answer",
+        )
+    } else if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
+        Some("the S3 credentials were refused")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("object store: {h}: {text}"),
+        None => format!("object store: {text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_lead_with_the_set_up_mistake_they_mean() {
+        let missing = describe_store_error(
+            "Generic S3 error: ... 404 Not Found: <Error><Code>NoSuchBucket</Code><BucketName>b1</BucketName></Error>",
+        );
+        assert!(
+            missing.starts_with("object store: the bucket does not exist: "),
+            "{missing}"
+        );
+        assert!(
+            missing.contains("b1"),
+            "the store's own text stays: {missing}"
+        );
+        let no_creds = describe_store_error(
+            "Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token: 403",
+        );
+        assert!(
+            no_creds.contains("no S3 credentials were found"),
+            "{no_creds}"
+        );
+        assert!(no_creds.contains("AWS_ACCESS_KEY_ID"), "{no_creds}");
+        let refused = describe_store_error("... <Code>InvalidAccessKeyId</Code> ...");
+        assert!(refused.contains("credentials were refused"), "{refused}");
+        assert_eq!(
+            describe_store_error("timed out:\n<Error/>"),
+            "object store: timed out: <Error/>"
+        );
+    }
 }
