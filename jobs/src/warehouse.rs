@@ -131,9 +131,11 @@ fn lookup(registry: Arc<dyn SchemaRegistry>) -> SchemaLookup {
 /// Builds the job from a job file and the command line.
 ///
 /// # Errors
-/// No topics, a schema that cannot map to Arrow (named), or a table root that cannot be
-/// opened.
+/// No brokers, no topics, a schema that cannot map to Arrow (named), or a table root
+/// that cannot be opened.
 pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
+    // Before the cluster view below, which would wait out its timeout without brokers.
+    file.kafka.require_brokers()?;
     let wh = file.warehouse.clone().unwrap_or_default();
     let mut source = match &file.source {
         Some(s) => s.clone(),

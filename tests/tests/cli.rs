@@ -40,6 +40,20 @@ fn missing_brokers_are_named() {
     );
     assert!(!ok);
     assert!(err.contains("bootstrap.servers"), "{err}");
+    for job in ["warehouse", "dlq-processor"] {
+        let (ok, err) = run(
+            &["run", job],
+            "[source]\ngroup_id = \"g\"\ntopics = [\"vehicle.state.v1\"]\n",
+        );
+        assert!(!ok, "{job}");
+        let last = err.lines().last().unwrap_or_default();
+        // Named before anything is started: not found out by a later client, after its
+        // metadata timeout (the warehouse's dead-letter producer, 30 s later, before).
+        assert!(
+            last.contains("no brokers given") && !last.contains("dead-letter producer"),
+            "{job}: {last}"
+        );
+    }
 }
 
 /// `eventbus` with `args`, run in `dir`, without a broker in its environment: whether it
