@@ -171,7 +171,8 @@ pub fn replay(
     let id = opts.id();
     let group = format!("eventbus-replay-{id}");
     let positions = consumer(props, &group)?;
-    let ends = crate::store::end_offsets(&positions, &opts.dlq_topic)?;
+    let brokers = props.brokers().unwrap_or_default();
+    let ends = crate::store::end_offsets(&positions, brokers, &opts.dlq_topic)?;
     let mut start = BTreeMap::new();
     if !opts.dry_run {
         let mut tpl = TopicPartitionList::new();

@@ -54,20 +54,24 @@ pub(crate) fn consumer(props: &KafkaProperties, group: &str) -> anyhow::Result<B
     cfg.create().context("creating the Kafka consumer")
 }
 
-/// The end offset of every partition of `topic`.
+/// The end offset of every partition of `topic`; `brokers` names the cluster in errors.
 ///
 /// # Errors
 /// The topic does not exist or the brokers do not answer.
-pub fn end_offsets(c: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+pub fn end_offsets(
+    c: &BaseConsumer,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let md = c
         .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("reading the metadata of {topic}"))?;
+        .with_context(|| format!("reading the metadata of {topic} from {brokers}"))?;
     let t = md
         .topics()
         .iter()
         .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .with_context(|| format!("topic {topic} does not exist"))?;
+        .with_context(|| format!("topic `{topic}` does not exist on the cluster ({brokers})"))?;
     let mut ends = BTreeMap::new();
     for p in t.partitions() {
         let (_, high) = c
@@ -92,7 +96,7 @@ pub fn read(
     mut f: impl FnMut(StoredLetter) -> anyhow::Result<()>,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let c = consumer(props, "eventbus-dlq-reader")?;
-    let ends = end_offsets(&c, topic)?;
+    let ends = end_offsets(&c, props.brokers().unwrap_or_default(), topic)?;
     let mut tpl = TopicPartitionList::new();
     let mut open = BTreeMap::new();
     for (&p, &end) in &ends {

@@ -133,12 +133,12 @@ pub fn partitions(brokers: &str, topic: &str) -> anyhow::Result<i32> {
     let c = plain_consumer(brokers, "eventbus-inspect")?;
     let md = c
         .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("metadata of {topic}"))?;
+        .with_context(|| format!("metadata of {topic} from {brokers}"))?;
     match md.topics().first() {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
             Ok(t.partitions().len() as i32)
         }
-        _ => bail!("topic {topic} does not exist"),
+        _ => bail!("topic `{topic}` does not exist on the cluster ({brokers})"),
     }
 }
 

@@ -519,6 +519,22 @@ async fn dlq_inspect_decodes_letters_with_the_registry_the_job_file_names() {
     );
     // The file registry has no id 501: the value is shown undecoded.
     assert!(inspect(&[]).is_null());
+    // A DLQ topic the cluster does not have is named, with the cluster asked.
+    let missing = unique("missing");
+    let (ok, _, err) = eventbus_tests::dlq::eventbus(&[
+        "dlq",
+        "stats",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &missing,
+    ]);
+    assert!(!ok);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("`{missing}` does not exist")) && last.contains(&brokers),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
