@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use eventbus_runtime::{Headers, KafkaProperties};
+use eventbus_runtime::{Headers, KafkaProperties, RuntimeError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
@@ -71,7 +71,10 @@ pub fn end_offsets(
         .iter()
         .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .with_context(|| format!("topic `{topic}` does not exist on the cluster ({brokers})"))?;
+        .ok_or_else(|| RuntimeError::TopicMissing {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        })?;
     let mut ends = BTreeMap::new();
     for p in t.partitions() {
         let (_, high) = c

@@ -138,7 +138,11 @@ pub fn partitions(brokers: &str, topic: &str) -> anyhow::Result<i32> {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
             Ok(t.partitions().len() as i32)
         }
-        _ => bail!("topic `{topic}` does not exist on the cluster ({brokers})"),
+        _ => Err(eventbus_runtime::RuntimeError::TopicMissing {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        }
+        .into()),
     }
 }
 

@@ -422,10 +422,12 @@ impl Cluster {
         let mut out = BTreeMap::new();
         for topic in topics {
             let Some(t) = self.topic(topic) else {
-                bail!(
-                    "topic `{topic}` does not exist on the cluster ({}); create it \
-                     (eventbus topics apply) or leave it out of --topics",
-                    self.brokers
+                return Err(
+                    anyhow::Error::new(eventbus_runtime::RuntimeError::TopicMissing {
+                        topic: topic.clone(),
+                        brokers: self.brokers.clone(),
+                    })
+                    .context("reading where batch mode stops"),
                 );
             };
             for p in t.partitions() {
@@ -458,10 +460,7 @@ async fn caught_up(sink: ParquetSink, batch: Batch) {
     let mut commits_read: Option<tokio::time::Instant> = None;
     loop {
         pending.retain(|(tp, high)| sink.seen(tp).is_none_or(|s| s + 1 < *high));
-        if pending.is_empty() {
-            return;
-        }
-        if commits_read.is_none_or(|t| t.elapsed() >= COMMITS_EVERY) {
+        if !pending.is_empty() && commits_read.is_none_or(|t| t.elapsed() >= COMMITS_EVERY) {
             commits_read = Some(tokio::time::Instant::now());
             let cluster = batch.cluster.clone();
             let partitions: Vec<TopicPartition> =
@@ -473,9 +472,9 @@ async fn caught_up(sink: ParquetSink, batch: Batch) {
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot read committed offsets"),
                 Err(e) => tracing::warn!(error = %e, "reading committed offsets panicked"),
             }
-            if pending.is_empty() {
-                return;
-            }
+        }
+        if pending.is_empty() {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

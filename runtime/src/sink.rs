@@ -131,14 +131,12 @@ impl Ack {
         for mut ack in acks {
             match &ack.target {
                 Target::Partition { part, offset } => {
-                    if run.as_ref().is_some_and(|r| !Arc::ptr_eq(r, part)) {
-                        if let Some(r) = run.take() {
+                    if !run.as_ref().is_some_and(|r| Arc::ptr_eq(r, part)) {
+                        // A new partition's run: settle the one before it.
+                        if let Some(r) = run.replace(part.clone()) {
                             r.resolve_many(&offsets, Resolution::Delivered);
                         }
                         offsets.clear();
-                    }
-                    if run.is_none() {
-                        run = Some(part.clone());
                     }
                     offsets.push(*offset);
                     ack.resolved = true;

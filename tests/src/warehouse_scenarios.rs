@@ -44,6 +44,15 @@ pub fn assert_committed_to_end(
     }
 }
 
+/// Runs the warehouse job of `file` in batch mode; fails the test if it has not returned
+/// within `secs`.
+pub async fn run_batch(file: &JobFile, secs: u64) -> anyhow::Result<eventbus_runtime::JobReport> {
+    let job = eventbus_jobs::warehouse::job(file, &batch_mode()).expect("job");
+    tokio::time::timeout(Duration::from_secs(secs), job.run(std::future::pending()))
+        .await
+        .unwrap_or_else(|_| panic!("the warehouse job did not return within {secs} s"))
+}
+
 pub fn batch_mode() -> eventbus_jobs::warehouse::WarehouseArgs {
     eventbus_jobs::warehouse::WarehouseArgs {
         until_caught_up: true,
@@ -101,12 +110,10 @@ pub async fn registry_outage_stops_the_warehouse_and_a_restart_finishes(
     // The registry cannot answer for 102: that says nothing about the records, so none is
     // dead-lettered; the job stops naming the registry, committing nothing past them.
     registry.failing.lock().unwrap().insert(102);
-    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
-    let err = tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
+    let err = run_batch(&file, 120)
         .await
-        .expect("stops within 120 s")
         .expect_err("an unreachable registry stops the job");
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
     let text = format!("{err:#}");
     assert!(
         text.contains(&registry.url) && text.contains("102"),
@@ -132,11 +139,7 @@ pub async fn registry_outage_stops_the_warehouse_and_a_restart_finishes(
     // The registry is back: the same job picks up where the table ends, and the table is
     // every record once, read with the registry's schemas.
     registry.failing.lock().unwrap().clear();
-    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
-    tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
-        .await
-        .expect("caught up within 120 s")
-        .expect("clean exit");
+    run_batch(&file, 120).await.expect("clean exit");
     let rows = crate::read_table(&store, &topic.as_str().into()).await;
     assert_eq!(crate::table_duplicates(&rows), (0, 600));
     assert!(
@@ -167,13 +170,7 @@ pub async fn batch_mode_commits_to_the_end_even_when_the_table_is_ahead(
     let root = dir.path().join("tables");
     let run = |group: &str| {
         let file = warehouse_file(brokers, group, &topic, &root, "");
-        let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
-        async move {
-            tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
-                .await
-                .expect("caught up within 120 s")
-                .expect("clean exit")
-        }
+        async move { run_batch(&file, 120).await.expect("clean exit") }
     };
 
     let first = unique("g");

@@ -9,7 +9,7 @@ use eventbus_runtime::{
     Classify, ErrorClass, KafkaProperties, KafkaSource, RuntimeError, SourceConfig,
 };
 use eventbus_runtime::{Job, memory::CollectSink};
-use eventbus_tests::warehouse_scenarios::{assert_committed_to_end, batch_mode, warehouse_file};
+use eventbus_tests::warehouse_scenarios::{assert_committed_to_end, run_batch, warehouse_file};
 use eventbus_tests::{duplicates, mirror_end_to_end, mirrored_offsets, missing, unique};
 use rdkafka::mocking::MockCluster;
 
@@ -364,10 +364,8 @@ async fn the_warehouse_sends_records_it_cannot_decode_to_the_dlq_and_goes_on() {
     let root = dir.path().join("tables");
     let group = unique("g");
     let file = warehouse_file(&brokers, &group, &topic, &root, "");
-    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
-    let report = tokio::time::timeout(Duration::from_secs(120), job.run(std::future::pending()))
+    let report = run_batch(&file, 120)
         .await
-        .expect("caught up within 120 s")
         .expect("the job goes on past the poison and exits cleanly");
     assert_eq!(report.consumed, 3_000);
 
@@ -437,10 +435,8 @@ async fn with_dead_letters_off_the_warehouse_stops_at_the_first_bad_record() {
     let root = dir.path().join("tables");
     let group = unique("g");
     let file = warehouse_file(&brokers, &group, &topic, &root, "dead_letters = false\n");
-    let job = eventbus_jobs::warehouse::job(&file, &batch_mode()).expect("job");
-    let err = tokio::time::timeout(Duration::from_secs(60), job.run(std::future::pending()))
+    let err = run_batch(&file, 60)
         .await
-        .expect("stops within 60 s")
         .expect_err("a record that cannot be decoded stops the job");
     let text = format!("{err:#}");
     // Record 49 is the first poison: bad bytes, at offset 49 of the only partition.

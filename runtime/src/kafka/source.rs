@@ -143,13 +143,13 @@ fn consume(
     let mut next_commit = Instant::now() + interval;
     let mut last_commit: Vec<(TopicPartition, i64)> = Vec::new();
     let mut batcher = Batcher::default();
-    let mut distinct = src.config.topics.clone();
-    distinct.sort();
-    distinct.dedup();
-    if let [only] = distinct.as_slice() {
+    let topics = &src.config.topics;
+    if let Some(first) = topics.first()
+        && topics.iter().all(|t| t == first)
+    {
         // Subscribed by name to one topic: every message is from it, so its name need not
         // be read (and checked as UTF-8) per message.
-        batcher.only_topic = Some(only.clone());
+        batcher.only_topic = Some(first.clone());
     }
     let batch_limit = MAX_BATCH.min(dispatch.config().max_in_flight_per_partition.max(64));
     let mut outcome = Ok(());
