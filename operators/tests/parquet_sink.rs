@@ -326,6 +326,17 @@ async fn hours_and_a_newer_schema_roll_files_and_the_commit_log_lists_them() {
     assert!(paths[2].contains("hour=11/00000-00000000000000000002-00000000000000000003"));
     assert!(files[2].1.schema().field_with_name("note").is_ok());
     assert!(files[0].1.schema().field_with_name("note").is_err());
+    // Union by name: the files' schemas merge (a column shared by name has one type in
+    // every file), and the merged table has the new column.
+    let merged =
+        arrow::datatypes::Schema::try_merge(files.iter().map(|(_, b)| b.schema().as_ref().clone()))
+            .expect("the files' schemas merge by name");
+    assert!(merged.field_with_name("note").is_ok());
+    assert_eq!(
+        merged.fields().len(),
+        files[2].1.schema().fields().len(),
+        "v2's columns are the union"
+    );
 
     let entries = commit_entries(dir.path());
     assert_eq!(entries.len(), 2);
