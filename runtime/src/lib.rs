@@ -52,6 +52,6 @@ pub use job::{Job, JobReport, JobSpec, JobStats, Pipeline, RunnableJob};
 pub use kafka::KafkaSource;
 pub use operator::{Operator, Outcome};
 pub use record::{Header, Headers, Origin, Record, TopicPartition};
-pub use sink::{Ack, Sink};
+pub use sink::{Ack, Acks, Sink};
 pub use source::{Dispatch, Flow, Source};
 pub use tracker::OffsetTracker;

@@ -122,33 +122,6 @@ impl Ack {
         }
     }
 
-    /// Every record of `acks` is durable at the destination: the same as calling
-    /// [`Ack::done`] on each, with one lock per run of acks from the same partition
-    /// instead of one per record.
-    pub fn done_all(acks: impl IntoIterator<Item = Ack>) {
-        let mut run: Option<Arc<PartitionState>> = None;
-        let mut offsets: Vec<i64> = Vec::new();
-        for mut ack in acks {
-            match &ack.target {
-                Target::Partition { part, offset } => {
-                    if !run.as_ref().is_some_and(|r| Arc::ptr_eq(r, part)) {
-                        // A new partition's run: settle the one before it.
-                        if let Some(r) = run.replace(part.clone()) {
-                            r.resolve_many(&offsets, Resolution::Delivered);
-                        }
-                        offsets.clear();
-                    }
-                    offsets.push(*offset);
-                    ack.resolved = true;
-                }
-                Target::Channel { .. } => ack.done(),
-            }
-        }
-        if let Some(r) = run {
-            r.resolve_many(&offsets, Resolution::Delivered);
-        }
-    }
-
     /// The record could not be delivered. A [`SinkError::Delivery`] that is not Fatal
     /// sends the record to the job's dead-letter queue when it has one; anything else
     /// stops the job, and the record is never committed past.
@@ -218,6 +191,135 @@ impl Ack {
     }
 }
 
+/// Acknowledgements a sink holds until their records are durable, in the order they
+/// were pushed: what a sink that writes files keeps per buffered row.
+///
+/// A held record can no longer become a dead letter: [`Acks::push`] drops the copy of
+/// the original the job keeps for that, and a later failure stops the job. That is what
+/// makes holding cheap: an ack of the partition the others came from is kept as its
+/// offset (16 bytes) instead of a whole [`Ack`] with a copy of the record, so a sink
+/// buffering a file's worth of rows does not also keep the records alive twice.
+/// Dropping unsettled acks counts as a failure, as dropping an [`Ack`] does.
+#[derive(Debug, Default)]
+pub struct Acks {
+    /// The partition every [`Held::Offset`] belongs to.
+    part: Option<Arc<PartitionState>>,
+    held: Vec<Held>,
+}
+
+#[derive(Debug)]
+enum Held {
+    Offset(i64),
+    Other(Box<Ack>),
+}
+
+impl Acks {
+    /// No acks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds `ack` after the others.
+    pub fn push(&mut self, mut ack: Ack) {
+        ack.route = None;
+        if let Target::Partition { part, offset } = &ack.target {
+            let same = match &self.part {
+                Some(p) => Arc::ptr_eq(p, part),
+                None => {
+                    self.part = Some(part.clone());
+                    true
+                }
+            };
+            if same {
+                self.held.push(Held::Offset(*offset));
+                ack.resolved = true;
+                return;
+            }
+        }
+        self.held.push(Held::Other(Box::new(ack)));
+    }
+
+    /// How many acks are held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Removes the first `n` (all, if fewer are held) and returns them.
+    pub fn take_first(&mut self, n: usize) -> Acks {
+        let n = n.min(self.held.len());
+        Acks {
+            part: self.part.clone(),
+            held: self.held.drain(..n).collect(),
+        }
+    }
+
+    /// Every held record is durable at the destination: the same as calling
+    /// [`Ack::done`] on each, with one tracker lock for the partition's offsets.
+    pub fn done(mut self) {
+        let mut offsets = Vec::with_capacity(self.held.len());
+        for held in self.held.drain(..) {
+            match held {
+                Held::Offset(offset) => offsets.push(offset),
+                Held::Other(ack) => ack.done(),
+            }
+        }
+        if let Some(part) = &self.part {
+            part.resolve_many(&offsets, Resolution::Delivered);
+        }
+    }
+
+    /// No held record could be delivered: each is never committed past, and `error()`
+    /// (called once per [`Ack`] kept whole, and once for the partition's offsets) stops
+    /// the job.
+    pub fn fail(mut self, error: impl Fn() -> SinkError) {
+        let mut offsets = Vec::new();
+        for held in self.held.drain(..) {
+            match held {
+                Held::Offset(offset) => offsets.push(offset),
+                Held::Other(ack) => ack.fail(error()),
+            }
+        }
+        if let Some(part) = &self.part
+            && !offsets.is_empty()
+        {
+            part.resolve_many(&offsets, Resolution::Failed);
+            part.job().fail(error().into());
+        }
+    }
+}
+
+impl Drop for Acks {
+    fn drop(&mut self) {
+        let Some(part) = &self.part else { return };
+        let offsets: Vec<i64> = self
+            .held
+            .iter()
+            .filter_map(|h| match h {
+                Held::Offset(offset) => Some(*offset),
+                Held::Other(_) => None,
+            })
+            .collect();
+        let Some(&first) = offsets.first() else {
+            return;
+        };
+        part.resolve_many(&offsets, Resolution::Failed);
+        if !part.is_revoked() {
+            let origin = Origin {
+                topic: part.tp().topic.clone(),
+                partition: part.tp().partition,
+                offset: first,
+            };
+            part.job()
+                .fail_weak(SinkError::AckDropped { origin }.into());
+        }
+    }
+}
+
 impl Drop for Ack {
     fn drop(&mut self) {
         if self.resolved {
@@ -261,10 +363,10 @@ mod tests {
     }
 
     #[test]
-    fn done_all_settles_interleaved_partitions_and_channel_acks() {
+    fn held_acks_settle_like_the_acks_they_hold() {
         let stats = Arc::new(JobStats::default());
         let job = Arc::new(JobShared::new("test".to_owned(), stats.clone()));
-        let a = partition(&job, 0, 0..5);
+        let a = partition(&job, 0, 0..6);
         let b = partition(&job, 1, 10..13);
         let ack = |p: &Arc<PartitionState>, o| Ack::new(p.clone(), o, None);
         let (channel, outcome) = Ack::channel(Origin {
@@ -272,27 +374,52 @@ mod tests {
             partition: 2,
             offset: 7,
         });
-        // Runs of one partition are broken up by the other's and by a channel ack.
-        Ack::done_all([
-            ack(&a, 0),
-            ack(&b, 10),
-            ack(&a, 1),
-            ack(&a, 2),
-            channel,
-            ack(&b, 11),
-        ]);
+        // The first partition's acks are kept as offsets; the other's and the channel
+        // ack are kept whole, in order.
+        let mut acks = Acks::new();
+        for held in [ack(&a, 0), ack(&b, 10), ack(&a, 1), ack(&a, 2), channel] {
+            acks.push(held);
+        }
+        acks.push(ack(&b, 11));
+        assert_eq!(acks.len(), 6);
+        let first = acks.take_first(4);
+        assert_eq!((first.len(), acks.len()), (4, 2));
+        first.done();
         assert_eq!(a.committable(), Some(3));
+        assert_eq!(b.committable(), Some(11));
+        assert_eq!((a.pending(), b.pending()), (3, 2));
+        assert_eq!(job.held(), 5);
+        assert_eq!(stats.delivered(), 4);
+        acks.done();
         assert_eq!(b.committable(), Some(12));
-        assert_eq!((a.pending(), b.pending()), (2, 1));
-        assert_eq!((a.held(), b.held()), (2, 1));
-        assert_eq!(job.held(), 3);
-        assert_eq!(stats.delivered(), 5);
         assert!(matches!(outcome.blocking_recv(), Ok(Ok(()))));
-        assert!(!job.has_failed(), "no ack was dropped unresolved");
-        // The rest of both partitions.
-        Ack::done_all([ack(&a, 3), ack(&a, 4), ack(&b, 12)]);
-        assert_eq!((a.committable(), b.committable()), (Some(5), Some(13)));
-        assert_eq!(job.held(), 0);
-        assert_eq!(stats.delivered(), 8);
+        assert_eq!(
+            stats.delivered(),
+            5,
+            "a channel ack reports to its caller only"
+        );
+        assert!(!job.has_failed(), "nothing was dropped unsettled");
+
+        // A failure settles the offsets as failed (never committed past) and stops
+        // the job.
+        let mut failing = Acks::new();
+        failing.push(ack(&a, 3));
+        failing.push(ack(&a, 4));
+        failing.fail(|| SinkError::Flush {
+            sink: "test",
+            reason: "disk full".to_owned(),
+        });
+        assert_eq!(a.committable(), Some(3));
+        assert_eq!(a.pending(), 1);
+        assert!(job.has_failed());
+
+        // Dropped unsettled: failed, as a dropped Ack is.
+        let other = Arc::new(JobShared::new("other".to_owned(), stats.clone()));
+        let c = partition(&other, 0, 0..2);
+        let mut dropped = Acks::new();
+        dropped.push(ack(&c, 0));
+        drop(dropped);
+        assert_eq!((c.committable(), c.pending()), (None, 1));
+        assert!(other.has_failed(), "a dropped unsettled ack stops the job");
     }
 }

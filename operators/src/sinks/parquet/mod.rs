@@ -83,7 +83,7 @@ use arrow::datatypes::Schema as ArrowSchema;
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use bytes::Bytes;
-use eventbus_runtime::{Ack, ErrorClass, Record, Sink, SinkError, TopicPartition};
+use eventbus_runtime::{Ack, Acks, ErrorClass, Record, Sink, SinkError, TopicPartition};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use tokio::sync::Mutex;
@@ -296,7 +296,7 @@ struct PartBuf {
     decoder: Option<Decoder>,
     raw: Vec<Bytes>,
     meta: RowMeta,
-    acks: Vec<Ack>,
+    acks: Acks,
     bytes: usize,
     oldest: Option<Instant>,
     /// Highest offset received, for callers waiting to catch up.
@@ -315,7 +315,7 @@ impl PartBuf {
 
     /// Removes the first `n` buffered records and returns their acknowledgements. The
     /// decoder is left alone: callers flush, rebuild or drop it.
-    fn take_rows(&mut self, n: usize) -> Vec<Ack> {
+    fn take_rows(&mut self, n: usize) -> Acks {
         let n = n.min(self.rows());
         self.raw.drain(..n);
         self.meta.offsets.drain(..n);
@@ -324,7 +324,7 @@ impl PartBuf {
         if self.raw.is_empty() {
             self.oldest = None;
         }
-        self.acks.drain(..n).collect()
+        self.acks.take_first(n)
     }
 }
 
@@ -474,7 +474,7 @@ impl ParquetSink {
             decoder: None,
             raw: Vec::new(),
             meta: RowMeta::default(),
-            acks: Vec::new(),
+            acks: Acks::new(),
             bytes: 0,
             oldest: None,
             seen: None,
@@ -540,7 +540,7 @@ impl ParquetSink {
     }
 
     /// Removes a partition's first `n` buffered records, keeping the job-wide count.
-    fn take_rows(&self, p: &mut PartBuf, n: usize) -> Vec<Ack> {
+    fn take_rows(&self, p: &mut PartBuf, n: usize) -> Acks {
         let acks = p.take_rows(n);
         self.inner.buffered.fetch_sub(acks.len(), Ordering::Relaxed);
         acks
@@ -692,9 +692,8 @@ impl ParquetSink {
     async fn publish(&self, p: &mut PartBuf) -> Result<(), SinkError> {
         let result = self.try_publish(p).await;
         if let Err(e) = &result {
-            for ack in self.take_rows(p, usize::MAX) {
-                ack.fail(flush_error(e.to_string()));
-            }
+            self.take_rows(p, usize::MAX)
+                .fail(|| flush_error(e.to_string()));
             p.decoder = None;
             // Whatever happened, the table is the truth: read it again before writing.
             p.next = None;
@@ -716,7 +715,7 @@ impl ParquetSink {
                 .ok_or_else(|| flush_error("the decoder holds no rows"))?;
             match self.write_files(p, &batch).await? {
                 Committed::Yes => {
-                    Ack::done_all(self.take_rows(p, usize::MAX));
+                    self.take_rows(p, usize::MAX).done();
                     self.inner.dirty.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
@@ -731,7 +730,7 @@ impl ParquetSink {
                     );
                     p.failed.retain(|f| f.offset >= next);
                     let covered = p.meta.offsets.partition_point(|o| *o < next);
-                    Ack::done_all(self.take_rows(p, covered));
+                    self.take_rows(p, covered).done();
                     self.rebuild(p).map_err(flush_error)?;
                 }
             }
@@ -889,12 +888,19 @@ impl Sink<Bytes> for ParquetSink {
             reason,
             class: ErrorClass::Permanent,
         };
-        if let Some(next) = self.recover(&mut p).await?
+        // The rare paths (recovery, reading the commit chain, publishing) are boxed: their
+        // futures hold the store's, and inline they made this per-record future kilobytes
+        // large, copied on every call.
+        let next = match p.next {
+            Some(next) => next,
+            None => Box::pin(self.recover(&mut p)).await?,
+        };
+        if let Some(next) = next
             && record.offset < next
         {
             // In the table, or dead-lettered by the writer of the entry that covers it
             // (whose letter may have been lost with that writer): dead-letter it again.
-            match self.skipped_reason(&mut p, record.offset).await? {
+            match Box::pin(self.skipped_reason(&mut p, record.offset)).await? {
                 Some(reason) => ack.fail(bad(reason)),
                 None => ack.done(),
             }
@@ -918,7 +924,7 @@ impl Sink<Bytes> for ParquetSink {
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
         if p.rows() > 0 && p.schema_id != Some(id) {
             // A new writer schema rolls the file: one schema per file.
-            self.publish(&mut p).await?;
+            Box::pin(self.publish(&mut p)).await?;
         }
         let schemas = if Self::needs_decoder(&p, id) {
             match self.known_schemas(id) {
@@ -948,13 +954,13 @@ impl Sink<Bytes> for ParquetSink {
             p.oldest = Some(Instant::now());
         }
         if p.rows() >= self.inner.config.roll_rows || p.bytes >= self.inner.config.roll_bytes {
-            self.publish(&mut p).await?;
+            Box::pin(self.publish(&mut p)).await?;
         } else if buffered >= self.inner.config.max_buffered_rows {
             // The job's memory bound: publish this partition and every idle one, so the
             // runtime never pauses everything while rows wait for the maximum age.
-            self.publish(&mut p).await?;
+            Box::pin(self.publish(&mut p)).await?;
             drop(p);
-            self.publish_where(|p| p.rows() > 0).await;
+            Box::pin(self.publish_where(|p| p.rows() > 0)).await;
         }
         Ok(())
     }
