@@ -1,7 +1,8 @@
 //! The warehouse job against the real broker (tansu) and, for `s3://` tables, a real
 //! S3-compatible server (moto): SIGKILLs at random moments, a store outage, two members
 //! in one group. The tables are read back with the parquet crate: every produced record
-//! exactly once, with its value. `make test` starts both servers.
+//! exactly once, with its value, and by DuckDB (also over a table whose writer schema
+//! gained a column). `make test` starts both servers.
 #![cfg(feature = "real-broker")]
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
@@ -352,4 +353,101 @@ async fn an_s3_outage_mid_run_loses_and_doubles_nothing() {
         matches!(again, Err(object_store::Error::AlreadyExists { .. })),
         "{again:?}"
     );
+}
+
+/// The loaders' reader over a table whose writer schema gained a column mid-partition:
+/// DuckDB with `union_by_name` (a reader no one here wrote) sees every row once, the
+/// new column filled in the newer rows and null in the older ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_reads_a_table_whose_schema_gained_a_column_by_name() {
+    use apache_avro::types::Value;
+    use eventbus_operators::{ParquetSink, ParquetSinkConfig, SchemaLookup};
+    use eventbus_runtime::memory::MemorySource;
+    use eventbus_runtime::{Job, Record};
+
+    const V1: &str = r#"{"type":"record","name":"Reading","namespace":"t","fields":[
+        {"name":"vehicle_id","type":"string"},
+        {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"speed","type":"double"}]}"#;
+    let v2_text = V1.replace(
+        r#"{"name":"speed","type":"double"}"#,
+        r#"{"name":"speed","type":"double"},{"name":"note","type":["null","string"],"default":null}"#,
+    );
+    let (v1, v2) = (
+        apache_avro::Schema::parse_str(V1).unwrap(),
+        apache_avro::Schema::parse_str(&v2_text).unwrap(),
+    );
+    // 2026-11-27 10:00 UTC, a record a minute.
+    let ts = |i: i64| 1_795_773_600_000 + i * 60_000;
+    let wire = |id: u32, schema: &apache_avro::Schema, fields: Vec<(&str, Value)>| {
+        let mut out = vec![0u8];
+        out.extend_from_slice(&id.to_be_bytes());
+        let fields = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        out.extend(apache_avro::to_avro_datum(schema, Value::Record(fields)).unwrap());
+        bytes::Bytes::from(out)
+    };
+    let base = |i: i64| {
+        vec![
+            ("vehicle_id", Value::String(format!("v{i}"))),
+            ("ts", Value::TimestampMillis(ts(i))),
+            ("speed", Value::Double(i as f64)),
+        ]
+    };
+    let mut records = Vec::new();
+    for i in 0..4 {
+        records.push(Record::new("r.v1", 0, i, wire(1, &v1, base(i))));
+    }
+    for i in 4..8 {
+        let mut fields = base(i);
+        let note = if i % 2 == 0 {
+            Value::Union(1, Box::new(Value::String(format!("n{i}"))))
+        } else {
+            Value::Union(0, Box::new(Value::Null))
+        };
+        fields.push(("note", note));
+        records.push(Record::new("r.v1", 0, i, wire(2, &v2, fields)));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ParquetSinkConfig::new(dir.path().to_str().unwrap());
+    config.event_time_fields.insert("r.v1".into(), "ts".into());
+    let schemas = [(1u32, V1.to_owned()), (2, v2_text)];
+    let lookup: SchemaLookup = Arc::new(move |id| {
+        Ok(schemas
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, s)| s.clone()))
+    });
+    let sink = ParquetSink::new(config, lookup, &[1, 2]).unwrap();
+    Job::builder("union")
+        .source(MemorySource::new(records))
+        .sink(sink)
+        .build()
+        .unwrap()
+        .run(std::future::pending())
+        .await
+        .expect("the job writes both schema versions");
+
+    let python = std::env::var("EVENTBUS_TEST_PYTHON")
+        .expect("EVENTBUS_TEST_PYTHON (a python with duckdb; `make test` sets it)");
+    let glob = dir.path().join("r.v1").join("**/*.parquet");
+    let query = format!(
+        "SELECT count(*), count(DISTINCT _offset), count(note), string_agg(note, ',' ORDER BY _offset), \
+         count(*) FILTER (WHERE vehicle_id = 'v' || _offset AND speed = _offset) \
+         FROM read_parquet('{}', hive_partitioning = true, union_by_name = true)",
+        glob.display()
+    );
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(format!(
+            "import duckdb; print(*duckdb.sql(\"{query}\").fetchall()[0])"
+        ))
+        .output()
+        .expect("run duckdb");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "8 8 2 n4,n6 8");
 }
