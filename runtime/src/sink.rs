@@ -223,13 +223,12 @@ impl Acks {
     pub fn push(&mut self, mut ack: Ack) {
         ack.route = None;
         if let Target::Partition { part, offset } = &ack.target {
-            let same = match &self.part {
-                Some(p) => Arc::ptr_eq(p, part),
-                None => {
-                    self.part = Some(part.clone());
-                    true
-                }
-            };
+            // The partition of the first ack pushed while none is held: after a
+            // rebalance, the state a partition is assigned again with.
+            if self.held.is_empty() && !self.part.as_ref().is_some_and(|p| Arc::ptr_eq(p, part)) {
+                self.part = Some(part.clone());
+            }
+            let same = self.part.as_ref().is_some_and(|p| Arc::ptr_eq(p, part));
             if same {
                 self.held.push(Held::Offset(*offset));
                 ack.resolved = true;
@@ -400,17 +399,27 @@ mod tests {
         );
         assert!(!job.has_failed(), "nothing was dropped unsettled");
 
+        // Once none are held, the next partition's acks are the compact ones (a
+        // partition assigned again comes with a new state).
+        let mut again = Acks::new();
+        again.push(ack(&a, 3));
+        again.take_first(1).done();
+        again.push(ack(&b, 12));
+        assert!(matches!(again.held[..], [Held::Offset(12)]), "{again:?}");
+        again.done();
+        assert_eq!((a.committable(), b.committable()), (Some(4), Some(13)));
+
         // A failure settles the offsets as failed (never committed past) and stops
         // the job.
         let mut failing = Acks::new();
-        failing.push(ack(&a, 3));
         failing.push(ack(&a, 4));
+        failing.push(ack(&a, 5));
         failing.fail(|| SinkError::Flush {
             sink: "test",
             reason: "disk full".to_owned(),
         });
-        assert_eq!(a.committable(), Some(3));
-        assert_eq!(a.pending(), 1);
+        assert_eq!(a.committable(), Some(4));
+        assert_eq!(a.pending(), 0);
         assert!(job.has_failed());
 
         // Dropped unsettled: failed, as a dropped Ack is.
