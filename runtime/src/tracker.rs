@@ -65,8 +65,15 @@ impl OffsetTracker {
     }
 
     fn resolve(&mut self, offset: i64, to: State) -> bool {
-        let Ok(i) = self.entries.binary_search_by_key(&offset, |&(o, _)| o) else {
-            return false;
+        // Records mostly finish in order: the oldest held one first, found without a
+        // search.
+        let i = if self.entries.front().is_some_and(|&(o, _)| o == offset) {
+            0
+        } else {
+            match self.entries.binary_search_by_key(&offset, |&(o, _)| o) {
+                Ok(i) => i,
+                Err(_) => return false,
+            }
         };
         let slot = &mut self.entries[i].1;
         if *slot != State::Pending {
