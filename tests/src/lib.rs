@@ -216,8 +216,9 @@ impl JobProcess {
     /// after another member was killed: it never assigns it, or assigns it and then stops
     /// answering its heartbeats, for minutes, and every later join of that group waits
     /// the same way. So each try starts once the killed member's session (the tests use
-    /// 6 s) has expired, and a try that has not finished within 100 s is SIGKILLed and
-    /// started again in a consumer group of its own, at most three tries. Both keep the
+    /// 6 s) has expired, and a try that has no partitions within 30 s, or has not
+    /// finished within 100 s, is SIGKILLed and started again in a consumer group of its
+    /// own, at most three tries. Both keep the
     /// tests' assertions at full force: the kill is one more crash the table's
     /// exactly-once protocol must survive, and a new group reads every partition from the
     /// start, so the table (not the committed offsets) must keep out every record it
@@ -233,22 +234,31 @@ impl JobProcess {
                 args.extend(["--group", group.as_str()]);
             }
             let mut run = Self::warehouse(config, log_dir, &format!("{name}-try{n}"), &args);
-            let deadline = Instant::now() + Duration::from_secs(100);
-            while Instant::now() < deadline {
+            let started = Instant::now();
+            let mut assigned = false;
+            while started.elapsed() < Duration::from_secs(100) {
                 if let Some(status) = run.child.try_wait().expect("wait") {
                     assert!(status.success(), "final run failed:\n{}", run.log_tail());
                     return (n > 1).then_some(group);
+                }
+                if !assigned && started.elapsed() > Duration::from_secs(30) {
+                    assigned = fs::read_to_string(&run.log)
+                        .is_ok_and(|log| log.contains("partitions assigned"));
+                    if !assigned {
+                        break;
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
             assert!(
                 n < tries,
-                "the final run did not finish in {tries} tries of 100 s; last log:\n{}",
+                "the final run did not finish in {tries} tries; last log:\n{}",
                 run.log_tail()
             );
             eprintln!(
-                "final run {n} did not finish within 100 s (a stalled group join on tansu?); \
-                 killing it and starting again in a group of its own. Its log:\n{}",
+                "final run {n} had no partitions after 30 s or did not finish within 100 s \
+                 (a stalled group join on tansu?); killing it and starting again in a group \
+                 of its own. Its log:\n{}",
                 run.log_tail()
             );
             run.kill();
