@@ -223,12 +223,13 @@ impl Acks {
     pub fn push(&mut self, mut ack: Ack) {
         ack.route = None;
         if let Target::Partition { part, offset } = &ack.target {
-            // The partition of the first ack pushed while none is held: after a
-            // rebalance, the state a partition is assigned again with.
-            if self.held.is_empty() && !self.part.as_ref().is_some_and(|p| Arc::ptr_eq(p, part)) {
+            let mut same = self.part.as_ref().is_some_and(|p| Arc::ptr_eq(p, part));
+            if !same && self.held.is_empty() {
+                // The first ack held, or the first since all were taken: after a
+                // rebalance, a partition assigned again comes with a new state.
                 self.part = Some(part.clone());
+                same = true;
             }
-            let same = self.part.as_ref().is_some_and(|p| Arc::ptr_eq(p, part));
             if same {
                 self.held.push(Held::Offset(*offset));
                 ack.resolved = true;
@@ -260,13 +261,8 @@ impl Acks {
     /// Every held record is durable at the destination: the same as calling
     /// [`Ack::done`] on each, with one tracker lock for the partition's offsets.
     pub fn done(mut self) {
-        let mut offsets = Vec::with_capacity(self.held.len());
-        for held in self.held.drain(..) {
-            match held {
-                Held::Offset(offset) => offsets.push(offset),
-                Held::Other(ack) => ack.done(),
-            }
-        }
+        let (offsets, whole) = self.take_all();
+        whole.into_iter().for_each(|ack| ack.done());
         if let Some(part) = &self.part {
             part.resolve_many(&offsets, Resolution::Delivered);
         }
@@ -276,13 +272,8 @@ impl Acks {
     /// (called once per [`Ack`] kept whole, and once for the partition's offsets) stops
     /// the job.
     pub fn fail(mut self, error: impl Fn() -> SinkError) {
-        let mut offsets = Vec::new();
-        for held in self.held.drain(..) {
-            match held {
-                Held::Offset(offset) => offsets.push(offset),
-                Held::Other(ack) => ack.fail(error()),
-            }
-        }
+        let (offsets, whole) = self.take_all();
+        whole.into_iter().for_each(|ack| ack.fail(error()));
         if let Some(part) = &self.part
             && !offsets.is_empty()
         {
@@ -290,20 +281,26 @@ impl Acks {
             part.job().fail(error().into());
         }
     }
+
+    /// Empties the holding: the partition's offsets, and the acks kept whole.
+    fn take_all(&mut self) -> (Vec<i64>, Vec<Ack>) {
+        let mut offsets = Vec::with_capacity(self.held.len());
+        let mut whole = Vec::new();
+        for held in self.held.drain(..) {
+            match held {
+                Held::Offset(offset) => offsets.push(offset),
+                Held::Other(ack) => whole.push(*ack),
+            }
+        }
+        (offsets, whole)
+    }
 }
 
 impl Drop for Acks {
     fn drop(&mut self) {
-        let Some(part) = &self.part else { return };
-        let offsets: Vec<i64> = self
-            .held
-            .iter()
-            .filter_map(|h| match h {
-                Held::Offset(offset) => Some(*offset),
-                Held::Other(_) => None,
-            })
-            .collect();
-        let Some(&first) = offsets.first() else {
+        // The acks kept whole fail by their own drop.
+        let (offsets, _whole) = self.take_all();
+        let (Some(part), Some(&first)) = (&self.part, offsets.first()) else {
             return;
         };
         part.resolve_many(&offsets, Resolution::Failed);

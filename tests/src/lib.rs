@@ -218,11 +218,10 @@ impl JobProcess {
     /// the same way. So each try starts once the killed member's session (the tests use
     /// 6 s) has expired, and a try that has no partitions within 30 s, or has not
     /// finished within 100 s, is SIGKILLed and started again in a consumer group of its
-    /// own, at most three tries. Both keep the
-    /// tests' assertions at full force: the kill is one more crash the table's
-    /// exactly-once protocol must survive, and a new group reads every partition from the
-    /// start, so the table (not the committed offsets) must keep out every record it
-    /// already holds. Returns the group of the try that finished, when it is not the
+    /// own, at most three tries. Both keep the tests' assertions at full force: the kill
+    /// is one more crash the table's exactly-once protocol must survive, and a new group
+    /// reads every partition from the start, so the table (not the committed offsets)
+    /// must keep out every record it already holds. Returns the group of the try that finished, when it is not the
     /// config's.
     pub fn finish_warehouse(config: &Path, log_dir: &Path, name: &str) -> Option<String> {
         let tries = 3;

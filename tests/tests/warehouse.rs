@@ -192,14 +192,27 @@ async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
     assert_eq!(wm.partitions.len(), 6);
 
     // A reader no one here wrote agrees: DuckDB over the Hive layout.
+    let glob = root.join(topic).join("**/*.parquet");
+    assert_eq!(
+        duckdb_row(&format!(
+            "SELECT count(*), count(DISTINCT (_partition, _offset)), count(DISTINCT hour) > 0 \
+             FROM read_parquet('{}', hive_partitioning = true)",
+            glob.display()
+        )),
+        "200000 200000 True"
+    );
+}
+
+/// The first row of a DuckDB query, its values separated by spaces: DuckDB is the
+/// independent reader the loaders use (`make test` sets EVENTBUS_TEST_PYTHON to a python
+/// that has it).
+fn duckdb_row(query: &str) -> String {
     let python = std::env::var("EVENTBUS_TEST_PYTHON")
         .expect("EVENTBUS_TEST_PYTHON (a python with duckdb; `make test` sets it)");
-    let glob = root.join(topic).join("**/*.parquet");
     let out = std::process::Command::new(python)
         .arg("-c")
         .arg(format!(
-            "import duckdb; print(*duckdb.sql(\"SELECT count(*), count(DISTINCT (_partition, _offset)), count(DISTINCT hour) > 0 FROM read_parquet('{}', hive_partitioning = true)\").fetchall()[0])",
-            glob.display()
+            "import duckdb; print(*duckdb.sql(\"{query}\").fetchall()[0])"
         ))
         .output()
         .expect("run duckdb");
@@ -208,10 +221,7 @@ async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "200000 200000 True"
-    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,11 +390,10 @@ async fn duckdb_reads_a_table_whose_schema_gained_a_column_by_name() {
     // 2026-11-27 10:00 UTC, a record a minute.
     let ts = |i: i64| 1_795_773_600_000 + i * 60_000;
     let wire = |id: u32, schema: &apache_avro::Schema, fields: Vec<(&str, Value)>| {
-        let mut out = vec![0u8];
-        out.extend_from_slice(&id.to_be_bytes());
         let fields = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        out.extend(apache_avro::to_avro_datum(schema, Value::Record(fields)).unwrap());
-        bytes::Bytes::from(out)
+        bytes::Bytes::from(
+            eventbus_schemas::encode_value(id, schema, Value::Record(fields)).unwrap(),
+        )
     };
     let base = |i: i64| {
         vec![
@@ -399,10 +408,11 @@ async fn duckdb_reads_a_table_whose_schema_gained_a_column_by_name() {
     }
     for i in 4..8 {
         let mut fields = base(i);
+        // Resolved against the union by the encoder.
         let note = if i % 2 == 0 {
-            Value::Union(1, Box::new(Value::String(format!("n{i}"))))
+            Value::String(format!("n{i}"))
         } else {
-            Value::Union(0, Box::new(Value::Null))
+            Value::Null
         };
         fields.push(("note", note));
         records.push(Record::new("r.v1", 0, i, wire(2, &v2, fields)));
@@ -428,26 +438,14 @@ async fn duckdb_reads_a_table_whose_schema_gained_a_column_by_name() {
         .await
         .expect("the job writes both schema versions");
 
-    let python = std::env::var("EVENTBUS_TEST_PYTHON")
-        .expect("EVENTBUS_TEST_PYTHON (a python with duckdb; `make test` sets it)");
     let glob = dir.path().join("r.v1").join("**/*.parquet");
-    let query = format!(
-        "SELECT count(*), count(DISTINCT _offset), count(note), string_agg(note, ',' ORDER BY _offset), \
-         count(*) FILTER (WHERE vehicle_id = 'v' || _offset AND speed = _offset) \
-         FROM read_parquet('{}', hive_partitioning = true, union_by_name = true)",
-        glob.display()
+    assert_eq!(
+        duckdb_row(&format!(
+            "SELECT count(*), count(DISTINCT _offset), count(note), string_agg(note, ',' ORDER BY _offset), \
+             count(*) FILTER (WHERE vehicle_id = 'v' || _offset AND speed = _offset) \
+             FROM read_parquet('{}', hive_partitioning = true, union_by_name = true)",
+            glob.display()
+        )),
+        "8 8 2 n4,n6 8"
     );
-    let out = std::process::Command::new(python)
-        .arg("-c")
-        .arg(format!(
-            "import duckdb; print(*duckdb.sql(\"{query}\").fetchall()[0])"
-        ))
-        .output()
-        .expect("run duckdb");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "8 8 2 n4,n6 8");
 }

@@ -881,12 +881,16 @@ impl Sink<Bytes> for ParquetSink {
         let part = self.part(&tp);
         let mut p = part.lock().await;
         p.seen = Some(p.seen.map_or(record.offset, |s| s.max(record.offset)));
-        let origin = ack.origin();
-        let bad = |reason: String| SinkError::Delivery {
-            sink: SINK,
-            origin: origin.clone(),
-            reason,
-            class: ErrorClass::Permanent,
+        // Fails a record to the dead-letter queue; its origin is built only then, not for
+        // every record.
+        let bad = |ack: Ack, reason: String| {
+            let origin = ack.origin();
+            ack.fail(SinkError::Delivery {
+                sink: SINK,
+                origin,
+                reason,
+                class: ErrorClass::Permanent,
+            });
         };
         // The rare paths (recovery, reading the commit chain, publishing) are boxed: their
         // futures hold the store's, and inline they made this per-record future kilobytes
@@ -901,7 +905,7 @@ impl Sink<Bytes> for ParquetSink {
             // In the table, or dead-lettered by the writer of the entry that covers it
             // (whose letter may have been lost with that writer): dead-letter it again.
             match Box::pin(self.skipped_reason(&mut p, record.offset)).await? {
-                Some(reason) => ack.fail(bad(reason)),
+                Some(reason) => bad(ack, reason),
                 None => ack.done(),
             }
             return Ok(());
@@ -913,7 +917,7 @@ impl Sink<Bytes> for ParquetSink {
                 offset: record.offset,
                 reason: reason.clone(),
             });
-            ack.fail(bad(reason));
+            bad(ack, reason);
         };
         let bytes = &record.value;
         if bytes.len() < 5 || bytes[0] != 0 {
