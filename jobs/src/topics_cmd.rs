@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use eventbus_schemas::Catalog;
@@ -109,17 +109,54 @@ fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
 
 /// What the cluster has: partitions per topic.
 fn cluster_topics(brokers: &str) -> anyhow::Result<HashMap<String, i32>> {
+    Ok(cluster(brokers)?.0)
+}
+
+/// What the cluster has: partitions per topic, and how many brokers it has.
+fn cluster(brokers: &str) -> anyhow::Result<(HashMap<String, i32>, usize)> {
     let admin = admin(brokers)?;
     let md = admin
         .inner()
         .fetch_metadata(None, TIMEOUT)
         .with_context(|| format!("could not reach the brokers {brokers}"))?;
-    Ok(md
+    let topics = md
         .topics()
         .iter()
         .filter(|t| t.error().is_none())
         .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-        .collect())
+        .collect();
+    Ok((topics, md.brokers().len()))
+}
+
+/// Waits until every created topic shows its partitions in the cluster's metadata.
+///
+/// A broker may answer CreateTopics without an error and still not create the topic
+/// (tansu does so for a replication factor above its broker count); without this check
+/// `apply` would report success and producers would fail later with "unknown topic".
+fn await_created(brokers: &str, created: &[(&str, i32)]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (have, _) = cluster(brokers)?;
+        let missing: Vec<String> = created
+            .iter()
+            .filter(|(topic, partitions)| have.get(*topic) != Some(partitions))
+            .map(|(topic, partitions)| match have.get(*topic) {
+                Some(n) => format!("{topic} ({n} of {partitions} partitions)"),
+                None => format!("{topic} (missing)"),
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the broker accepted CreateTopics, but after {} s these topics are not in its metadata: {}",
+                TIMEOUT.as_secs(),
+                missing.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Dead letters are kept at least this long (30 days), however short the source's
@@ -229,10 +266,18 @@ pub async fn plan(
 /// # Errors
 /// A refused change (all are named), or a broker error naming the topic.
 pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
+    let (_, broker_count) = cluster(brokers)?;
     let refused: Vec<String> = changes
         .iter()
         .filter_map(|c| match c {
             Change::RemovePartitions { .. } => Some(format!("{c}")),
+            Change::Create {
+                topic, replication, ..
+            } if usize::try_from(*replication).is_ok_and(|r| r > broker_count) => Some(format!(
+                "! create {topic}: replication factor {replication}, but the cluster has \
+                 {broker_count} broker(s) (pass --replication-factor {broker_count} for a \
+                 development cluster)"
+            )),
             _ => None,
         })
         .collect();
@@ -270,6 +315,16 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
                 Err((name, code)) => bail!("cannot create topic {name}: {code}"),
             }
         }
+        let created: Vec<(&str, i32)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Create {
+                    topic, partitions, ..
+                } => Some((topic.as_str(), *partitions)),
+                _ => None,
+            })
+            .collect();
+        await_created(brokers, &created)?;
     }
     let mut alters: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for c in changes {

@@ -340,3 +340,53 @@ async fn topics_apply_creates_the_catalog_idempotently_alters_configs_and_refuse
         Vec::<Change>::new()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_apply_refuses_more_replicas_than_brokers_before_creating_anything() {
+    let brokers = shared_brokers();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("schemas/topics.toml")).expect("read");
+    // A topic this cluster does not have, at the catalog's replication factor of 3: the
+    // single test broker cannot hold three replicas.
+    let fresh = format!("safety.emergency.v{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("topics.toml");
+    std::fs::write(
+        &catalog,
+        text.replacen(
+            "name = \"safety.emergency.v1\"",
+            &format!("name = \"{fresh}\""),
+            1,
+        )
+        .replacen(
+            "dlq = \"safety.emergency.v1.dlq\"",
+            &format!("dlq = \"{fresh}.dlq\""),
+            1,
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(eventbus_tests::eventbus_bin())
+        .args(["topics", "apply", "--brokers", &brokers, "--catalog"])
+        .arg(&catalog)
+        .output()
+        .expect("run eventbus");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&fresh)
+            && err.contains("replication factor 3")
+            && err.contains("--replication-factor 1"),
+        "{err}"
+    );
+    // Refused before anything was created: neither the topic nor its dead-letter topics.
+    for name in [
+        fresh.clone(),
+        format!("{fresh}.dlq"),
+        format!("{fresh}.dlq.parked"),
+    ] {
+        assert!(
+            topic_io::partitions(&brokers, &name).is_err(),
+            "{name} was created"
+        );
+    }
+}
