@@ -222,6 +222,24 @@ async fn every_avro_construct_maps_to_its_arrow_type_and_values_survive() {
     let ty = |n: &str| s.field_with_name(n).unwrap().data_type().clone();
     let nullable = |n: &str| s.field_with_name(n).unwrap().is_nullable();
     assert_eq!(ty("id"), DataType::FixedSizeBinary(16));
+    assert_eq!(
+        s.field_with_name("id").unwrap().extension_type_name(),
+        Some("arrow.uuid")
+    );
+    // A reader that ignores the Arrow schema in the footer sees Parquet's UUID type.
+    let file = std::fs::File::open(dir.path().join(path)).unwrap();
+    let parquet_file = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    let columns = parquet::file::reader::FileReader::metadata(&parquet_file)
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .to_vec();
+    let logical = |n: &str| {
+        let c = columns.iter().find(|c| c.path().string() == n).unwrap();
+        c.logical_type_ref().cloned()
+    };
+    assert_eq!(logical("id"), Some(parquet::basic::LogicalType::Uuid));
+    assert_eq!(logical("mac"), None);
     assert!(
         matches!(ty("ts_ms"), DataType::Timestamp(TimeUnit::Millisecond, Some(tz)) if tz.as_ref() == "+00:00")
     );
