@@ -2,8 +2,9 @@
 # Installs (once, cached) and starts or stops the S3-compatible server the tests use:
 # moto's server from PyPI, in a virtualenv in the tool cache, as its own process on
 # 127.0.0.1. The same virtualenv holds pyarrow and duckdb, the independent Parquet
-# readers the tests cross-check the tables with, and confluent-kafka, the independent
-# Kafka client that reads the dead letters' headers back.
+# readers the tests cross-check the tables with, and confluent-kafka with fastavro, the
+# independent Kafka client that reads the dead letters' headers back and produces Avro
+# records the warehouse must load.
 #
 #   scripts/test-s3.sh install   create the virtualenv if it is not there
 #   scripts/test-s3.sh start     start a fresh server with bucket eventbus-test; prints its URL
@@ -18,14 +19,14 @@ STATE="${EVENTBUS_S3_STATE:-${TMPDIR:-/tmp}/eventbus-test-s3}"
 BUCKET=eventbus-test
 
 install() {
-  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import pyarrow, duckdb, confluent_kafka' 2>/dev/null; then
+  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import pyarrow, duckdb, confluent_kafka, fastavro' 2>/dev/null; then
     return 0
   fi
-  echo "installing moto, pyarrow, duckdb and confluent-kafka into $VENV (once per machine)" >&2
+  echo "installing moto, pyarrow, duckdb, confluent-kafka and fastavro into $VENV (once per machine)" >&2
   python3 -m venv "$VENV" >&2
   # Pinned: a fresh machine gets the versions the suite is known to pass with.
   "$VENV/bin/pip" install --quiet 'moto[server]==5.2.5' 'pyarrow==26.0.1' 'duckdb==2.0.1' \
-    'confluent-kafka==2.16.1' >&2
+    'confluent-kafka==2.16.1' 'fastavro==1.13.1' >&2
 }
 
 start() {

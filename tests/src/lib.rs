@@ -221,8 +221,8 @@ impl JobProcess {
     /// own, at most three tries. Both keep the tests' assertions at full force: the kill
     /// is one more crash the table's exactly-once protocol must survive, and a new group
     /// reads every partition from the start, so the table (not the committed offsets)
-    /// must keep out every record it already holds. Returns the group of the try that finished, when it is not the
-    /// config's.
+    /// must keep out every record it already holds. Returns the group of the try that
+    /// finished, when it is not the config's.
     pub fn finish_warehouse(config: &Path, log_dir: &Path, name: &str) -> Option<String> {
         let tries = 3;
         for n in 1..=tries {

@@ -62,8 +62,18 @@ impl Fixture {
     /// Loads `count` records on `partitions` partitions; the table root is `root`, or
     /// `<dir>/tables` when `None`; `extra` is appended to the job file.
     async fn new(partitions: i32, count: usize, root: Option<&str>, extra: &str) -> Self {
+        let (topic, produced) = load(&shared_brokers(), partitions, count).await;
+        Self::for_topic(topic, produced, root, extra)
+    }
+
+    /// A job file for `topic`, already loaded; `produced` is what was loaded, by position.
+    fn for_topic(
+        topic: String,
+        produced: BTreeMap<(i32, i64), String>,
+        root: Option<&str>,
+        extra: &str,
+    ) -> Self {
         let brokers = shared_brokers();
-        let (topic, produced) = load(&brokers, partitions, count).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let local = dir.path().join("tables");
         let root = root.map_or_else(|| local.display().to_string(), str::to_owned);
@@ -447,5 +457,119 @@ async fn duckdb_reads_a_table_whose_schema_gained_a_column_by_name() {
             glob.display()
         )),
         "8 8 2 n4,n6 8"
+    );
+}
+
+/// Produces VehicleState records with Python's confluent-kafka (lz4, some with headers),
+/// framed in the Confluent wire format by hand around fastavro's schemaless encoding, and
+/// writes what it produced as JSON.
+const PY_PRODUCER: &str = r#"
+import io, json, struct, sys, uuid, random
+import fastavro
+from confluent_kafka import Producer
+brokers, topic, n, schema_path, schema_id, out = sys.argv[1:7]
+schema = fastavro.parse_schema(json.load(open(schema_path)))
+p = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "compression.type": "lz4"})
+rnd = random.Random(11)
+rows = []
+for i in range(int(n)):
+    v = {
+        "event_id": str(uuid.UUID(int=rnd.getrandbits(128))),
+        "vehicle_id": "veh-%04d" % (i % 37),
+        "fleet_id": "fleet-%02d" % (i % 5),
+        "event_time": 1764300000000 + i * 1500,
+        "position": {"lat": 24.4 + i * 1e-5, "lon": 54.3 - i * 1e-5,
+                     "heading_deg": None if i % 3 else float(i % 360)},
+        "speed_kph": float(i % 120),
+        "battery_pct": 50.5,
+        "status": ["DRIVING", "IDLE", "CHARGING", "MAINTENANCE", "OFFLINE"][i % 5],
+        "odometer_km": None if i % 2 else i * 1.5,
+        "driver_id": None if i % 4 else "drv-%d" % i,
+        "firmware_version": None if i % 7 == 0 else "1.2.3",
+    }
+    body = io.BytesIO()
+    body.write(b"\x00" + struct.pack(">I", int(schema_id)))
+    fastavro.schemaless_writer(body, schema, v)
+    headers = [("traceparent", b"00-abc-def-01")] if i % 10 == 0 else None
+    p.produce(topic, key=v["vehicle_id"].encode(), value=body.getvalue(), headers=headers)
+    rows.append(v)
+    if i % 500 == 0:
+        p.poll(0)
+assert p.flush(60) == 0, "records left unsent"
+json.dump(rows, open(out, "w"))
+"#;
+
+/// Reads a table with DuckDB and compares it with the producer's JSON, field by field.
+/// Prints: rows, distinct (partition, offset), the SQL type of event_id, rows that differ.
+const PY_CHECK: &str = r#"
+import json, sys, duckdb
+glob, expected = sys.argv[1], {r["event_id"]: r for r in json.load(open(sys.argv[2]))}
+rel = duckdb.sql("SELECT CAST(event_id AS VARCHAR), vehicle_id, fleet_id, epoch_ms(event_time), "
+                 "position.lat, position.lon, position.heading_deg, speed_kph, battery_pct, "
+                 "CAST(status AS VARCHAR), odometer_km, driver_id, firmware_version "
+                 f"FROM read_parquet('{glob}', hive_partitioning = true)")
+rows = rel.fetchall()
+meta = duckdb.sql(f"SELECT count(DISTINCT (_partition, _offset)), any_value(typeof(event_id)) "
+                  f"FROM read_parquet('{glob}', hive_partitioning = true)").fetchall()[0]
+bad = 0
+for r in rows:
+    v = expected.get(r[0])
+    want = None if v is None else (v["event_id"], v["vehicle_id"], v["fleet_id"], v["event_time"],
+        v["position"]["lat"], v["position"]["lon"], v["position"]["heading_deg"], v["speed_kph"],
+        v["battery_pct"], v["status"], v["odometer_km"], v["driver_id"], v["firmware_version"])
+    if want != tuple(r):
+        bad += 1
+        if bad <= 3:
+            print("differs:", r, want, file=sys.stderr)
+print(len(rows), meta[0], meta[1], bad)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_python_producers_load_exactly_and_duckdb_reads_their_values() {
+    let python = std::env::var("EVENTBUS_TEST_PYTHON")
+        .expect("EVENTBUS_TEST_PYTHON (a python with confluent-kafka, fastavro and duckdb)");
+    let brokers = shared_brokers();
+    let topic = unique("whpy");
+    topic_io::create_topics(&brokers, &[(&topic, 4)])
+        .await
+        .expect("create topic");
+    let fx = Fixture::for_topic(topic.clone(), BTreeMap::new(), None, "");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/VehicleState.avsc");
+    let expected = fx.dir.path().join("produced.json");
+    let id = eventbus_tests::vehicle_state_schema().0.to_string();
+    let run = |script: &str, args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    run(
+        PY_PRODUCER,
+        &[
+            brokers.as_ref(),
+            topic.as_ref(),
+            "3000".as_ref(),
+            schema.as_os_str(),
+            id.as_ref(),
+            expected.as_os_str(),
+        ],
+    );
+    let (cfg, logs) = (fx.cfg.clone(), fx.dir.path().to_owned());
+    tokio::task::spawn_blocking(move || JobProcess::finish_warehouse(&cfg, &logs, "load"))
+        .await
+        .expect("join");
+    let glob = fx.local_root().join(&topic).join("**/*.parquet");
+    // Every record once, each value as the producer wrote it, event_id a UUID to SQL.
+    assert_eq!(
+        run(PY_CHECK, &[glob.as_os_str(), expected.as_os_str()]),
+        "3000 3000 UUID 0"
     );
 }
