@@ -93,6 +93,29 @@ pub fn shared_brokers() -> String {
     )
 }
 
+/// Runs a Python script with the test virtualenv's python (`make test` sets
+/// `EVENTBUS_TEST_PYTHON` to one with confluent-kafka, fastavro, pyarrow and duckdb: the
+/// clients and readers no one here wrote) and returns its trimmed stdout. Panics with
+/// the script's stderr when it fails.
+pub fn run_python<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> String {
+    let python = std::env::var("EVENTBUS_TEST_PYTHON").expect(
+        "EVENTBUS_TEST_PYTHON is not set: `make test` sets it to a python with \
+         confluent-kafka, fastavro, pyarrow and duckdb",
+    );
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "the python script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// The `eventbus` binary: `EVENTBUS_BIN`, else the workspace's debug build.
 pub fn eventbus_bin() -> PathBuf {
     if let Ok(p) = std::env::var("EVENTBUS_BIN") {

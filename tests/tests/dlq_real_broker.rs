@@ -54,18 +54,8 @@ async fn poison_goes_to_the_dlq_once_and_python_reads_the_spring_and_connect_hea
     let (topic, dlq, letters) = (run.topic, run.dlq, run.letters);
 
     // The same letters through another ecosystem's client.
-    let python =
-        std::env::var("EVENTBUS_TEST_PYTHON").expect("make test sets EVENTBUS_TEST_PYTHON");
-    let out = std::process::Command::new(python)
-        .args(["-c", PY_READER, &brokers, &dlq, "200"])
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let out = eventbus_tests::run_python(PY_READER, &[brokers.as_str(), dlq.as_str(), "200"]);
+    let seen: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
     assert_eq!(seen.len(), 200);
     for py in &seen {
         let key = py["key"].as_str().unwrap();

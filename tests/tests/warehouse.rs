@@ -15,7 +15,8 @@ use eventbus_jobs::topic_io;
 use eventbus_schemas::events::VehicleState;
 use eventbus_schemas::{Decoder, FileRegistry};
 use eventbus_tests::{
-    JobProcess, TableRow, eventbus_bin, read_table, shared_brokers, table_duplicates, unique,
+    JobProcess, TableRow, eventbus_bin, read_table, run_python, shared_brokers, table_duplicates,
+    unique,
 };
 use futures_util::StreamExt;
 use object_store::ObjectStore;
@@ -214,24 +215,10 @@ async fn sigkill_five_times_leaves_every_record_exactly_once_in_the_table() {
 }
 
 /// The first row of a DuckDB query, its values separated by spaces: DuckDB is the
-/// independent reader the loaders use (`make test` sets EVENTBUS_TEST_PYTHON to a python
-/// that has it).
+/// independent reader the loaders use.
 fn duckdb_row(query: &str) -> String {
-    let python = std::env::var("EVENTBUS_TEST_PYTHON")
-        .expect("EVENTBUS_TEST_PYTHON (a python with duckdb; `make test` sets it)");
-    let out = std::process::Command::new(python)
-        .arg("-c")
-        .arg(format!(
-            "import duckdb; print(*duckdb.sql(\"{query}\").fetchall()[0])"
-        ))
-        .output()
-        .expect("run duckdb");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let script = format!("import duckdb; print(*duckdb.sql(\"{query}\").fetchall()[0])");
+    run_python::<&str>(&script, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,8 +513,6 @@ print(len(rows), meta[0], meta[1], bad)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_python_producers_load_exactly_and_duckdb_reads_their_values() {
-    let python = std::env::var("EVENTBUS_TEST_PYTHON")
-        .expect("EVENTBUS_TEST_PYTHON (a python with confluent-kafka, fastavro and duckdb)");
     let brokers = shared_brokers();
     let topic = unique("whpy");
     topic_io::create_topics(&brokers, &[(&topic, 4)])
@@ -537,29 +522,17 @@ async fn records_from_python_producers_load_exactly_and_duckdb_reads_their_value
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/VehicleState.avsc");
     let expected = fx.dir.path().join("produced.json");
     let id = eventbus_tests::vehicle_state_schema().0.to_string();
-    let run = |script: &str, args: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new(&python)
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    run(
+    let schema = schema.display().to_string();
+    let expected_path = expected.display().to_string();
+    run_python(
         PY_PRODUCER,
         &[
-            brokers.as_ref(),
-            topic.as_ref(),
-            "3000".as_ref(),
-            schema.as_os_str(),
-            id.as_ref(),
-            expected.as_os_str(),
+            brokers.as_str(),
+            topic.as_str(),
+            "3000",
+            schema.as_str(),
+            id.as_str(),
+            expected_path.as_str(),
         ],
     );
     let (cfg, logs) = (fx.cfg.clone(), fx.dir.path().to_owned());
@@ -569,7 +542,7 @@ async fn records_from_python_producers_load_exactly_and_duckdb_reads_their_value
     let glob = fx.local_root().join(&topic).join("**/*.parquet");
     // Every record once, each value as the producer wrote it, event_id a UUID to SQL.
     assert_eq!(
-        run(PY_CHECK, &[glob.as_os_str(), expected.as_os_str()]),
+        run_python(PY_CHECK, &[glob.as_os_str(), expected.as_os_str()]),
         "3000 3000 UUID 0"
     );
 }
