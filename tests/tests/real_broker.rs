@@ -390,3 +390,38 @@ async fn topics_apply_refuses_more_replicas_than_brokers_before_creating_anythin
         );
     }
 }
+
+/// On a broker of its own, which has none of the catalog's topics (tansu, like a
+/// production cluster, creates none on demand; the mock cluster would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_to_a_missing_topic_names_it_and_the_command_that_creates_it() {
+    let tansu = Tansu::start();
+    let catalog = eventbus_schemas::bundled_dir().join("topics.toml");
+    let opts = eventbus_jobs::generate::GenerateOptions {
+        topic: "fleet.operations.v1".into(),
+        count: 10,
+        rate: 0,
+        seed: 3,
+        quiet: true,
+    };
+    let brokers = tansu.brokers.clone();
+    let started = std::time::Instant::now();
+    let err = tokio::task::spawn_blocking(move || {
+        eventbus_jobs::generate::run(&brokers, &catalog, &opts)
+    })
+    .await
+    .expect("join")
+    .expect_err("the topic does not exist");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("fleet.operations.v1") && text.contains("eventbus topics apply"),
+        "{text}"
+    );
+    // Said at once, not after the producer's message timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(topic_io::partitions(&tansu.brokers, "fleet.operations.v1").is_err());
+}
