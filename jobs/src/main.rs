@@ -604,6 +604,13 @@ async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
             let changes =
                 topics_cmd::plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
             print_plan(&changes);
+            let refused = topics_cmd::refusals(&a.brokers, &changes)?;
+            if !refused.is_empty() {
+                println!("apply would refuse these, and change nothing:");
+                for r in refused {
+                    println!("  {r}");
+                }
+            }
             Ok(())
         }
         TopicsCommand::Apply(a) => {

@@ -258,16 +258,14 @@ pub async fn plan(
     Ok(changes)
 }
 
-/// Applies a plan. Refuses, before changing anything, what cannot be done (fewer
-/// partitions); then creates missing topics, sets changed configs with
-/// IncrementalAlterConfigs (other configs of the topic are left alone) and adds
-/// partitions.
+/// What [`apply`] would refuse in a plan, one line each, naming the topic: a partition
+/// decrease, and a new topic with more replicas than the cluster has brokers.
 ///
 /// # Errors
-/// A refused change (all are named), or a broker error naming the topic.
-pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
+/// The brokers cannot be reached.
+pub fn refusals(brokers: &str, changes: &[Change]) -> anyhow::Result<Vec<String>> {
     let (_, broker_count) = cluster(brokers)?;
-    let refused: Vec<String> = changes
+    Ok(changes
         .iter()
         .filter_map(|c| match c {
             Change::RemovePartitions { .. } => Some(format!("{c}")),
@@ -280,7 +278,18 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
             )),
             _ => None,
         })
-        .collect();
+        .collect())
+}
+
+/// Applies a plan. Refuses, before changing anything, what cannot be done (see
+/// [`refusals`]); then creates missing topics and waits until they are in the metadata,
+/// sets changed configs with IncrementalAlterConfigs (other configs of the topic are
+/// left alone) and adds partitions.
+///
+/// # Errors
+/// A refused change (all are named), or a broker error naming the topic.
+pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
+    let refused = refusals(brokers, changes)?;
     if !refused.is_empty() {
         bail!(
             "refusing to apply; nothing was changed:\n  {}",

@@ -365,11 +365,23 @@ async fn topics_apply_refuses_more_replicas_than_brokers_before_creating_anythin
         ),
     )
     .expect("write");
-    let out = std::process::Command::new(eventbus_tests::eventbus_bin())
-        .args(["topics", "apply", "--brokers", &brokers, "--catalog"])
-        .arg(&catalog)
-        .output()
-        .expect("run eventbus");
+    let topics = |command: &str| {
+        std::process::Command::new(eventbus_tests::eventbus_bin())
+            .args(["topics", command, "--brokers", &brokers, "--catalog"])
+            .arg(&catalog)
+            .output()
+            .expect("run eventbus")
+    };
+    // The plan says so already.
+    let plan = topics("plan");
+    assert!(plan.status.success());
+    let said = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        said.contains("apply would refuse")
+            && said.contains(&format!("! create {fresh}: replication factor 3")),
+        "{said}"
+    );
+    let out = topics("apply");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
