@@ -40,9 +40,8 @@ pub struct GenerateOptions {
 /// Produces the records and returns how many each partition acknowledged.
 ///
 /// # Errors
-/// The topic is not in the catalog, has no generator or does not exist on the cluster
-/// (checked before anything is produced), a record does not encode, or the broker
-/// refuses records.
+/// The topic is not in the catalog, has no generator or does not exist on the cluster,
+/// a record does not encode, or the broker refuses records.
 pub fn run(
     brokers: &str,
     catalog: &Path,
@@ -58,19 +57,6 @@ pub fn run(
         .latest_of(&spec.subject)
         .with_context(|| format!("subject {} is not registered", spec.subject))?;
     let records = records(&opts.topic, opts.seed, id, &schema)?;
-    // Checked first: a producer would otherwise retry an unknown topic for its whole
-    // message timeout and then fail with librdkafka's terse "Unknown topic".
-    if let Err(e) = topic_io::partitions(brokers, &opts.topic) {
-        if let Some(eventbus_runtime::RuntimeError::TopicMissing { topic, brokers }) =
-            e.downcast_ref::<eventbus_runtime::RuntimeError>()
-        {
-            bail!(
-                "topic {topic} does not exist on {brokers}; nothing was produced. Create the \
-                 catalog's topics first: eventbus topics apply --brokers {brokers}"
-            );
-        }
-        return Err(e);
-    }
     let bar = progress::bar(opts.count, "produced", opts.quiet);
     let started = Instant::now();
     let rate = opts.rate;

@@ -604,13 +604,6 @@ async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
             let changes =
                 topics_cmd::plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
             print_plan(&changes);
-            let refused = topics_cmd::refusals(&a.brokers, &changes)?;
-            if !refused.is_empty() {
-                println!("apply would refuse these, and change nothing:");
-                for r in refused {
-                    println!("  {r}");
-                }
-            }
             Ok(())
         }
         TopicsCommand::Apply(a) => {
@@ -632,5 +625,8 @@ fn print_plan(changes: &[eventbus_jobs::topics_cmd::Change]) {
     }
     for c in changes {
         println!("{c}");
+    }
+    if changes.iter().any(|c| c.is_refused()) {
+        println!("apply would refuse the changes marked !, and change nothing");
     }
 }

@@ -49,7 +49,9 @@ impl ProducerContext for Counting {
 /// the number sent so far.
 ///
 /// # Errors
-/// The producer cannot be created, a record cannot be enqueued, or any delivery failed.
+/// The topic does not exist (checked before anything is sent, naming the command that
+/// creates it), the producer cannot be created, a record cannot be enqueued, or any
+/// delivery failed.
 pub fn produce<I>(
     brokers: &str,
     topic: &str,
@@ -77,6 +79,17 @@ pub fn produce_by_partition<I>(
 where
     I: IntoIterator<Item = (String, Vec<u8>)>,
 {
+    // Checked first: a producer would otherwise retry an unknown topic for its whole
+    // message timeout and then fail with librdkafka's terse "Unknown topic".
+    if let Err(e) = partitions(brokers, topic) {
+        if let Some(eventbus_runtime::RuntimeError::TopicMissing { .. }) = e.downcast_ref() {
+            bail!(
+                "topic {topic} does not exist on {brokers}; nothing was produced. Create the \
+                 catalog's topics first: eventbus topics apply --brokers {brokers}"
+            );
+        }
+        return Err(e);
+    }
     let producer: ThreadedProducer<Counting> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")

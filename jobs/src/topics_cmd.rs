@@ -48,6 +48,17 @@ pub enum Change {
         /// In the catalog.
         to: i32,
     },
+    /// The topic is missing, but its replication factor is above the cluster's broker
+    /// count: refused (a broker may accept the create and leave a topic no producer can
+    /// use, as tansu does).
+    TooFewBrokers {
+        /// Topic.
+        topic: String,
+        /// Replication factor asked for.
+        replication: i32,
+        /// Brokers in the cluster.
+        brokers: usize,
+    },
     /// The catalog wants fewer partitions: Kafka cannot do that, so it is refused.
     RemovePartitions {
         /// Topic.
@@ -57,6 +68,17 @@ pub enum Change {
         /// In the catalog.
         to: i32,
     },
+}
+
+impl Change {
+    /// Whether [`apply`] refuses this change (and with it the whole plan). Such changes
+    /// print with a leading `!`.
+    pub fn is_refused(&self) -> bool {
+        matches!(
+            self,
+            Change::TooFewBrokers { .. } | Change::RemovePartitions { .. }
+        )
+    }
 }
 
 impl fmt::Display for Change {
@@ -90,6 +112,18 @@ impl fmt::Display for Change {
             Change::AddPartitions { topic, from, to } => {
                 write!(f, "~ {topic} partitions: {from} -> {to}")
             }
+            Change::TooFewBrokers {
+                topic,
+                replication,
+                brokers,
+            } => {
+                write!(
+                    f,
+                    "! create {topic}: replication factor {replication}, but the cluster has \
+                     {brokers} broker(s) (pass --replication-factor {brokers} for a \
+                     development cluster)"
+                )
+            }
             Change::RemovePartitions { topic, from, to } => {
                 write!(
                     f,
@@ -107,14 +141,11 @@ fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         .context("cannot create an admin client")
 }
 
-/// What the cluster has: partitions per topic.
-fn cluster_topics(brokers: &str) -> anyhow::Result<HashMap<String, i32>> {
-    Ok(cluster(brokers)?.0)
-}
-
 /// What the cluster has: partitions per topic, and how many brokers it has.
-fn cluster(brokers: &str) -> anyhow::Result<(HashMap<String, i32>, usize)> {
-    let admin = admin(brokers)?;
+fn cluster(
+    admin: &AdminClient<DefaultClientContext>,
+    brokers: &str,
+) -> anyhow::Result<(HashMap<String, i32>, usize)> {
     let md = admin
         .inner()
         .fetch_metadata(None, TIMEOUT)
@@ -133,10 +164,14 @@ fn cluster(brokers: &str) -> anyhow::Result<(HashMap<String, i32>, usize)> {
 /// A broker may answer CreateTopics without an error and still not create the topic
 /// (tansu does so for a replication factor above its broker count); without this check
 /// `apply` would report success and producers would fail later with "unknown topic".
-fn await_created(brokers: &str, created: &[(&str, i32)]) -> anyhow::Result<()> {
+fn await_created(
+    admin: &AdminClient<DefaultClientContext>,
+    brokers: &str,
+    created: &[(&str, i32)],
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let (have, _) = cluster(brokers)?;
+        let (have, _) = cluster(admin, brokers)?;
         let missing: Vec<String> = created
             .iter()
             .filter(|(topic, partitions)| have.get(*topic) != Some(partitions))
@@ -200,8 +235,8 @@ pub async fn plan(
     catalog: &Catalog,
     replication: Option<i32>,
 ) -> anyhow::Result<Vec<Change>> {
-    let existing = cluster_topics(brokers)?;
     let admin = admin(brokers)?;
+    let (existing, broker_count) = cluster(&admin, brokers)?;
     let mut changes = Vec::new();
     for t in &with_dead_letter_topics(catalog) {
         let wanted = [
@@ -212,12 +247,23 @@ pub async fn plan(
             ),
         ];
         let Some(&have) = existing.get(&t.name) else {
-            changes.push(Change::Create {
-                topic: t.name.clone(),
-                partitions: t.partitions,
-                replication: replication.unwrap_or(t.replication_factor),
-                configs: wanted.to_vec(),
-            });
+            let replication = replication.unwrap_or(t.replication_factor);
+            changes.push(
+                if usize::try_from(replication).is_ok_and(|r| r > broker_count) {
+                    Change::TooFewBrokers {
+                        topic: t.name.clone(),
+                        replication,
+                        brokers: broker_count,
+                    }
+                } else {
+                    Change::Create {
+                        topic: t.name.clone(),
+                        partitions: t.partitions,
+                        replication,
+                        configs: wanted.to_vec(),
+                    }
+                },
+            );
             continue;
         };
         if have < t.partitions {
@@ -258,38 +304,19 @@ pub async fn plan(
     Ok(changes)
 }
 
-/// What [`apply`] would refuse in a plan, one line each, naming the topic: a partition
-/// decrease, and a new topic with more replicas than the cluster has brokers.
-///
-/// # Errors
-/// The brokers cannot be reached.
-pub fn refusals(brokers: &str, changes: &[Change]) -> anyhow::Result<Vec<String>> {
-    let (_, broker_count) = cluster(brokers)?;
-    Ok(changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::RemovePartitions { .. } => Some(format!("{c}")),
-            Change::Create {
-                topic, replication, ..
-            } if usize::try_from(*replication).is_ok_and(|r| r > broker_count) => Some(format!(
-                "! create {topic}: replication factor {replication}, but the cluster has \
-                 {broker_count} broker(s) (pass --replication-factor {broker_count} for a \
-                 development cluster)"
-            )),
-            _ => None,
-        })
-        .collect())
-}
-
 /// Applies a plan. Refuses, before changing anything, what cannot be done (see
-/// [`refusals`]); then creates missing topics and waits until they are in the metadata,
+/// [`Change::is_refused`]); then creates missing topics and waits until they are in the metadata,
 /// sets changed configs with IncrementalAlterConfigs (other configs of the topic are
 /// left alone) and adds partitions.
 ///
 /// # Errors
 /// A refused change (all are named), or a broker error naming the topic.
 pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
-    let refused = refusals(brokers, changes)?;
+    let refused: Vec<String> = changes
+        .iter()
+        .filter(|c| c.is_refused())
+        .map(ToString::to_string)
+        .collect();
     if !refused.is_empty() {
         bail!(
             "refusing to apply; nothing was changed:\n  {}",
@@ -333,7 +360,7 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
                 _ => None,
             })
             .collect();
-        await_created(brokers, &created)?;
+        await_created(&admin, brokers, &created)?;
     }
     let mut alters: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for c in changes {
@@ -402,7 +429,7 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
 /// The brokers cannot be reached.
 pub fn list(brokers: Option<&str>, catalog: &Catalog) -> anyhow::Result<()> {
     let existing = match brokers {
-        Some(b) => Some(cluster_topics(b)?),
+        Some(b) => Some(cluster(&admin(b)?, b)?.0),
         None => None,
     };
     println!(
