@@ -545,4 +545,32 @@ async fn records_from_python_producers_load_exactly_and_duckdb_reads_their_value
         run_python(PY_CHECK, &[glob.as_os_str(), expected.as_os_str()]),
         "3000 3000 UUID 0"
     );
+
+    // The watermark agrees with the files, as DuckDB reads them: each partition's
+    // progress is its last row and newest event, and every hour before the hour of the
+    // oldest of those newest events is complete.
+    let wm = std::fs::read(
+        fx.local_root()
+            .join(&topic)
+            .join("_eventbus/watermark.json"),
+    )
+    .expect("watermark.json");
+    let wm: eventbus_operators::sinks::parquet::Watermark =
+        serde_json::from_slice(&wm).expect("watermark");
+    let listed: Vec<String> = wm
+        .partitions
+        .iter()
+        .map(|p| format!("{}:{}:{}", p.partition, p.next_offset, p.max_event_time_ms))
+        .collect();
+    assert_eq!(
+        duckdb_row(&format!(
+            "SELECT string_agg(_partition || ':' || next || ':' || newest, ',' \
+             ORDER BY _partition), min(newest) // 3600000 * 3600000 \
+             FROM (SELECT _partition, max(_offset) + 1 AS next, \
+             max(epoch_ms(event_time)) AS newest \
+             FROM read_parquet('{}', hive_partitioning = true) GROUP BY _partition)",
+            glob.display()
+        )),
+        format!("{} {}", listed.join(","), wm.complete_before_ms)
+    );
 }
