@@ -215,11 +215,16 @@ impl JobProcess {
         assert!(status.success(), "kill -{sig} failed");
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
+            if let Some(s) = self.exited() {
                 return s;
             }
             if Instant::now() > deadline {
@@ -259,7 +264,7 @@ impl JobProcess {
             let started = Instant::now();
             let mut assigned = false;
             while started.elapsed() < Duration::from_secs(100) {
-                if let Some(status) = run.child.try_wait().expect("wait") {
+                if let Some(status) = run.exited() {
                     assert!(status.success(), "final run failed:\n{}", run.log_tail());
                     return (n > 1).then_some(group);
                 }

@@ -213,8 +213,8 @@ async fn a_missing_output_topic_is_named_at_start() {
 async fn topics_apply_creates_the_catalog_idempotently_alters_configs_and_refuses_a_decrease() {
     use eventbus_jobs::topics_cmd::{Change, plan};
     let brokers = shared_brokers();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let catalog_path = root.join("schemas/topics.toml");
+    let schemas = eventbus_schemas::bundled_dir();
+    let catalog_path = schemas.join("topics.toml");
     let run = |catalog: &std::path::Path| {
         std::process::Command::new(eventbus_tests::eventbus_bin())
             .args([
@@ -301,8 +301,7 @@ async fn topics_apply_creates_the_catalog_idempotently_alters_configs_and_refuse
 
     // A retention change is planned, applied, and touches nothing else.
     let shorter_text = text.replacen("retention_ms = 86400000 ", "retention_ms = 3600000 ", 1);
-    let shorter =
-        eventbus_schemas::Catalog::parse(&shorter_text, root.join("schemas")).expect("catalog");
+    let shorter = eventbus_schemas::Catalog::parse(&shorter_text, schemas).expect("catalog");
     let changes = plan(&brokers, &shorter, Some(1)).await.expect("plan");
     let to_short = Change::AlterConfig {
         topic: "telemetry.raw.v1".into(),
@@ -344,8 +343,8 @@ async fn topics_apply_creates_the_catalog_idempotently_alters_configs_and_refuse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_apply_refuses_more_replicas_than_brokers_before_creating_anything() {
     let brokers = shared_brokers();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("schemas/topics.toml")).expect("read");
+    let text =
+        std::fs::read_to_string(eventbus_schemas::bundled_dir().join("topics.toml")).expect("read");
     // A topic this cluster does not have, at the catalog's replication factor of 3: the
     // single test broker cannot hold three replicas.
     let fresh = format!("safety.emergency.v{}", std::process::id());

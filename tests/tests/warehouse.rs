@@ -114,6 +114,14 @@ max_age_ms = 500
         }
     }
 
+    /// The job file's consumer group (the file is named after it).
+    fn group(&self) -> &str {
+        self.cfg
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("group")
+    }
+
     fn local_root(&self) -> std::path::PathBuf {
         self.dir.path().join("tables")
     }
@@ -275,8 +283,8 @@ async fn a_missing_bucket_stops_the_job_at_start_naming_the_root() {
         "the final error names the root and the cause: {last}"
     );
     // Stopped before consuming: nothing is committed for the group.
-    let group = fx.cfg.file_stem().and_then(|s| s.to_str()).expect("group");
-    let committed = topic_io::committed(&shared_brokers(), group, &fx.topic).expect("committed");
+    let committed =
+        topic_io::committed(&shared_brokers(), fx.group(), &fx.topic).expect("committed");
     assert!(
         committed.values().all(|o| *o <= 0),
         "committed {committed:?}"
@@ -519,7 +527,9 @@ async fn records_from_python_producers_load_exactly_and_duckdb_reads_their_value
         .await
         .expect("create topic");
     let fx = Fixture::for_topic(topic.clone(), BTreeMap::new(), None, "");
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/VehicleState.avsc");
+    // The writer schema and its id from the same registry entry the warehouse resolves.
+    let schema = fx.dir.path().join("VehicleState.json");
+    std::fs::write(&schema, eventbus_tests::vehicle_state_json()).expect("write schema");
     let expected = fx.dir.path().join("produced.json");
     let id = eventbus_tests::vehicle_state_schema().0.to_string();
     let schema = schema.display().to_string();
