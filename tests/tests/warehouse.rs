@@ -250,6 +250,59 @@ async fn two_members_one_killed_still_write_every_record_once() {
     check_exactly_once(&fx.local_rows().await, &fx.produced);
 }
 
+/// The job keeps running and no record arrives after the first 37: far below the 4,000
+/// rows that roll a file, with no revoke and no shutdown, so only the sink's maximum age
+/// (500 ms) can publish them. The offsets then follow the published data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_is_published_by_age_while_the_job_runs() {
+    let fx = Fixture::new(2, 37, None, "").await;
+    let mut job = JobProcess::warehouse(&fx.cfg, fx.dir.path(), "quiet", &[]);
+    // Joining the group on tansu takes a few seconds of this.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            job.exited().is_none(),
+            "the job stopped:\n{}",
+            job.log_tail()
+        );
+        if fx.local_root().join(&fx.topic).exists() {
+            let rows = fx.local_rows().await;
+            if rows.len() >= fx.produced.len() {
+                check_exactly_once(&rows, &fx.produced);
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no file published by age; log:\n{}",
+            job.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let brokers = shared_brokers();
+    loop {
+        let committed = topic_io::committed(&brokers, fx.group(), &fx.topic).expect("committed");
+        let ends = topic_io::end_offsets(&brokers, &fx.topic).expect("end offsets");
+        if ends
+            .iter()
+            .all(|(p, end)| *end == 0 || committed.get(p) == Some(end))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets not committed: {committed:?} against {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(job.exited().is_none(), "published while still running");
+    job.signal("TERM");
+    let status = job.wait(Duration::from_secs(30));
+    assert!(status.success(), "{}", job.log_tail());
+    // Shutdown published nothing more: the table still holds each record once.
+    check_exactly_once(&fx.local_rows().await, &fx.produced);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_bucket_stops_the_job_at_start_naming_the_root() {
     let Ok(endpoint) = std::env::var("EVENTBUS_TEST_S3") else {
