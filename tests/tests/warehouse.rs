@@ -279,22 +279,14 @@ async fn a_quiet_partition_is_published_by_age_while_the_job_runs() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let brokers = shared_brokers();
-    loop {
-        let committed = topic_io::committed(&brokers, fx.group(), &fx.topic).expect("committed");
-        let ends = topic_io::end_offsets(&brokers, &fx.topic).expect("end offsets");
-        if ends
-            .iter()
-            .all(|(p, end)| *end == 0 || committed.get(p) == Some(end))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "offsets not committed: {committed:?} against {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The offsets follow the published data while the job runs.
+    eventbus_tests::wait_committed_to_end(
+        &shared_brokers(),
+        fx.group(),
+        &fx.topic,
+        Duration::from_secs(30),
+        || job.log_tail(),
+    );
     assert!(job.exited().is_none(), "published while still running");
     job.signal("TERM");
     let status = job.wait(Duration::from_secs(30));
