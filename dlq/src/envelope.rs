@@ -80,8 +80,8 @@ const CONTEXT: &[&str] = &[
 ];
 
 /// Whether a header is failure context this module writes (and replays remove).
-pub fn is_context_header(key: &str) -> bool {
-    CONTEXT.contains(&key)
+pub fn is_context_header(key: &[u8]) -> bool {
+    CONTEXT.iter().any(|c| c.as_bytes() == key)
 }
 
 /// The letter for `letter`: original key, value and timestamp, original headers (less
@@ -92,7 +92,7 @@ pub fn letter_record(letter: &DeadLetter, group: Option<&str>, message: &str) ->
     let mut headers: Headers = r
         .headers
         .iter()
-        .filter(|h| !CONTEXT.contains(&h.key.as_str()))
+        .filter(|h| !is_context_header(&h.key))
         .cloned()
         .collect();
     let text =

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use eventbus_runtime::{Headers, KafkaProperties, RuntimeError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 
@@ -146,12 +146,7 @@ pub fn read(
 }
 
 fn stored(topic: &str, m: &BorrowedMessage<'_>, classifier: &Classifier) -> StoredLetter {
-    let mut headers = Headers::new();
-    if let Some(hs) = m.headers() {
-        for h in hs.iter() {
-            headers.push(h.key, h.value.map(Bytes::copy_from_slice));
-        }
-    }
+    let headers = m.headers().map(Headers::from_kafka).unwrap_or_default();
     let context = LetterContext::from_headers(&headers);
     let category = classifier.classify(&context);
     StoredLetter {

@@ -11,8 +11,8 @@
 //! ```
 //!
 //! `value` is the decoded record when its schema is known; otherwise the line has
-//! `value_base64` (the raw bytes) and `value_error` (why it did not decode). Keys and
-//! header values that are not UTF-8 are written as `key_base64` / `value_base64`.
+//! `value_base64` (the raw bytes) and `value_error` (why it did not decode). Keys, header
+//! keys and header values that are not UTF-8 are written as `key_base64` / `value_base64`.
 //! Import checks every line first: a JSON `value` must fit the writer schema named by
 //! `schema_id`, and a raw value must decode. If any line is invalid nothing is produced.
 
@@ -51,10 +51,20 @@ pub fn export_line<R: SchemaRegistry>(l: &StoredLetter, decoder: &Decoder<R>) ->
         .headers
         .iter()
         .filter(|h| !is_context_header(&h.key))
-        .map(|h| match h.value.as_deref().map(std::str::from_utf8) {
-            None => json!({"key": h.key, "value": null}),
-            Some(Ok(text)) => json!({"key": h.key, "value": text}),
-            Some(Err(_)) => json!({"key": h.key, "value_base64": B64.encode(h.value.as_deref().unwrap_or_default())}),
+        .map(|h| {
+            let mut out = serde_json::Map::new();
+            match h.key_str() {
+                Some(key) => out.insert("key".into(), json!(key)),
+                None => out.insert("key_base64".into(), json!(B64.encode(&h.key))),
+            };
+            match h.value.as_deref() {
+                None => out.insert("value".into(), Json::Null),
+                Some(v) => match std::str::from_utf8(v) {
+                    Ok(text) => out.insert("value".into(), json!(text)),
+                    Err(_) => out.insert("value_base64".into(), json!(B64.encode(v))),
+                },
+            };
+            Json::Object(out)
         })
         .collect();
     let mut line = json!({
@@ -184,19 +194,27 @@ fn check_line<R: SchemaRegistry>(
     let mut headers = Headers::new();
     if let Some(list) = line["headers"].as_array() {
         for h in list {
-            let k = h["key"].as_str().ok_or("a header without \"key\"")?;
-            if is_context_header(k) || k == REPLAY_ID || k == REPLAY_COUNT {
+            let k: Bytes = match (h.get("key"), h.get("key_base64")) {
+                (_, Some(b)) => Bytes::from(
+                    B64.decode(b.as_str().unwrap_or_default())
+                        .map_err(|_| "a header's key_base64 is not base64".to_owned())?,
+                ),
+                (Some(Json::String(s)), None) => Bytes::copy_from_slice(s.as_bytes()),
+                _ => return Err("a header without \"key\" or \"key_base64\"".to_owned()),
+            };
+            if is_context_header(&k) || k == REPLAY_ID || k == REPLAY_COUNT {
                 continue;
             }
+            let k_text = String::from_utf8_lossy(&k).into_owned();
             let v = match (h.get("value"), h.get("value_base64")) {
                 (_, Some(b)) => Some(Bytes::from(
                     B64.decode(b.as_str().unwrap_or_default())
-                        .map_err(|_| format!("header {k}: value_base64 is not base64"))?,
+                        .map_err(|_| format!("header {k_text}: value_base64 is not base64"))?,
                 )),
                 (Some(Json::String(s)), None) => Some(Bytes::copy_from_slice(s.as_bytes())),
                 _ => None,
             };
-            headers.push(k, v);
+            headers.push_raw(k, v);
         }
     }
     let count = line["replay_count"].as_u64().unwrap_or(0) + 1;
@@ -248,4 +266,64 @@ pub fn produce(
         anyhow::bail!("the broker refused an imported record ({e})");
     }
     Ok(by_topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventbus_schemas::FileRegistry;
+    use eventbus_schemas::fleet::FleetGenerator;
+
+    use crate::LetterContext;
+
+    #[test]
+    fn header_keys_that_are_not_utf8_survive_export_and_import() {
+        let registry = FileRegistry::embedded().expect("registry");
+        let (id, schema) = registry
+            .latest_of("vehicle.state.v1-value")
+            .expect("registered");
+        let event = FleetGenerator::new(1, 7).next().expect("an event");
+        let value = eventbus_schemas::encode(id, &schema, &event).expect("encode");
+        let mut headers = Headers::new();
+        headers.push(b"\xff\xfetrace", Some(Bytes::from_static(b"\x80bin")));
+        headers.push("plain", Some(Bytes::from_static(b"text")));
+        let letter = StoredLetter {
+            dlq_topic: "vehicle.state.v1.dlq".into(),
+            dlq_partition: 0,
+            dlq_offset: 3,
+            key: Some(Bytes::from_static(b"veh-1")),
+            value: Bytes::from(value),
+            headers: headers.clone(),
+            timestamp: Some(1),
+            context: LetterContext {
+                topic: Some("vehicle.state.v1".into()),
+                ..LetterContext::default()
+            },
+            category: "validation".into(),
+        };
+        let decoder = Decoder::new(registry);
+        let line = export_line(&letter, &decoder);
+        assert_eq!(
+            line["headers"][0]["key_base64"],
+            json!(B64.encode(b"\xff\xfetrace"))
+        );
+        assert_eq!(
+            line["headers"][0]["value_base64"],
+            json!(B64.encode(b"\x80bin"))
+        );
+        assert_eq!(line["headers"][1], json!({"key": "plain", "value": "text"}));
+        let records = check_import(&line.to_string(), &decoder, None, "import-1")
+            .expect("the exported line imports");
+        let back: Vec<(&[u8], Option<&[u8]>)> = records[0]
+            .headers
+            .iter()
+            .map(|h| (&h.key[..], h.value.as_deref()))
+            .take(2)
+            .collect();
+        let sent: Vec<(&[u8], Option<&[u8]>)> = headers
+            .iter()
+            .map(|h| (&h.key[..], h.value.as_deref()))
+            .collect();
+        assert_eq!(back, sent);
+    }
 }

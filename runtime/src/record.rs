@@ -30,13 +30,22 @@ impl fmt::Display for TopicPartition {
     }
 }
 
-/// One Kafka header. Values are raw bytes; a header may have no value.
+/// One Kafka header. Keys and values are raw bytes, as Kafka has them: a key need not be
+/// UTF-8 (compare it with a `&str` directly, `header.key == "name"`), and a header may
+/// have no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// Header name.
-    pub key: String,
+    /// Header name, byte for byte as the producer wrote it.
+    pub key: Bytes,
     /// Header value, `None` for a null header.
     pub value: Option<Bytes>,
+}
+
+impl Header {
+    /// The name as text, when it is UTF-8.
+    pub fn key_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.key).ok()
+    }
 }
 
 /// The headers of a record, in the order Kafka delivered them.
@@ -50,18 +59,23 @@ impl Headers {
     }
 
     /// Appends a header; Kafka allows repeated names, so nothing is replaced.
-    pub fn push(&mut self, key: impl Into<String>, value: Option<impl Into<Bytes>>) {
+    pub fn push(&mut self, key: impl AsRef<[u8]>, value: Option<impl Into<Bytes>>) {
         self.0.push(Header {
-            key: key.into(),
+            key: Bytes::copy_from_slice(key.as_ref()),
             value: value.map(Into::into),
         });
+    }
+
+    /// Appends a header whose name is already in a buffer (no copy).
+    pub fn push_raw(&mut self, key: Bytes, value: Option<Bytes>) {
+        self.0.push(Header { key, value });
     }
 
     /// Sets a header, replacing every earlier header of the same name.
     pub fn set(&mut self, key: &str, value: impl Into<Bytes>) {
         self.0.retain(|h| h.key != key);
         self.0.push(Header {
-            key: key.to_owned(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
             value: Some(value.into()),
         });
     }
@@ -75,17 +89,19 @@ impl Headers {
             .and_then(|h| h.value.as_deref())
     }
 
-    /// The headers as librdkafka takes them on a produced record.
+    /// Reads librdkafka's headers of a consumed record, keys byte for byte (rdkafka's own
+    /// accessors panic on a key that is not UTF-8).
+    pub fn from_kafka(headers: &rdkafka::message::BorrowedHeaders) -> Self {
+        let mut out = Self::new();
+        crate::kafka::headers::for_each(headers, |k, v| {
+            out.push(k, v.map(Bytes::copy_from_slice));
+        });
+        out
+    }
+
+    /// The headers as librdkafka takes them on a produced record, keys byte for byte.
     pub fn to_kafka(&self) -> rdkafka::message::OwnedHeaders {
-        self.0.iter().fold(
-            rdkafka::message::OwnedHeaders::new_with_capacity(self.0.len()),
-            |hs, h| {
-                hs.insert(rdkafka::message::Header {
-                    key: &h.key,
-                    value: h.value.as_deref(),
-                })
-            },
-        )
+        crate::kafka::headers::to_owned(self.0.iter().map(|h| (&h.key[..], h.value.as_deref())))
     }
 
     /// Iterates the headers in order.

@@ -19,7 +19,7 @@ use eventbus_schemas::codec::Decoder;
 use eventbus_schemas::events::VehicleState;
 use eventbus_schemas::fleet::FleetGenerator;
 use eventbus_schemas::{FileRegistry, encode};
-use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 
 /// The kinds of poison, in the order they are planted.
 pub const KINDS: [&str; 5] = [
@@ -299,12 +299,10 @@ pub fn read_letters(brokers: &str, dlq: &str) -> Vec<Letter> {
 }
 
 fn letter_of(m: &OwnedMessage) -> Letter {
-    let mut headers = Headers::new();
-    if let Some(hs) = m.headers() {
-        for h in hs.iter() {
-            headers.push(h.key, h.value.map(Bytes::copy_from_slice));
-        }
-    }
+    let headers = m
+        .headers()
+        .map(|hs| Headers::from_kafka(hs.as_borrowed()))
+        .unwrap_or_default();
     Letter {
         key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
         value: m.payload().unwrap_or_default().to_vec(),
@@ -452,12 +450,10 @@ pub fn read_records(brokers: &str, topic: &str) -> Vec<(String, Vec<u8>, Headers
         .expect("read")
         .iter()
         .map(|m| {
-            let mut headers = Headers::new();
-            if let Some(hs) = m.headers() {
-                for h in hs.iter() {
-                    headers.push(h.key, h.value.map(Bytes::copy_from_slice));
-                }
-            }
+            let headers = m
+                .headers()
+                .map(|hs| Headers::from_kafka(hs.as_borrowed()))
+                .unwrap_or_default();
             (
                 String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                 m.payload().unwrap_or_default().to_vec(),

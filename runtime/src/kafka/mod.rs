@@ -9,6 +9,7 @@
 //! to another member.
 
 mod context;
+pub mod headers;
 mod source;
 
 use std::time::Duration;
