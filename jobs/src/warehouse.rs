@@ -221,6 +221,10 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         RuntimeConfig {
             max_in_flight_per_partition: 200_000,
             max_in_flight: 1_000_000,
+            // The default roll size (128 MiB of input) is 3/4 of this, so files roll
+            // before their partition is paused for size.
+            max_in_flight_bytes_per_partition: 171 << 20,
+            max_in_flight_bytes: 1 << 30,
             ..RuntimeConfig::default()
         }
     } else {
@@ -238,6 +242,20 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     config.max_buffered_rows = (runtime.max_in_flight / 4 * 3).max(1);
     if let Some(v) = wh.roll_bytes {
         config.roll_bytes = v.max(1);
+    }
+    // Likewise for bytes: a partition paused for size before its file rolls would wait
+    // for the maximum age. The runtime counts keys and headers too, which roll_bytes
+    // does not: a quarter of headroom.
+    let byte_bound = (runtime.max_in_flight_bytes_per_partition / 4 * 3).max(1);
+    if config.roll_bytes > byte_bound {
+        if wh.roll_bytes.is_some() {
+            tracing::warn!(
+                roll_bytes = config.roll_bytes,
+                max_in_flight_bytes_per_partition = byte_bound,
+                "warehouse.roll_bytes is above 3/4 of runtime.max_in_flight_bytes_per_partition; files roll there"
+            );
+        }
+        config.roll_bytes = byte_bound;
     }
     if let Some(v) = wh.max_age_ms {
         config.max_age = Duration::from_millis(v.max(1));

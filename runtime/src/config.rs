@@ -21,6 +21,15 @@ pub struct RuntimeConfig {
     /// Records of the whole job delivered and not yet committable before every partition
     /// is paused. Default 100000.
     pub max_in_flight: usize,
+    /// Bytes (keys, values and headers) of one partition's records delivered and not yet
+    /// committable before that partition is paused: what bounds memory when messages are
+    /// large. Default 64 MiB.
+    pub max_in_flight_bytes_per_partition: usize,
+    /// Bytes of the whole job's records delivered and not yet committable before every
+    /// partition is paused. Default 512 MiB. Resident memory stays under this plus
+    /// librdkafka's own prefetch queue (`queued.max.messages.kbytes`, 64 MiB by default)
+    /// and a fixed overhead.
+    pub max_in_flight_bytes: usize,
     /// How long a revoked partition, or the whole job at shutdown, may take to drain its
     /// in-flight records before what is done is committed and the rest left for
     /// redelivery. Default 30000 ms.
@@ -32,6 +41,8 @@ impl Default for RuntimeConfig {
         Self {
             max_in_flight_per_partition: 10_000,
             max_in_flight: 100_000,
+            max_in_flight_bytes_per_partition: 64 << 20,
+            max_in_flight_bytes: 512 << 20,
             drain_timeout_ms: 30_000,
         }
     }
@@ -53,6 +64,18 @@ impl RuntimeConfig {
             return Err(config_error(
                 "runtime.max_in_flight",
                 "must be at least runtime.max_in_flight_per_partition",
+            ));
+        }
+        if self.max_in_flight_bytes_per_partition == 0 {
+            return Err(config_error(
+                "runtime.max_in_flight_bytes_per_partition",
+                "must be at least 1",
+            ));
+        }
+        if self.max_in_flight_bytes < self.max_in_flight_bytes_per_partition {
+            return Err(config_error(
+                "runtime.max_in_flight_bytes",
+                "must be at least runtime.max_in_flight_bytes_per_partition",
             ));
         }
         Ok(())

@@ -352,6 +352,7 @@ pub(crate) struct JobShared {
     name: String,
     stats: Arc<JobStats>,
     held: AtomicUsize,
+    held_bytes: AtomicUsize,
     failed: AtomicBool,
     stop: watch::Sender<bool>,
     error: Mutex<Option<(RuntimeError, bool)>>,
@@ -363,6 +364,7 @@ impl JobShared {
             name,
             stats,
             held: AtomicUsize::new(0),
+            held_bytes: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             stop: watch::Sender::new(false),
             error: Mutex::new(None),
@@ -377,16 +379,26 @@ impl JobShared {
         &self.stats
     }
 
-    pub(crate) fn add_held(&self, n: usize) {
-        self.held.fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn add_held(&self, records: usize, bytes: usize) {
+        self.held.fetch_add(records, Ordering::Relaxed);
+        if bytes > 0 {
+            self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn sub_held(&self, n: usize) {
-        self.held.fetch_sub(n, Ordering::Relaxed);
+    pub(crate) fn sub_held(&self, records: usize, bytes: usize) {
+        self.held.fetch_sub(records, Ordering::Relaxed);
+        if bytes > 0 {
+            self.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn stop(&self) {

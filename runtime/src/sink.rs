@@ -354,7 +354,7 @@ mod tests {
             job.clone(),
         ));
         let mut batch: Vec<Record<()>> = offsets.map(|o| Record::new("t", p, o, ())).collect();
-        state.register_batch(&mut batch);
+        state.register_batch(&mut batch, 0);
         state
     }
 

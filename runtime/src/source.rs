@@ -135,8 +135,15 @@ impl<T: Send + 'static> Dispatch<T> {
     }
 
     /// Hands records of one partition, in partition order, to the executor. The partition's
-    /// task starts on its first batch.
-    pub fn deliver(&self, tp: &TopicPartition, mut batch: Vec<Record<T>>) {
+    /// task starts on its first batch. Their size counts as nothing against
+    /// `max_in_flight_bytes`; see [`Dispatch::deliver_sized`].
+    pub fn deliver(&self, tp: &TopicPartition, batch: Vec<Record<T>>) {
+        self.deliver_sized(tp, batch, 0);
+    }
+
+    /// [`Dispatch::deliver`] for a batch of `bytes` bytes (keys, values, headers), which
+    /// count against the byte bounds until the commit point passes the batch.
+    pub fn deliver_sized(&self, tp: &TopicPartition, mut batch: Vec<Record<T>>, bytes: usize) {
         let mut lanes = self.lanes();
         let lane = lanes.entry(tp.clone()).or_insert_with(|| {
             let state = Arc::new(PartitionState::new(tp.clone(), self.inner.job.clone()));
@@ -150,7 +157,7 @@ impl<T: Send + 'static> Dispatch<T> {
             Lane { state, tx, task }
         });
         let n = batch.len() as u64;
-        lane.state.register_batch(&mut batch);
+        lane.state.register_batch(&mut batch, bytes);
         self.inner.job.stats().add_consumed(n);
         crate::telemetry::records_in(&tp.topic, n);
         if !batch.is_empty() {
@@ -185,19 +192,22 @@ impl<T: Send + 'static> Dispatch<T> {
     /// dispatcher then considers it applied.
     pub fn flow(&self) -> Flow {
         let cfg = &self.inner.config;
-        let job_held = self.inner.job.held();
-        let job_full = job_held >= cfg.max_in_flight;
-        let job_low = job_held <= cfg.max_in_flight / 2;
+        let (job_held, job_bytes) = (self.inner.job.held(), self.inner.job.held_bytes());
+        let job_full = job_held >= cfg.max_in_flight || job_bytes >= cfg.max_in_flight_bytes;
+        let job_low = job_held <= cfg.max_in_flight / 2 && job_bytes <= cfg.max_in_flight_bytes / 2;
         let mut flow = Flow::default();
         for (tp, lane) in self.lanes().iter() {
-            let held = lane.state.held();
+            let (held, bytes) = (lane.state.held(), lane.state.held_bytes());
+            let full = held >= cfg.max_in_flight_per_partition
+                || bytes >= cfg.max_in_flight_bytes_per_partition;
+            let low = held <= cfg.max_in_flight_per_partition / 2
+                && bytes <= cfg.max_in_flight_bytes_per_partition / 2;
             let paused = lane.state.is_paused();
             let held_back = lane.state.is_held_back();
-            if !paused && (job_full || held_back || held >= cfg.max_in_flight_per_partition) {
+            if !paused && (job_full || held_back || full) {
                 lane.state.set_paused(true);
                 flow.pause.push(tp.clone());
-            } else if paused && !held_back && job_low && held <= cfg.max_in_flight_per_partition / 2
-            {
+            } else if paused && !held_back && job_low && low {
                 lane.state.set_paused(false);
                 flow.resume.push(tp.clone());
             }
@@ -278,6 +288,7 @@ impl<T: Send + 'static> Dispatch<T> {
             if let Some(o) = state.committable() {
                 finals.push((state.tp().clone(), o));
             }
+            state.release();
         }
         finals
     }
@@ -291,5 +302,76 @@ impl<T: Send + 'static> Dispatch<T> {
     /// Stops the job with an error.
     pub fn fail(&self, error: RuntimeError) {
         self.inner.job.fail(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Job;
+    use crate::sink::{Ack, Sink};
+
+    /// Keeps every ack unresolved: a destination that never answers.
+    #[derive(Clone, Default)]
+    struct Silent(Arc<Mutex<Vec<Ack>>>);
+
+    impl Sink<u32> for Silent {
+        async fn send(&self, _record: Record<u32>, ack: Ack) -> Result<(), SinkError> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(ack);
+            Ok(())
+        }
+    }
+
+    /// Delivers one batch, waits until the sink holds it all, revokes the partition (the
+    /// drain times out, since the sink never answers) and reports the job-wide count of
+    /// records in flight afterwards.
+    struct RevokeUnanswered {
+        sink: Silent,
+        held_after: Arc<Mutex<Option<usize>>>,
+    }
+
+    impl Source for RevokeUnanswered {
+        type Item = u32;
+
+        async fn run(self, dispatch: Dispatch<u32>) -> Result<(), RuntimeError> {
+            let tp = TopicPartition::new("t", 0);
+            dispatch.deliver(&tp, (0..10).map(|o| Record::new("t", 0, o, 0)).collect());
+            while self.sink.0.lock().unwrap_or_else(|p| p.into_inner()).len() < 10 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(dispatch.held(), 10);
+            let finals = dispatch.revoke(std::slice::from_ref(&tp)).await;
+            assert!(finals.is_empty(), "nothing was done: {finals:?}");
+            *self.held_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(dispatch.held());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drain_timeout_at_revoke_gives_back_the_job_wide_in_flight_count() {
+        let sink = Silent::default();
+        let held_after = Arc::new(Mutex::new(None));
+        let config = RuntimeConfig {
+            drain_timeout_ms: 50,
+            ..RuntimeConfig::default()
+        };
+        let source = RevokeUnanswered {
+            sink: sink.clone(),
+            held_after: held_after.clone(),
+        };
+        let report = Job::builder("leak")
+            .config(config)
+            .source(source)
+            .sink(sink.clone())
+            .build()
+            .expect("job")
+            .run(std::future::pending())
+            .await
+            .expect("a revoked partition's dropped acks do not fail the job");
+        assert_eq!(*held_after.lock().expect("lock"), Some(0));
+        assert!(report.committed.is_empty());
+        // Acks that come after the revoke settle nothing and count nothing.
+        let late = std::mem::take(&mut *sink.0.lock().expect("lock"));
+        late.into_iter().for_each(Ack::done);
     }
 }

@@ -744,3 +744,55 @@ pub fn uuid_text(b: &[u8]) -> String {
         &h[20..32]
     )
 }
+
+/// Holds every ack until opened: a destination that has stopped answering. Once open,
+/// it acknowledges at once.
+#[derive(Clone, Default)]
+pub struct GateSink {
+    inner: std::sync::Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    received: std::sync::atomic::AtomicU64,
+    open: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<Vec<eventbus_runtime::Ack>>,
+}
+
+impl GateSink {
+    pub fn received(&self) -> u64 {
+        self.inner
+            .received
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn open(&self) {
+        self.inner
+            .open
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let held = std::mem::take(&mut *self.inner.held.lock().unwrap());
+        for ack in held {
+            ack.done();
+        }
+    }
+}
+
+impl eventbus_runtime::Sink<bytes::Bytes> for GateSink {
+    async fn send(
+        &self,
+        _record: eventbus_runtime::Record<bytes::Bytes>,
+        ack: eventbus_runtime::Ack,
+    ) -> Result<(), eventbus_runtime::SinkError> {
+        self.inner
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut held = self.inner.held.lock().unwrap();
+        if self.inner.open.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(held);
+            ack.done();
+        } else {
+            held.push(ack);
+        }
+        Ok(())
+    }
+}

@@ -10,7 +10,7 @@ use eventbus_runtime::{
 };
 use eventbus_runtime::{Job, memory::CollectSink};
 use eventbus_tests::warehouse_scenarios::{assert_committed_to_end, run_batch, warehouse_file};
-use eventbus_tests::{duplicates, mirror_end_to_end, mirrored_offsets, missing, unique};
+use eventbus_tests::{GateSink, duplicates, mirror_end_to_end, mirrored_offsets, missing, unique};
 use rdkafka::mocking::MockCluster;
 
 fn mirror_file(brokers: &str, group: &str, input: &str, output: &str) -> JobFile {
@@ -113,57 +113,6 @@ async fn auto_commit_cannot_be_switched_on() {
         err.to_string().contains("kafka.enable.auto.commit"),
         "{err}"
     );
-}
-
-/// Holds every ack until opened: a destination that has stopped answering.
-#[derive(Clone, Default)]
-struct GateSink {
-    inner: std::sync::Arc<Gate>,
-}
-
-#[derive(Default)]
-struct Gate {
-    received: std::sync::atomic::AtomicU64,
-    open: std::sync::atomic::AtomicBool,
-    held: std::sync::Mutex<Vec<eventbus_runtime::Ack>>,
-}
-
-impl GateSink {
-    fn received(&self) -> u64 {
-        self.inner
-            .received
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn open(&self) {
-        self.inner
-            .open
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let held = std::mem::take(&mut *self.inner.held.lock().unwrap());
-        for ack in held {
-            ack.done();
-        }
-    }
-}
-
-impl eventbus_runtime::Sink<bytes::Bytes> for GateSink {
-    async fn send(
-        &self,
-        _record: eventbus_runtime::Record<bytes::Bytes>,
-        ack: eventbus_runtime::Ack,
-    ) -> Result<(), eventbus_runtime::SinkError> {
-        self.inner
-            .received
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut held = self.inner.held.lock().unwrap();
-        if self.inner.open.load(std::sync::atomic::Ordering::SeqCst) {
-            drop(held);
-            ack.done();
-        } else {
-            held.push(ack);
-        }
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

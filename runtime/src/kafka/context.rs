@@ -1,6 +1,7 @@
 //! Rebalance and commit callbacks of the source's consumer.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -12,12 +13,58 @@ use tokio::runtime::Handle;
 use crate::record::TopicPartition;
 use crate::source::Dispatch;
 
-/// Callbacks of the consumer, plus the set of partitions this member owns, so that a
-/// batch polled before a revoke is never delivered after it.
+/// The partitions this member owns, each with the generation of its assignment, so that
+/// records polled under one assignment never reach the state of a later one.
+///
+/// Rebalance callbacks run inside `poll`, on the consumer thread. A batch gathered over
+/// several polls can therefore hold records of a partition from before a revoke that a
+/// later poll of the same batch followed with an assign of that same partition. Those
+/// records belong to the old assignment: delivered to the new partition state they would
+/// register first, and the re-fetched records at lower offsets would then be refused as
+/// redeliveries and committed past.
+#[derive(Debug, Default)]
+pub(super) struct Assignment {
+    owned: Mutex<HashMap<TopicPartition, u64>>,
+    /// Bumped by every assign and revoke; the consumer thread reads it once per message
+    /// to notice that a callback ran during its last poll.
+    changes: AtomicU64,
+}
+
+impl Assignment {
+    fn owned(&self) -> MutexGuard<'_, HashMap<TopicPartition, u64>> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn assign(&self, partitions: impl IntoIterator<Item = TopicPartition>) {
+        let generation = self.changes.fetch_add(1, Ordering::AcqRel) + 1;
+        self.owned()
+            .extend(partitions.into_iter().map(|tp| (tp, generation)));
+    }
+
+    pub(super) fn revoke(&self, partitions: &[TopicPartition]) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        let mut owned = self.owned();
+        for tp in partitions {
+            owned.remove(tp);
+        }
+    }
+
+    /// The generation of the partition's current assignment; `None` when not owned.
+    pub(super) fn generation(&self, tp: &TopicPartition) -> Option<u64> {
+        self.owned().get(tp).copied()
+    }
+
+    /// Changes so far: equal readings mean no assign or revoke happened in between.
+    pub(super) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+}
+
+/// Callbacks of the consumer, plus the partitions this member owns.
 pub(super) struct SourceContext {
     pub(super) dispatch: Dispatch<Bytes>,
     pub(super) runtime: Handle,
-    owned: Mutex<HashSet<TopicPartition>>,
+    pub(super) assignment: Assignment,
 }
 
 impl SourceContext {
@@ -25,12 +72,8 @@ impl SourceContext {
         Self {
             dispatch,
             runtime,
-            owned: Mutex::new(HashSet::new()),
+            assignment: Assignment::default(),
         }
-    }
-
-    pub(super) fn owned(&self) -> MutexGuard<'_, HashSet<TopicPartition>> {
-        self.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -42,12 +85,7 @@ impl ConsumerContext for SourceContext {
             return;
         };
         let revoked = partitions_of(tpl);
-        {
-            let mut owned = self.owned();
-            for tp in &revoked {
-                owned.remove(tp);
-            }
-        }
+        self.assignment.revoke(&revoked);
         tracing::info!(
             job = self.dispatch.job_name(),
             partitions = %list(&revoked),
@@ -61,7 +99,7 @@ impl ConsumerContext for SourceContext {
         commit(consumer, &self.dispatch, &finals, CommitMode::Sync);
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions_of(tpl);
@@ -70,7 +108,14 @@ impl ConsumerContext for SourceContext {
                     partitions = %list(&assigned),
                     "partitions assigned"
                 );
-                self.owned().extend(assigned);
+                // librdkafka keeps the application's pause flag on a partition across
+                // unassign and assign: one paused by flow control before it was revoked
+                // would come back paused, while its fresh executor state says it flows,
+                // and nobody would ever resume it.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "cannot resume newly assigned partitions");
+                }
+                self.assignment.assign(assigned);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}

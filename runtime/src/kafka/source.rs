@@ -1,6 +1,5 @@
 //! The consumer thread: start-up checks, the poll loop, commits and shutdown.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,14 +8,14 @@ use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::runtime::Handle;
 
-use super::context::{SourceContext, commit};
+use super::context::{Assignment, SourceContext, commit};
 use crate::config::{KafkaProperties, SourceConfig, config_error};
 use crate::error::RuntimeError;
-use crate::record::{Header, Record, TopicPartition};
+use crate::record::{Record, TopicPartition};
 use crate::source::{Dispatch, Source};
 
 /// Most messages taken from librdkafka in one batch before they are handed on. Large
@@ -144,22 +143,24 @@ fn consume(
     let mut last_commit: Vec<(TopicPartition, i64)> = Vec::new();
     let mut batcher = Batcher::default();
     let topics = &src.config.topics;
-    if let Some(first) = topics.first()
-        && topics.iter().all(|t| t == first)
-    {
-        // Subscribed by name to one topic: every message is from it, so its name need not
-        // be read (and checked as UTF-8) per message.
-        batcher.only_topic = Some(first.clone());
-    }
-    let batch_limit = MAX_BATCH.min(dispatch.config().max_in_flight_per_partition.max(64));
+    let only_topic = topics
+        .first()
+        .filter(|first| topics.iter().all(|t| t == *first))
+        .map(String::as_str);
+    let batch_limit = BatchLimit {
+        records: MAX_BATCH.min(dispatch.config().max_in_flight_per_partition.max(64)),
+        bytes: dispatch.config().max_in_flight_bytes_per_partition,
+    };
     let mut outcome = Ok(());
     while !dispatch.is_stopping() {
         apply_flow(&consumer, &dispatch);
-        if let Err(e) = poll_batch(&consumer, &mut batcher, batch_limit) {
+        if let Err(e) = poll_batch(&consumer, &mut batcher, only_topic, batch_limit) {
             outcome = Err(e);
             break;
         }
-        batcher.deliver(&dispatch, &consumer.context().owned());
+        batcher.deliver(&consumer.context().assignment, |tp, records, bytes| {
+            dispatch.deliver_sized(tp, records, bytes);
+        });
         if Instant::now() >= next_commit {
             let mut points = dispatch.commit_points();
             points.sort();
@@ -241,18 +242,31 @@ fn apply_flow(consumer: &BaseConsumer<SourceContext>, dispatch: &Dispatch<Bytes>
     }
 }
 
+/// How much one poll batch takes at most. Flow control acts between batches, so a batch
+/// is capped at the per-partition bounds: in-flight records and bytes overshoot their
+/// bound by one batch at most.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimit {
+    records: usize,
+    bytes: usize,
+}
+
 /// Polls one batch: waits up to [`POLL_WAIT`] for a first message, then takes what is
 /// already fetched, up to `limit`.
 fn poll_batch(
     consumer: &BaseConsumer<SourceContext>,
     batcher: &mut Batcher,
-    limit: usize,
+    only_topic: Option<&str>,
+    limit: BatchLimit,
 ) -> Result<(), RuntimeError> {
     let mut wait = POLL_WAIT;
-    for _ in 0..limit {
+    for _ in 0..limit.records {
+        if batcher.bytes >= limit.bytes {
+            break;
+        }
         match consumer.poll(wait) {
             None => break,
-            Some(Ok(m)) => batcher.push(&m),
+            Some(Ok(m)) => batcher.push(&m, only_topic, &consumer.context().assignment),
             Some(Err(e)) => {
                 consumer_error(e)?;
                 break;
@@ -288,62 +302,124 @@ fn consumer_error(e: KafkaError) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Groups polled messages by partition, keeping each partition's order.
+/// Groups polled messages by partition, keeping each partition's order, and keeps each
+/// partition's records to the assignment they were polled under (see [`Assignment`]).
 #[derive(Default)]
 struct Batcher {
     lanes: Vec<Lane>,
     last: usize,
-    /// The topic of every message, when the subscription names just one.
-    only_topic: Option<String>,
+    /// The size of every lane's records, so a poll batch can stop at a byte bound.
+    bytes: usize,
+    /// [`Assignment::changes`] when the lanes' generations were last checked.
+    seen_changes: u64,
 }
 
 /// One partition's records of the current poll batch, and the buffer their keys and
 /// values are copied into.
 struct Lane {
     tp: TopicPartition,
+    /// The assignment the records were polled under; `None` when not owned.
+    generation: Option<u64>,
     records: Vec<Record<Bytes>>,
+    /// The size of `records`: keys, values and headers.
+    bytes: usize,
     arena: Arena,
 }
 
 impl Batcher {
-    fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let partition = m.partition();
-        let topic = match &self.only_topic {
-            Some(t) => t.as_str(),
+    /// Adds a polled message. `only_topic` is the topic of every message when the
+    /// subscription names just one: its name then need not be read (and checked as
+    /// UTF-8) per message.
+    fn push(&mut self, m: &BorrowedMessage<'_>, only_topic: Option<&str>, assignment: &Assignment) {
+        let topic = match only_topic {
+            Some(t) => t,
             None => m.topic(),
         };
+        let lane = self.lane(topic, m.partition(), assignment);
+        let record = to_record(m, &lane.tp.topic, &mut lane.arena);
+        let size = record.value.len()
+            + record.key.as_ref().map_or(0, Bytes::len)
+            + record
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>();
+        lane.bytes += size;
+        lane.records.push(record);
+        self.bytes += size;
+    }
+
+    /// The lane of a message just polled: records gathered before a rebalance that
+    /// re-assigned their partition are dropped first, since the message belongs to the
+    /// new assignment.
+    fn lane(&mut self, topic: &str, partition: i32, assignment: &Assignment) -> &mut Lane {
+        self.check_generations(assignment);
         let hit = |l: &Lane| l.tp.partition == partition && &*l.tp.topic == topic;
         if !self.lanes.get(self.last).is_some_and(hit) {
             self.last = match self.lanes.iter().position(hit) {
                 Some(i) => i,
                 None => {
+                    let tp = TopicPartition::new(topic, partition);
                     self.lanes.push(Lane {
-                        tp: TopicPartition::new(topic, partition),
+                        generation: assignment.generation(&tp),
+                        tp,
                         records: Vec::new(),
+                        bytes: 0,
                         arena: Arena::default(),
                     });
                     self.lanes.len() - 1
                 }
             };
         }
-        let lane = &mut self.lanes[self.last];
-        let record = to_record(m, &lane.tp.topic, &mut lane.arena);
-        lane.records.push(record);
+        &mut self.lanes[self.last]
     }
 
-    fn deliver(&mut self, dispatch: &Dispatch<Bytes>, owned: &HashSet<TopicPartition>) {
+    /// After any assign or revoke: a lane whose partition was revoked, or revoked and
+    /// assigned again, loses the records it gathered under the old assignment. They were
+    /// never registered, so never committed; the partition's owner reads them again.
+    fn check_generations(&mut self, assignment: &Assignment) {
+        let changes = assignment.changes();
+        if changes == self.seen_changes {
+            return;
+        }
+        self.seen_changes = changes;
+        for lane in &mut self.lanes {
+            let now = assignment.generation(&lane.tp);
+            if now != lane.generation {
+                if !lane.records.is_empty() {
+                    tracing::debug!(
+                        partition = %lane.tp,
+                        records = lane.records.len(),
+                        "dropping records polled under an earlier assignment"
+                    );
+                }
+                lane.records.clear();
+                self.bytes -= lane.bytes;
+                lane.bytes = 0;
+                lane.generation = now;
+            }
+        }
+    }
+
+    /// Hands every owned partition's records to `deliver`.
+    fn deliver(
+        &mut self,
+        assignment: &Assignment,
+        mut deliver: impl FnMut(&TopicPartition, Vec<Record<Bytes>>, usize),
+    ) {
+        self.check_generations(assignment);
         self.lanes.retain_mut(|lane| {
-            if !owned.contains(&lane.tp) {
-                // Polled before its revoke: not ours any more, and never registered, so
-                // never committed; the new owner reads it.
+            if lane.generation.is_none() {
                 return false;
             }
             if !lane.records.is_empty() {
                 let next = Vec::with_capacity(lane.records.len());
-                dispatch.deliver(&lane.tp, std::mem::replace(&mut lane.records, next));
+                let records = std::mem::replace(&mut lane.records, next);
+                deliver(&lane.tp, records, std::mem::take(&mut lane.bytes));
             }
             true
         });
+        self.bytes = 0;
         self.last = 0;
     }
 }
@@ -374,17 +450,12 @@ impl Arena {
 }
 
 fn to_record(m: &BorrowedMessage<'_>, topic: &Arc<str>, arena: &mut Arena) -> Record<Bytes> {
-    let headers = m
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Header {
-                    key: h.key.to_owned(),
-                    value: h.value.map(|v| arena.copy(v)),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut headers = crate::record::Headers::new();
+    if let Some(hs) = m.headers() {
+        super::headers::for_each(hs, |k, v| {
+            headers.push_raw(arena.copy(k), v.map(|v| arena.copy(v)))
+        });
+    }
     Record {
         topic: topic.clone(),
         partition: m.partition(),
@@ -399,6 +470,60 @@ fn to_record(m: &BorrowedMessage<'_>, topic: &Arc<str>, arena: &mut Arena) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gather(
+        batcher: &mut Batcher,
+        assignment: &Assignment,
+        tp: &TopicPartition,
+        offsets: std::ops::Range<i64>,
+    ) {
+        for o in offsets {
+            let lane = batcher.lane(&tp.topic, tp.partition, assignment);
+            lane.records
+                .push(Record::new(tp.topic.clone(), tp.partition, o, Bytes::new()));
+        }
+    }
+
+    #[test]
+    fn records_polled_before_a_revoke_and_reassign_never_reach_the_new_assignment() {
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let assignment = Assignment::default();
+        assignment.assign([a.clone(), b.clone()]);
+        let mut batcher = Batcher::default();
+        // One batch, several polls: records 100..150 of `a` and 0..5 of `b`; then a poll
+        // runs the revoke of `a` and its assignment again, and fetches `a` from its
+        // committed offset, 80.
+        gather(&mut batcher, &assignment, &a, 100..150);
+        gather(&mut batcher, &assignment, &b, 0..5);
+        assignment.revoke(std::slice::from_ref(&a));
+        assignment.assign([a.clone()]);
+        gather(&mut batcher, &assignment, &a, 80..90);
+        let mut delivered = Vec::new();
+        batcher.deliver(&assignment, |tp, records, _| {
+            delivered.push((
+                tp.clone(),
+                records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            ));
+        });
+        delivered.sort();
+        assert_eq!(
+            delivered,
+            vec![
+                (a.clone(), (80..90).collect()),
+                (b.clone(), (0..5).collect())
+            ]
+        );
+
+        // A revoke whose partition is not assigned again before delivery drops its lane.
+        gather(&mut batcher, &assignment, &b, 5..8);
+        assignment.revoke(std::slice::from_ref(&b));
+        let mut after = Vec::new();
+        batcher.deliver(&assignment, |tp, records, _| {
+            after.push((tp.clone(), records.len()))
+        });
+        assert!(after.is_empty(), "{after:?}");
+        assert_eq!(batcher.lanes.len(), 1);
+    }
 
     #[test]
     fn arena_copies_are_exact_and_independent_across_chunks() {
