@@ -145,17 +145,7 @@ impl<T: Send + 'static> Dispatch<T> {
     /// count against the byte bounds until the commit point passes the batch.
     pub fn deliver_sized(&self, tp: &TopicPartition, mut batch: Vec<Record<T>>, bytes: usize) {
         let mut lanes = self.lanes();
-        let lane = lanes.entry(tp.clone()).or_insert_with(|| {
-            let state = Arc::new(PartitionState::new(tp.clone(), self.inner.job.clone()));
-            let (tx, rx) = mpsc::unbounded_channel();
-            let task =
-                self.inner
-                    .pipeline
-                    .clone()
-                    .spawn_partition(&self.inner.runtime, state.clone(), rx);
-            tracing::debug!(partition = %tp, "partition task started");
-            Lane { state, tx, task }
-        });
+        let lane = self.lane(&mut lanes, tp);
         let n = batch.len() as u64;
         lane.state.register_batch(&mut batch, bytes);
         self.inner.job.stats().add_consumed(n);
@@ -166,6 +156,35 @@ impl<T: Send + 'static> Dispatch<T> {
             // never committed past.
             let _ = lane.tx.send(batch);
         }
+    }
+
+    /// The source was given these partitions: their tasks start now, so that flow
+    /// control covers them before their first batch (a job already full pauses them at
+    /// once, instead of taking one batch of each).
+    pub fn assigned(&self, partitions: &[TopicPartition]) {
+        let mut lanes = self.lanes();
+        for tp in partitions {
+            self.lane(&mut lanes, tp);
+        }
+    }
+
+    /// The partition's lane, its task started if it has none yet.
+    fn lane<'a>(
+        &self,
+        lanes: &'a mut HashMap<TopicPartition, Lane<T>>,
+        tp: &TopicPartition,
+    ) -> &'a mut Lane<T> {
+        lanes.entry(tp.clone()).or_insert_with(|| {
+            let state = Arc::new(PartitionState::new(tp.clone(), self.inner.job.clone()));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task =
+                self.inner
+                    .pipeline
+                    .clone()
+                    .spawn_partition(&self.inner.runtime, state.clone(), rx);
+            tracing::debug!(partition = %tp, "partition task started");
+            Lane { state, tx, task }
+        })
     }
 
     /// The partitions that have a running task.

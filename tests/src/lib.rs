@@ -745,8 +745,9 @@ pub fn uuid_text(b: &[u8]) -> String {
     )
 }
 
-/// Holds every ack until opened: a destination that has stopped answering. Once open,
-/// it acknowledges at once.
+/// Holds every record and its ack until opened: a destination that has stopped
+/// answering, while the records wait in memory as a buffering sink keeps them. Once
+/// open, it acknowledges at once.
 #[derive(Clone, Default)]
 pub struct GateSink {
     inner: std::sync::Arc<Gate>,
@@ -756,7 +757,12 @@ pub struct GateSink {
 struct Gate {
     received: std::sync::atomic::AtomicU64,
     open: std::sync::atomic::AtomicBool,
-    held: std::sync::Mutex<Vec<eventbus_runtime::Ack>>,
+    held: std::sync::Mutex<
+        Vec<(
+            eventbus_runtime::Record<bytes::Bytes>,
+            eventbus_runtime::Ack,
+        )>,
+    >,
 }
 
 impl GateSink {
@@ -771,7 +777,7 @@ impl GateSink {
             .open
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let held = std::mem::take(&mut *self.inner.held.lock().unwrap());
-        for ack in held {
+        for (_record, ack) in held {
             ack.done();
         }
     }
@@ -780,7 +786,7 @@ impl GateSink {
 impl eventbus_runtime::Sink<bytes::Bytes> for GateSink {
     async fn send(
         &self,
-        _record: eventbus_runtime::Record<bytes::Bytes>,
+        record: eventbus_runtime::Record<bytes::Bytes>,
         ack: eventbus_runtime::Ack,
     ) -> Result<(), eventbus_runtime::SinkError> {
         self.inner
@@ -791,7 +797,7 @@ impl eventbus_runtime::Sink<bytes::Bytes> for GateSink {
             drop(held);
             ack.done();
         } else {
-            held.push(ack);
+            held.push((record, ack));
         }
         Ok(())
     }

@@ -115,6 +115,7 @@ impl ConsumerContext for SourceContext {
                 if let Err(e) = consumer.resume(tpl) {
                     tracing::warn!(error = %e, "cannot resume newly assigned partitions");
                 }
+                self.dispatch.assigned(&assigned);
                 self.assignment.assign(assigned);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
