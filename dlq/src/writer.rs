@@ -20,7 +20,6 @@ use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use regex::Regex;
 use tokio::runtime::Handle;
 
@@ -178,48 +177,38 @@ impl KafkaDeadLetters {
         }
     }
 
-    async fn produce(&self, mut pending: Box<Pending>) {
-        loop {
-            let p = &pending;
-            let headers = p.letter.headers.to_kafka();
-            // The payload and key are copied by librdkafka; the opaque carries the rest.
-            let value = p.letter.value.clone();
-            let key = p.letter.key.clone();
-            let topic = p.dlq_topic.clone();
-            let mut out = BaseRecord::with_opaque_to(&topic, pending)
-                .payload(&value[..])
-                .headers(headers);
-            if let Some(k) = key.as_deref() {
-                out = out.key(k);
+    async fn produce(&self, pending: Box<Pending>) {
+        let p = &pending;
+        let headers = p.letter.headers.to_kafka();
+        // The payload and key are copied by librdkafka; the opaque carries the rest.
+        let value = p.letter.value.clone();
+        let key = p.letter.key.clone();
+        let topic = p.dlq_topic.clone();
+        let mut out = BaseRecord::with_opaque_to(&topic, pending)
+            .payload(&value[..])
+            .headers(headers);
+        if let Some(k) = key.as_deref() {
+            out = out.key(k);
+        }
+        if let Some(ts) = out.delivery_opaque.letter.timestamp {
+            out = out.timestamp(ts);
+        }
+        let producer = self.inner.producer.get_or_init(|| {
+            self.inner
+                .producer_config
+                .create_with_context(Deliveries)
+                .map_err(|e| format!("cannot create the dead-letter producer: {e}"))
+        });
+        let producer = match producer {
+            Ok(p) => p,
+            Err(reason) => {
+                let reason = reason.clone();
+                out.delivery_opaque.failed(reason);
+                return;
             }
-            if let Some(ts) = out.delivery_opaque.letter.timestamp {
-                out = out.timestamp(ts);
-            }
-            let producer = self.inner.producer.get_or_init(|| {
-                self.inner
-                    .producer_config
-                    .create_with_context(Deliveries)
-                    .map_err(|e| format!("cannot create the dead-letter producer: {e}"))
-            });
-            let producer = match producer {
-                Ok(p) => p,
-                Err(reason) => {
-                    let reason = reason.clone();
-                    out.delivery_opaque.failed(reason);
-                    return;
-                }
-            };
-            match producer.send(out) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    pending = back.delivery_opaque;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, back)) => {
-                    back.delivery_opaque.failed(e.to_string());
-                    return;
-                }
-            }
+        };
+        if let Err((e, back)) = eventbus_runtime::kafka::send(producer, out).await {
+            back.delivery_opaque.failed(e.to_string());
         }
     }
 }

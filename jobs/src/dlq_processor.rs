@@ -175,7 +175,7 @@ impl ProcessorSink {
             .or_default());
     }
 
-    fn produce(
+    async fn produce(
         &self,
         topic: &str,
         record: &Record<Bytes>,
@@ -189,9 +189,9 @@ impl ProcessorSink {
         if let Some(k) = record.key.as_deref() {
             out = out.key(k);
         }
-        // Waits on this thread while librdkafka's queue is full: brief, and it holds
-        // back this partition, which is what a full queue asks for.
-        if let Err((e, back)) = eventbus_runtime::kafka::send_waiting(&self.producer, out) {
+        // Waits while librdkafka's queue is full, which holds back this partition: what a
+        // full queue asks for.
+        if let Err((e, back)) = eventbus_runtime::kafka::send(&self.producer, out).await {
             let ack = back.delivery_opaque;
             let origin = ack.origin();
             ack.fail(SinkError::Delivery {
@@ -224,7 +224,7 @@ impl Sink<Bytes> for ProcessorSink {
                 "letter replayed too often; parking it"
             );
             self.count(&topic, &category, |c| c.parked += 1);
-            self.produce(&parked, &record, &record.headers, ack);
+            self.produce(&parked, &record, &record.headers, ack).await;
             return Ok(());
         }
         // Cool-off: counted from the first failure.
@@ -244,7 +244,7 @@ impl Sink<Bytes> for ProcessorSink {
         }
         let headers = replayed_headers(&record.headers, context.replay_count, &self.replay_id);
         self.count(&topic, &category, |c| c.replayed += 1);
-        self.produce(&topic, &record, &headers, ack);
+        self.produce(&topic, &record, &headers, ack).await;
         Ok(())
     }
 }
@@ -311,4 +311,46 @@ pub fn render(counts: &BTreeMap<(String, String), Counts>) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer whose queue holds one record and whose broker never answers: the
+    /// second letter waits for room. That wait must leave the runtime's thread free.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_producer_queue_does_not_block_the_runtime() {
+        let mut kafka = KafkaProperties::new();
+        kafka
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("queue.buffering.max.messages", "1")
+            .set("message.timeout.ms", "1500");
+        let config = ProcessorConfig {
+            cool_off_ms: 0,
+            ..ProcessorConfig::default()
+        };
+        let sink = ProcessorSink::new(&kafka, config, "test".to_owned()).expect("sink");
+        let letter = |offset| {
+            let mut r = Record::new("t.dlq", 0, offset, Bytes::from_static(b"v"));
+            r.headers
+                .push(eventbus_dlq::envelope::CLASS, Some("transient"));
+            r
+        };
+        let (first, _first_outcome) = Ack::channel(letter(0).origin());
+        sink.send(letter(0), first).await.expect("send");
+        let timer = tokio::spawn(async {
+            let start = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            start.elapsed()
+        });
+        let (second, _second_outcome) = Ack::channel(letter(1).origin());
+        sink.send(letter(1), second).await.expect("send");
+        let fired_after = timer.await.expect("timer");
+        assert!(
+            fired_after < Duration::from_millis(1000),
+            "a 50 ms timer fired after {fired_after:?}: the full queue blocked the runtime"
+        );
+        assert_eq!(sink.counts().lock().expect("counts").len(), 1);
+    }
 }

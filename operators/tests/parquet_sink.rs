@@ -654,3 +654,41 @@ async fn a_record_read_again_after_its_letter_was_lost_is_dead_lettered_again() 
     assert_eq!(table_offsets(dir.path()), vec![0, 1, 3, 5], "no row twice");
     assert_eq!(commit_entries(dir.path()).len(), 1, "nothing new committed");
 }
+
+/// A schema lookup (HTTP to a registry, with sleeps between tries) must not block the
+/// runtime's thread: on a current-thread runtime a blocked lookup stops every timer.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_schema_lookup_does_not_freeze_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let slow: SchemaLookup = Arc::new(|id| {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        Ok((id == 1).then(|| EVERYTHING.to_owned()))
+    });
+    let sink = ParquetSink::new(
+        ParquetSinkConfig::new(dir.path().to_str().unwrap()),
+        slow,
+        &[],
+    )
+    .expect("sink");
+    let timer = tokio::spawn(async {
+        let start = std::time::Instant::now();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        start.elapsed()
+    });
+    let record = Record::new(
+        "t.v1",
+        0,
+        0,
+        wire(1, &schema, sample(&schema, true, T0, false)),
+    );
+    let (ack, _outcome) = eventbus_runtime::Ack::channel(record.origin());
+    eventbus_runtime::Sink::send(&sink, record, ack)
+        .await
+        .expect("send");
+    let fired_after = timer.await.expect("timer");
+    assert!(
+        fired_after < std::time::Duration::from_millis(1000),
+        "a 50 ms timer fired after {fired_after:?}: the lookup blocked the runtime"
+    );
+}

@@ -215,7 +215,27 @@ impl HttpRegistry {
     }
 
     /// One request with retries; `Ok(None)` for 404.
+    ///
+    /// It blocks on HTTP and sleeps between tries. Called on a worker of a multi-thread
+    /// tokio runtime (a decoding operator meets a new schema id), it runs through
+    /// `block_in_place`, which hands the worker's other tasks and the timers to another
+    /// thread meanwhile: on 2 cores, two lookups blocking both workers would otherwise
+    /// freeze revoke deadlines and the warehouse's maximum file age.
     fn call_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Option<T>, RegistryError> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.call_json_here(method, path, body))
+            }
+            _ => self.call_json_here(method, path, body),
+        }
+    }
+
+    fn call_json_here<T: for<'de> Deserialize<'de>>(
         &self,
         method: &str,
         path: &str,

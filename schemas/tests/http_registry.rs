@@ -305,3 +305,29 @@ fn a_decoder_tells_an_unknown_id_from_an_unreachable_registry() {
         "{text}"
     );
 }
+
+/// A registry lookup made on a runtime worker (a decoding operator meeting a new schema
+/// id) must not stop that worker's timers while it waits on HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_registry_lookup_on_a_worker_does_not_freeze_timers() {
+    let body = serde_json::json!({ "schema": vehicle_state_schema() }).to_string();
+    let server = Server::start(Box::new(move |_, _| {
+        std::thread::sleep(Duration::from_millis(1500));
+        Some((200, body.clone()))
+    }));
+    let registry = Arc::new(HttpRegistry::new(config(&server.url)));
+    let timer = tokio::spawn(async {
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        start.elapsed()
+    });
+    // Both tasks run on the one worker; the lookup blocks it for 1.5 s.
+    let lookup = tokio::spawn(async move { registry.fetch_schema(1) });
+    let fired_after = timer.await.expect("timer task");
+    let schema = lookup.await.expect("lookup task").expect("lookup");
+    assert!(schema.is_some());
+    assert!(
+        fired_after < Duration::from_millis(1000),
+        "a 50 ms timer fired after {fired_after:?}: the lookup froze the worker"
+    );
+}

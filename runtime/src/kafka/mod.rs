@@ -35,17 +35,25 @@ pub fn offsets_of(list: &rdkafka::TopicPartitionList) -> Vec<(TopicPartition, i6
         .collect()
 }
 
+/// How long a producer waits before offering a record again to a full local queue: its
+/// sending thread drains the queue as delivery reports come back.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+
+/// What `ThreadedProducer::send` returns: on a refusal, the record comes back to its
+/// caller with the error.
+pub type SendResult<'a, K, P, D> = Result<(), (KafkaError, BaseRecord<'a, K, P, D>)>;
+
 /// Hands `record` to `producer`, waiting on this thread while librdkafka's local queue
-/// is full (its sending thread drains it). Any other refusal returns with the record.
+/// is full. For command-line tools and blocking threads; on the runtime, use
+/// [`send`].
 ///
 /// # Errors
 /// librdkafka refused the record for a reason other than a full queue.
-// The error type is `ThreadedProducer::send`'s own: the record comes back to its caller.
-#[allow(clippy::type_complexity, clippy::result_large_err)]
+#[allow(clippy::result_large_err)]
 pub fn send_waiting<'a, C, K, P>(
     producer: &ThreadedProducer<C>,
     mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+) -> SendResult<'a, K, P, C::DeliveryOpaque>
 where
     C: ProducerContext,
     K: ToBytes + ?Sized,
@@ -55,7 +63,35 @@ where
         match producer.send(record) {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(QUEUE_FULL_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Hands `record` to `producer`; while librdkafka's local queue is full, waits on a
+/// timer, so the runtime's worker runs other tasks meanwhile. A full queue is the
+/// producer's backpressure: the caller (a sink's `send`) waits, and so does its
+/// partition.
+///
+/// # Errors
+/// librdkafka refused the record for a reason other than a full queue.
+#[allow(clippy::result_large_err)]
+pub async fn send<'a, C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> SendResult<'a, K, P, C::DeliveryOpaque>
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
             }
             other => return other,
         }

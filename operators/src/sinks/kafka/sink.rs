@@ -14,8 +14,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::config::{KafkaSinkConfig, Partitioning};
 
 const NAME: &str = "kafka";
-/// How long to wait before retrying a send refused because librdkafka's queue is full.
-const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
 /// Produces records to one topic. A record's [`Ack`] is resolved by its delivery report:
 /// done when the broker has it with `acks=all`, failed (stopping the job) when
@@ -135,27 +133,17 @@ impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {
         if self.config.partitioning == Partitioning::Source {
             out = out.partition(record.partition);
         }
-        loop {
-            match self.producer.send(out) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // Backpressure from librdkafka: wait for delivery reports to drain it.
-                    out = back;
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                Err((e, back)) => {
-                    let ack = back.delivery_opaque;
-                    let origin = ack.origin();
-                    ack.fail(SinkError::Delivery {
-                        sink: NAME,
-                        origin,
-                        reason: format!("could not enqueue to topic {}: {e}", self.config.topic),
-                        class: class_of(&e),
-                    });
-                    return Ok(());
-                }
-            }
+        if let Err((e, back)) = eventbus_runtime::kafka::send(&self.producer, out).await {
+            let ack = back.delivery_opaque;
+            let origin = ack.origin();
+            ack.fail(SinkError::Delivery {
+                sink: NAME,
+                origin,
+                reason: format!("could not enqueue to topic {}: {e}", self.config.topic),
+                class: class_of(&e),
+            });
         }
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), SinkError> {

@@ -608,7 +608,8 @@ impl ParquetSink {
         }))
     }
 
-    fn known_schemas(&self, id: u32) -> Result<Vec<(u32, String)>, SinkError> {
+    /// The known schemas, `id`'s included when the registry has it.
+    async fn known_schemas(&self, id: u32) -> Result<Vec<(u32, String)>, SinkError> {
         {
             let schemas = lock(&self.inner.schemas);
             if schemas.iter().any(|(k, _)| *k == id) {
@@ -616,8 +617,13 @@ impl ParquetSink {
             }
         }
         // Not under the lock: a registry lookup may take seconds (retries), and other
-        // partitions' records must not wait on it for schemas already known.
-        let json = (self.inner.lookup)(id)
+        // partitions' records must not wait on it for schemas already known. Not on a
+        // runtime worker either: it blocks on HTTP and sleeps between tries, and a
+        // blocked worker freezes the timers (revoke deadlines, the maximum file age).
+        let lookup = self.inner.lookup.clone();
+        let json = tokio::task::spawn_blocking(move || lookup(id))
+            .await
+            .map_err(|e| flush_error(format!("looking up schema id {id}: {e}")))?
             .map_err(|e| flush_error(format!("looking up schema id {id}: {e}")))?;
         let mut schemas = lock(&self.inner.schemas);
         if let Some(json) = json
@@ -679,7 +685,8 @@ impl ParquetSink {
         let Some(id) = p.schema_id else {
             return Ok(());
         };
-        let schemas = self.known_schemas(id).map_err(|e| e.to_string())?;
+        // The partition's schema was looked up when its decoder was first built.
+        let schemas = lock(&self.inner.schemas).clone();
         let mut d = build_decoder(&schemas, Some(id), self.inner.config.roll_rows + 1)?;
         for raw in &p.raw {
             d.decode(raw).map_err(|e| e.to_string())?;
@@ -772,10 +779,21 @@ impl ParquetSink {
             row_group_rows: self.inner.config.row_group_rows,
             zstd_level: self.inner.config.zstd_level,
         };
+        // Encoding (zstd) takes tens of milliseconds per file: off the runtime's workers,
+        // whose timers must keep running.
+        let batches: Vec<RecordBatch> = slices.iter().map(|s| s.batch.clone()).collect();
+        let encoded = tokio::task::spawn_blocking(move || {
+            batches
+                .iter()
+                .map(|b| encode::parquet_bytes(b, format))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| flush_error(format!("the encoding task ended: {e}")))?
+        .map_err(flush_error)?;
         let mut files = Vec::with_capacity(slices.len());
         let mut max_event = i64::MIN;
-        for (n, slice) in slices.iter().enumerate() {
-            let bytes = encode::parquet_bytes(&slice.batch, format).map_err(flush_error)?;
+        for ((n, slice), bytes) in slices.iter().enumerate().zip(encoded) {
             let staged = Table::staged_key(tp.partition, start, &self.inner.writer, n);
             let size = bytes.len() as u64;
             p.table.put(&staged, bytes).await.map_err(store_error)?;
@@ -931,7 +949,7 @@ impl Sink<Bytes> for ParquetSink {
             Box::pin(self.publish(&mut p)).await?;
         }
         let schemas = if Self::needs_decoder(&p, id) {
-            match self.known_schemas(id) {
+            match Box::pin(self.known_schemas(id)).await {
                 Ok(schemas) => Some(schemas),
                 Err(e) => {
                     // A registry that cannot answer says nothing about the record, so it
