@@ -76,27 +76,7 @@ impl<T> fmt::Debug for Letters<T> {
     }
 }
 
-/// What an [`Ack`] needs to turn a record-level failure into a dead letter.
-pub(crate) struct Route {
-    pub(crate) queue: Arc<dyn DeadLetterQueue>,
-    pub(crate) original: Record<Bytes>,
-    pub(crate) runtime: tokio::runtime::Handle,
-}
-
-impl fmt::Debug for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Route")
-            .field("origin", &self.original.origin())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Whether a sink's failure of one record should become a dead letter.
-pub(crate) fn is_letter(error: &SinkError) -> bool {
-    matches!(error, SinkError::Delivery { class, .. } if *class != ErrorClass::Fatal)
-}
-
-/// The stage and message of a sink's record-level failure.
+/// The stage, message and class of a sink's record-level failure.
 pub(crate) fn sink_failure(error: &SinkError) -> (String, String, ErrorClass) {
     match error {
         SinkError::Delivery {

@@ -132,6 +132,15 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// Whether this is a failure of one record that the job's dead-letter queue takes: a
+    /// [`SinkError::Delivery`] that is not Fatal (a bad record, or a transient failure
+    /// whose retries ran out). Anything else stops the job.
+    pub fn is_record_failure(&self) -> bool {
+        matches!(self, SinkError::Delivery { class, .. } if *class != ErrorClass::Fatal)
+    }
+}
+
 impl Classify for SinkError {
     fn class(&self) -> ErrorClass {
         match self {

@@ -20,9 +20,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{RuntimeError, SinkError};
+use crate::executor::Dispatch;
 use crate::record::{Record, TopicPartition};
 use crate::sink::{Ack, Sink};
-use crate::source::{Dispatch, Source};
+use crate::source::Source;
 
 /// Delivers a fixed list of records, then ends once every one is settled. Records keep
 /// their partitions and, within each, the order given.
@@ -44,23 +45,34 @@ impl<T: Send + 'static> Source for MemorySource<T> {
     type Item = T;
 
     async fn run(self, dispatch: Dispatch<T>) -> Result<(), RuntimeError> {
-        let mut order: Vec<TopicPartition> = Vec::new();
-        let mut batches: Vec<Vec<Record<T>>> = Vec::new();
-        for r in self.records {
-            let tp = r.topic_partition();
-            match order.iter().position(|t| *t == tp) {
-                Some(i) => batches[i].push(r),
-                None => {
-                    order.push(tp);
-                    batches.push(vec![r]);
-                }
-            }
+        // Each run of consecutive records of one partition is a batch, delivered in
+        // input order (so each partition's order holds). Runs are split off the end, so
+        // a record moves at most once.
+        let mut records = self.records;
+        let mut runs: Vec<(TopicPartition, Vec<Record<T>>)> = Vec::new();
+        while let Some(last) = records.last() {
+            let same = |r: &Record<T>| {
+                r.partition == last.partition
+                    && (Arc::ptr_eq(&r.topic, &last.topic) || r.topic == last.topic)
+            };
+            let start = records.iter().rposition(|r| !same(r)).map_or(0, |i| i + 1);
+            let tp = last.topic_partition();
+            let run = if start == 0 {
+                std::mem::take(&mut records)
+            } else {
+                records.split_off(start)
+            };
+            runs.push((tp, run));
         }
-        for (tp, batch) in order.iter().zip(batches) {
+        let mut order: Vec<TopicPartition> = Vec::new();
+        for (tp, batch) in runs.into_iter().rev() {
             if dispatch.is_stopping() {
                 break;
             }
-            dispatch.deliver(tp, batch);
+            dispatch.deliver(&tp, batch);
+            if !order.contains(&tp) {
+                order.push(tp);
+            }
         }
         let finals = dispatch.revoke(&order).await;
         dispatch.committed(&finals);

@@ -1,13 +1,17 @@
 //! Sinks: where records leave a job, and the acknowledgement that makes them done.
+//!
+//! An [`Ack`] settles its record in the partition it came from through [`Settle`], the
+//! executor's partition state as a sink sees it: this module imports nothing of the
+//! executor, which passes that trait down.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::dead_letter::{DeadLetter, Route, now_ms};
-use crate::error::SinkError;
-use crate::partition::{PartitionState, Resolution};
+use crate::error::{RuntimeError, SinkError};
 use crate::record::{Origin, Record, TopicPartition};
 
 /// A destination for records.
@@ -50,6 +54,48 @@ pub trait Sink<T>: Send + Sync + 'static {
     }
 }
 
+/// How a record was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// The sink made it durable.
+    Delivered,
+    /// An operator filtered it out.
+    Filtered,
+    /// It failed, or was abandoned on revoke: never committed past.
+    Failed,
+}
+
+/// A record-level failure at a sink, on its way to the job's dead-letter queue.
+#[derive(Debug)]
+pub(crate) struct SinkFailure {
+    pub(crate) error: SinkError,
+    pub(crate) attempts: u32,
+    pub(crate) first_failure_ms: Option<i64>,
+}
+
+/// The partition an ack settles: implemented by the executor's partition state.
+pub(crate) trait Settle: Send + Sync + fmt::Debug {
+    /// The partition.
+    fn tp(&self) -> &TopicPartition;
+    /// Settles these offsets the same way, under one lock.
+    fn settle(&self, offsets: &[i64], how: Resolution);
+    /// Stops the job with this error.
+    fn fail_job(&self, error: RuntimeError);
+    /// An ack was dropped unsettled: stops the job, unless the partition was revoked
+    /// (another member owns it now).
+    fn dropped(&self, origin: Origin);
+    /// Pauses or lets resume the partition at the consumer.
+    fn hold(&self, hold: bool);
+    /// Hands the record that failed at `offset` to the job's dead-letter queue, whose
+    /// ack then settles the offset. Gives the error back when the job has no queue.
+    fn dead_letter(
+        self: Arc<Self>,
+        offset: i64,
+        original: Record<Bytes>,
+        failure: SinkFailure,
+    ) -> Result<(), SinkError>;
+}
+
 /// The promise to settle one record. Resolve it exactly once with [`Ack::done`] or
 /// [`Ack::fail`]. Dropping it unresolved counts as a failure: the record is never
 /// committed past and the job stops, because a silently lost acknowledgement would
@@ -58,9 +104,9 @@ pub trait Sink<T>: Send + Sync + 'static {
 pub struct Ack {
     target: Target,
     resolved: bool,
-    /// Present when the job has a dead-letter queue: a record-level failure becomes a
-    /// dead letter instead of stopping the job.
-    route: Option<Box<Route>>,
+    /// The record as the source read it, kept when the job has a dead-letter queue so
+    /// that a record-level failure becomes a dead letter instead of stopping the job.
+    original: Option<Box<Record<Bytes>>>,
     attempts: u32,
     first_failure_ms: Option<i64>,
 }
@@ -68,7 +114,7 @@ pub struct Ack {
 #[derive(Debug)]
 enum Target {
     Partition {
-        part: Arc<PartitionState>,
+        part: Arc<dyn Settle>,
         offset: i64,
     },
     Channel {
@@ -81,11 +127,15 @@ enum Target {
 pub type AckOutcome = oneshot::Receiver<Result<(), SinkError>>;
 
 impl Ack {
-    pub(crate) fn new(part: Arc<PartitionState>, offset: i64, route: Option<Box<Route>>) -> Self {
+    pub(crate) fn new(
+        part: Arc<dyn Settle>,
+        offset: i64,
+        original: Option<Box<Record<Bytes>>>,
+    ) -> Self {
         Self {
             target: Target::Partition { part, offset },
             resolved: false,
-            route,
+            original,
             attempts: 1,
             first_failure_ms: None,
         }
@@ -102,7 +152,7 @@ impl Ack {
                 tx: Some(tx),
             },
             resolved: false,
-            route: None,
+            original: None,
             attempts: 1,
             first_failure_ms: None,
         };
@@ -113,7 +163,7 @@ impl Ack {
     pub fn done(mut self) {
         self.resolved = true;
         match &mut self.target {
-            Target::Partition { part, offset } => part.resolve(*offset, Resolution::Delivered),
+            Target::Partition { part, offset } => part.settle(&[*offset], Resolution::Delivered),
             Target::Channel { tx, .. } => {
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(Ok(()));
@@ -127,32 +177,25 @@ impl Ack {
     /// stops the job, and the record is never committed past.
     pub fn fail(mut self, error: SinkError) {
         self.resolved = true;
-        if let Some(route) = self.route.take()
-            && crate::dead_letter::is_letter(&error)
+        let mut error = error;
+        if error.is_record_failure()
+            && let Some(original) = self.original.take()
             && let Target::Partition { part, offset } = &self.target
         {
-            let (stage, message, class) = crate::dead_letter::sink_failure(&error);
-            let letter = DeadLetter {
-                record: route.original,
-                class,
-                stage,
-                error_type: "eventbus_runtime::error::SinkError".to_owned(),
-                message,
+            let failure = SinkFailure {
+                error,
                 attempts: self.attempts,
-                first_failure_ms: self.first_failure_ms.unwrap_or_else(now_ms),
-                job: part.job().name().to_owned(),
+                first_failure_ms: self.first_failure_ms,
             };
-            let ack = Ack::new(part.clone(), *offset, None);
-            let queue = route.queue;
-            route
-                .runtime
-                .spawn(async move { queue.send(letter, ack).await });
-            return;
+            match part.clone().dead_letter(*offset, *original, failure) {
+                Ok(()) => return,
+                Err(back) => error = back,
+            }
         }
         match &mut self.target {
             Target::Partition { part, offset } => {
-                part.resolve(*offset, Resolution::Failed);
-                part.job().fail(error.into());
+                part.settle(&[*offset], Resolution::Failed);
+                part.fail_job(error.into());
             }
             Target::Channel { tx, .. } => {
                 if let Some(tx) = tx.take() {
@@ -174,7 +217,7 @@ impl Ack {
     /// is fetched for it meanwhile, while the other partitions keep flowing.
     pub fn hold_partition(&self, hold: bool) {
         if let Target::Partition { part, .. } = &self.target {
-            part.set_held_back(hold);
+            part.hold(hold);
         }
     }
 
@@ -197,13 +240,13 @@ impl Ack {
 /// A held record can no longer become a dead letter: [`Acks::push`] drops the copy of
 /// the original the job keeps for that, and a later failure stops the job. That is what
 /// makes holding cheap: an ack of the partition the others came from is kept as its
-/// offset (16 bytes) instead of a whole [`Ack`] with a copy of the record, so a sink
+/// offset (8 bytes) instead of a whole [`Ack`] with a copy of the record, so a sink
 /// buffering a file's worth of rows does not also keep the records alive twice.
 /// Dropping unsettled acks counts as a failure, as dropping an [`Ack`] does.
 #[derive(Debug, Default)]
 pub struct Acks {
     /// The partition every [`Held::Offset`] belongs to.
-    part: Option<Arc<PartitionState>>,
+    part: Option<Arc<dyn Settle>>,
     held: Vec<Held>,
 }
 
@@ -211,6 +254,12 @@ pub struct Acks {
 enum Held {
     Offset(i64),
     Other(Box<Ack>),
+}
+
+/// Whether two acks settle the same partition state (a partition assigned again comes
+/// with a new state).
+fn same(a: &Arc<dyn Settle>, b: &Arc<dyn Settle>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 impl Acks {
@@ -221,16 +270,15 @@ impl Acks {
 
     /// Holds `ack` after the others.
     pub fn push(&mut self, mut ack: Ack) {
-        ack.route = None;
+        ack.original = None;
         if let Target::Partition { part, offset } = &ack.target {
-            let mut same = self.part.as_ref().is_some_and(|p| Arc::ptr_eq(p, part));
-            if !same && self.held.is_empty() {
-                // The first ack held, or the first since all were taken: after a
-                // rebalance, a partition assigned again comes with a new state.
+            let mut same_part = self.part.as_ref().is_some_and(|p| same(p, part));
+            if !same_part && self.held.is_empty() {
+                // The first ack held, or the first since all were taken.
                 self.part = Some(part.clone());
-                same = true;
+                same_part = true;
             }
-            if same {
+            if same_part {
                 self.held.push(Held::Offset(*offset));
                 ack.resolved = true;
                 return;
@@ -262,9 +310,9 @@ impl Acks {
     /// [`Ack::done`] on each, with one tracker lock for the partition's offsets.
     pub fn done(mut self) {
         let (offsets, whole) = self.take_all();
-        whole.into_iter().for_each(|ack| ack.done());
+        whole.into_iter().for_each(Ack::done);
         if let Some(part) = &self.part {
-            part.resolve_many(&offsets, Resolution::Delivered);
+            part.settle(&offsets, Resolution::Delivered);
         }
     }
 
@@ -277,8 +325,8 @@ impl Acks {
         if let Some(part) = &self.part
             && !offsets.is_empty()
         {
-            part.resolve_many(&offsets, Resolution::Failed);
-            part.job().fail(error().into());
+            part.settle(&offsets, Resolution::Failed);
+            part.fail_job(error().into());
         }
     }
 
@@ -303,16 +351,12 @@ impl Drop for Acks {
         let (Some(part), Some(&first)) = (&self.part, offsets.first()) else {
             return;
         };
-        part.resolve_many(&offsets, Resolution::Failed);
-        if !part.is_revoked() {
-            let origin = Origin {
-                topic: part.tp().topic.clone(),
-                partition: part.tp().partition,
-                offset: first,
-            };
-            part.job()
-                .fail_weak(SinkError::AckDropped { origin }.into());
-        }
+        part.settle(&offsets, Resolution::Failed);
+        part.dropped(Origin {
+            topic: part.tp().topic.clone(),
+            partition: part.tp().partition,
+            offset: first,
+        });
     }
 }
 
@@ -324,11 +368,8 @@ impl Drop for Ack {
         let origin = self.origin();
         match &mut self.target {
             Target::Partition { part, offset } => {
-                part.resolve(*offset, Resolution::Failed);
-                if !part.is_revoked() {
-                    part.job()
-                        .fail_weak(SinkError::AckDropped { origin }.into());
-                }
+                part.settle(&[*offset], Resolution::Failed);
+                part.dropped(origin);
             }
             Target::Channel { tx, .. } => {
                 if let Some(tx) = tx.take() {
@@ -336,96 +377,5 @@ impl Drop for Ack {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::job::{JobShared, JobStats};
-
-    fn partition(
-        job: &Arc<JobShared>,
-        p: i32,
-        offsets: std::ops::Range<i64>,
-    ) -> Arc<PartitionState> {
-        let state = Arc::new(PartitionState::new(
-            TopicPartition::new("t", p),
-            job.clone(),
-        ));
-        let mut batch: Vec<Record<()>> = offsets.map(|o| Record::new("t", p, o, ())).collect();
-        state.register_batch(&mut batch, 0);
-        state
-    }
-
-    #[test]
-    fn held_acks_settle_like_the_acks_they_hold() {
-        let stats = Arc::new(JobStats::default());
-        let job = Arc::new(JobShared::new("test".to_owned(), stats.clone()));
-        let a = partition(&job, 0, 0..6);
-        let b = partition(&job, 1, 10..13);
-        let ack = |p: &Arc<PartitionState>, o| Ack::new(p.clone(), o, None);
-        let (channel, outcome) = Ack::channel(Origin {
-            topic: "t".into(),
-            partition: 2,
-            offset: 7,
-        });
-        // The first partition's acks are kept as offsets; the other's and the channel
-        // ack are kept whole, in order.
-        let mut acks = Acks::new();
-        for held in [ack(&a, 0), ack(&b, 10), ack(&a, 1), ack(&a, 2), channel] {
-            acks.push(held);
-        }
-        acks.push(ack(&b, 11));
-        assert_eq!(acks.len(), 6);
-        let first = acks.take_first(4);
-        assert_eq!((first.len(), acks.len()), (4, 2));
-        first.done();
-        assert_eq!(a.committable(), Some(3));
-        assert_eq!(b.committable(), Some(11));
-        assert_eq!((a.pending(), b.pending()), (3, 2));
-        assert_eq!(job.held(), 5);
-        assert_eq!(stats.delivered(), 4);
-        acks.done();
-        assert_eq!(b.committable(), Some(12));
-        assert!(matches!(outcome.blocking_recv(), Ok(Ok(()))));
-        assert_eq!(
-            stats.delivered(),
-            5,
-            "a channel ack reports to its caller only"
-        );
-        assert!(!job.has_failed(), "nothing was dropped unsettled");
-
-        // Once none are held, the next partition's acks are the compact ones (a
-        // partition assigned again comes with a new state).
-        let mut again = Acks::new();
-        again.push(ack(&a, 3));
-        again.take_first(1).done();
-        again.push(ack(&b, 12));
-        assert!(matches!(again.held[..], [Held::Offset(12)]), "{again:?}");
-        again.done();
-        assert_eq!((a.committable(), b.committable()), (Some(4), Some(13)));
-
-        // A failure settles the offsets as failed (never committed past) and stops
-        // the job.
-        let mut failing = Acks::new();
-        failing.push(ack(&a, 4));
-        failing.push(ack(&a, 5));
-        failing.fail(|| SinkError::Flush {
-            sink: "test",
-            reason: "disk full".to_owned(),
-        });
-        assert_eq!(a.committable(), Some(4));
-        assert_eq!(a.pending(), 0);
-        assert!(job.has_failed());
-
-        // Dropped unsettled: failed, as a dropped Ack is.
-        let other = Arc::new(JobShared::new("other".to_owned(), stats.clone()));
-        let c = partition(&other, 0, 0..2);
-        let mut dropped = Acks::new();
-        dropped.push(ack(&c, 0));
-        drop(dropped);
-        assert_eq!((c.committable(), c.pending()), (None, 1));
-        assert!(other.has_failed(), "a dropped unsettled ack stops the job");
     }
 }

@@ -10,8 +10,8 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
+use crate::executor::Dispatch;
 use crate::record::TopicPartition;
-use crate::source::Dispatch;
 
 /// The partitions this member owns, each with the generation of its assignment, so that
 /// records polled under one assignment never reach the state of a later one.

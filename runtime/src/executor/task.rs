@@ -1,0 +1,149 @@
+//! Partition tasks: each assigned partition's records, in order, through the operator
+//! chain into the sink; and where records that fail go.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::dispatch::{BoxFuture, Pipeline};
+use super::partition::{FailureHook, PartitionState};
+use crate::dead_letter::{DeadLetter, DeadLetterQueue, Letters, now_ms, sink_failure};
+use crate::error::{Classify, ErrorClass, RuntimeError, SinkError};
+use crate::operator::{Operator, Outcome};
+use crate::record::{Record, TopicPartition};
+use crate::sink::{Ack, Resolution, Sink, SinkFailure};
+
+/// A job's operator chain and sink, as the dispatcher runs them.
+pub(crate) struct Chain<T, Op, K> {
+    pub(crate) op: Op,
+    pub(crate) sink: K,
+    pub(crate) letters: Option<Letters<T>>,
+}
+
+impl<T, Op, K> Pipeline<T> for Chain<T, Op, K>
+where
+    T: Send + 'static,
+    Op: Operator<T>,
+    K: Sink<Op::Out>,
+{
+    fn spawn_partition(
+        self: Arc<Self>,
+        runtime: &Handle,
+        part: Arc<PartitionState>,
+        rx: mpsc::UnboundedReceiver<Vec<Record<T>>>,
+    ) -> JoinHandle<()> {
+        runtime.spawn(run_partition(self, part, rx))
+    }
+
+    fn revoked<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.sink.partitions_revoked(partitions))
+    }
+
+    fn failure_hook(&self) -> Option<Arc<dyn FailureHook>> {
+        self.letters.as_ref().map(|l| {
+            Arc::new(QueueHook {
+                queue: l.queue.clone(),
+                runtime: Handle::current(),
+            }) as Arc<dyn FailureHook>
+        })
+    }
+}
+
+/// Runs one partition: records in order through the chain into the sink. Woken once
+/// per batch the dispatcher hands over.
+async fn run_partition<T, Op, K>(
+    chain: Arc<Chain<T, Op, K>>,
+    part: Arc<PartitionState>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Record<T>>>,
+) where
+    T: Send + 'static,
+    Op: Operator<T>,
+    K: Sink<Op::Out>,
+{
+    while let Some(batch) = rx.recv().await {
+        for record in batch {
+            let offset = record.offset;
+            if part.is_revoked() || part.job().has_failed() {
+                // Left pending-then-failed so the drain sees it settled; never committed.
+                part.resolve(offset, Resolution::Failed);
+                continue;
+            }
+            // With a dead-letter queue, the original travels with the record (its bytes
+            // are shared, not copied) until the record is settled.
+            let original = chain.letters.as_ref().map(|l| (l.original)(&record));
+            match chain.op.apply(record) {
+                Outcome::Emit(out) => {
+                    let ack = Ack::new(part.clone(), offset, original.map(Box::new));
+                    if let Err(e) = chain.sink.send(out, ack).await {
+                        part.job().fail(e.into());
+                    }
+                }
+                Outcome::Filtered => part.resolve(offset, Resolution::Filtered),
+                Outcome::Failed { origin, error } => match (&chain.letters, original) {
+                    (Some(letters), Some(record)) if error.class() != ErrorClass::Fatal => {
+                        let letter = DeadLetter {
+                            record,
+                            class: error.class(),
+                            stage: "operator".to_owned(),
+                            error_type: error.type_name().to_owned(),
+                            message: error.to_string(),
+                            attempts: 1,
+                            first_failure_ms: now_ms(),
+                            job: part.job().name().to_owned(),
+                        };
+                        let ack = Ack::new(part.clone(), offset, None);
+                        letters.queue.send(letter, ack).await;
+                    }
+                    _ => {
+                        part.resolve(offset, Resolution::Failed);
+                        let class = error.class();
+                        part.job().fail(RuntimeError::Operator {
+                            origin,
+                            class,
+                            source: error,
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Sends records that fail at the sink to the job's dead-letter queue. The ack may fail
+/// on a librdkafka thread, so the letter is written from the job's runtime.
+struct QueueHook {
+    queue: Arc<dyn DeadLetterQueue>,
+    runtime: Handle,
+}
+
+impl FailureHook for QueueHook {
+    fn sink_failed(
+        &self,
+        part: Arc<PartitionState>,
+        offset: i64,
+        original: Record<Bytes>,
+        failure: SinkFailure,
+    ) {
+        let (stage, message, class) = sink_failure(&failure.error);
+        let letter = DeadLetter {
+            record: original,
+            class,
+            stage,
+            error_type: "eventbus_runtime::error::SinkError".to_owned(),
+            message,
+            attempts: failure.attempts,
+            first_failure_ms: failure.first_failure_ms.unwrap_or_else(now_ms),
+            job: part.job().name().to_owned(),
+        };
+        let ack = Ack::new(part, offset, None);
+        let queue = self.queue.clone();
+        self.runtime
+            .spawn(async move { queue.send(letter, ack).await });
+    }
+}
