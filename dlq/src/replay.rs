@@ -175,18 +175,14 @@ pub fn replay(
     let ends = crate::store::end_offsets(&positions, brokers, &opts.dlq_topic)?;
     let mut start = BTreeMap::new();
     if !opts.dry_run {
-        let mut tpl = TopicPartitionList::new();
-        for p in ends.keys() {
-            tpl.add_partition(&opts.dlq_topic, *p);
-        }
-        let committed = positions
-            .committed_offsets(tpl, Duration::from_secs(15))
-            .with_context(|| format!("reading the position of replay {id}"))?;
-        for e in committed.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                start.insert(e.partition(), o);
-            }
-        }
+        let tps: Vec<eventbus_runtime::TopicPartition> = ends
+            .keys()
+            .map(|p| eventbus_runtime::TopicPartition::new(opts.dlq_topic.as_str(), *p))
+            .collect();
+        let committed =
+            eventbus_runtime::kafka::committed(&positions, &tps, Duration::from_secs(15))
+                .with_context(|| format!("reading the position of replay {id}"))?;
+        start.extend(committed.into_iter().map(|(tp, o)| (tp.partition, o)));
     }
     let producer = if opts.dry_run {
         None

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use eventbus_runtime::{Headers, KafkaProperties, RuntimeError};
+use eventbus_runtime::{Headers, KafkaProperties};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -63,25 +63,10 @@ pub fn end_offsets(
     brokers: &str,
     topic: &str,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let md = c
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("reading the metadata of {topic} from {brokers}"))?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .ok_or_else(|| RuntimeError::TopicMissing {
-            topic: topic.to_owned(),
-            brokers: brokers.to_owned(),
-        })?;
-    let mut ends = BTreeMap::new();
-    for p in t.partitions() {
-        let (_, high) = c
-            .fetch_watermarks(topic, p.id(), TIMEOUT)
-            .with_context(|| format!("reading the end offset of {topic} partition {}", p.id()))?;
-        ends.insert(p.id(), high);
-    }
+    let ends = eventbus_runtime::kafka::watermarks(c, topic, brokers, TIMEOUT)?
+        .into_iter()
+        .map(|(p, (_, high))| (p, high))
+        .collect();
     Ok(ends)
 }
 

@@ -147,16 +147,7 @@ pub fn partitions(brokers: &str, topic: &str) -> anyhow::Result<i32> {
     let md = c
         .fetch_metadata(Some(topic), TIMEOUT)
         .with_context(|| format!("metadata of {topic} from {brokers}"))?;
-    match md.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-            Ok(t.partitions().len() as i32)
-        }
-        _ => Err(eventbus_runtime::RuntimeError::TopicMissing {
-            topic: topic.to_owned(),
-            brokers: brokers.to_owned(),
-        }
-        .into()),
-    }
+    Ok(eventbus_runtime::kafka::topic_partitions(&md, topic, brokers)?.len() as i32)
 }
 
 /// The end offset (high watermark) of every partition of `topic`.
@@ -165,15 +156,12 @@ pub fn partitions(brokers: &str, topic: &str) -> anyhow::Result<i32> {
 /// The brokers do not answer or the topic does not exist.
 pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
     let c = plain_consumer(brokers, "eventbus-inspect")?;
-    let n = partitions(brokers, topic)?;
-    (0..n)
-        .map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(topic, p, TIMEOUT)
-                .with_context(|| format!("watermarks of {topic}[{p}]"))?;
-            Ok((p, high))
-        })
-        .collect()
+    Ok(
+        eventbus_runtime::kafka::watermarks(&c, topic, brokers, TIMEOUT)?
+            .into_iter()
+            .map(|(p, (_, high))| (p, high))
+            .collect(),
+    )
 }
 
 /// Records currently kept in `topic`: the sum over partitions of end minus start offset.
@@ -182,13 +170,10 @@ pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i
 /// The brokers do not answer or the topic does not exist.
 pub fn available(brokers: &str, topic: &str) -> anyhow::Result<u64> {
     let c = plain_consumer(brokers, "eventbus-inspect")?;
-    let mut total = 0i64;
-    for p in 0..partitions(brokers, topic)? {
-        let (low, high) = c
-            .fetch_watermarks(topic, p, TIMEOUT)
-            .with_context(|| format!("watermarks of {topic}[{p}]"))?;
-        total += high - low;
-    }
+    let total: i64 = eventbus_runtime::kafka::watermarks(&c, topic, brokers, TIMEOUT)?
+        .values()
+        .map(|(low, high)| high - low)
+        .sum();
     Ok(u64::try_from(total).unwrap_or(0))
 }
 
@@ -248,16 +233,12 @@ pub fn read_all(
 /// # Errors
 /// The coordinator does not answer.
 pub fn committed(brokers: &str, group: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let n = partitions(brokers, topic)?;
     let c = plain_consumer(brokers, group)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..n {
-        tpl.add_partition(topic, p);
-    }
-    let got = c
-        .committed_offsets(tpl, TIMEOUT)
-        .with_context(|| format!("committed offsets of group {group} on {topic}"))?;
-    Ok(eventbus_runtime::kafka::offsets_of(&got)
+    let tps: Vec<eventbus_runtime::TopicPartition> = (0..partitions(brokers, topic)?)
+        .map(|p| eventbus_runtime::TopicPartition::new(topic, p))
+        .collect();
+    Ok(eventbus_runtime::kafka::committed(&c, &tps, TIMEOUT)
+        .with_context(|| format!("committed offsets of group {group} on {topic}"))?
         .into_iter()
         .map(|(tp, o)| (tp.partition, o))
         .collect())

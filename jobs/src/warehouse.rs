@@ -34,7 +34,6 @@ use eventbus_runtime::{
 };
 use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry};
 use rdkafka::ClientConfig;
-use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
@@ -418,17 +417,12 @@ impl Cluster {
         &self,
         partitions: &[TopicPartition],
     ) -> anyhow::Result<HashMap<TopicPartition, i64>> {
-        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
-        for tp in partitions {
-            tpl.add_partition(&tp.topic, tp.partition);
-        }
-        let got = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(30))
-            .context("cannot read the group's committed offsets")?;
-        Ok(eventbus_runtime::kafka::offsets_of(&got)
-            .into_iter()
-            .collect())
+        Ok(
+            eventbus_runtime::kafka::committed(&self.consumer, partitions, Duration::from_secs(30))
+                .context("cannot read the group's committed offsets")?
+                .into_iter()
+                .collect(),
+        )
     }
 
     /// Per partition of `topics`, the (low, high) offsets now.

@@ -227,8 +227,10 @@ impl Classify for RuntimeError {
         match self {
             RuntimeError::Operator { class, .. } => *class,
             RuntimeError::Sink(e) => e.class(),
-            RuntimeError::Kafka { source, .. } => match source.rdkafka_error_code() {
-                Some(code) if is_retriable(code) => ErrorClass::Transient,
+            // An operation (consuming, committing, creating a client) that fails for a
+            // reason other than a passing one cannot go on.
+            RuntimeError::Kafka { source, .. } => match source.class() {
+                ErrorClass::Transient => ErrorClass::Transient,
                 _ => ErrorClass::Fatal,
             },
             _ => ErrorClass::Fatal,
@@ -236,24 +238,47 @@ impl Classify for RuntimeError {
     }
 }
 
-fn is_retriable(code: rdkafka::types::RDKafkaErrorCode) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::RequestTimedOut
-            | C::BrokerTransportFailure
-            | C::AllBrokersDown
-            | C::NotCoordinator
-            | C::CoordinatorNotAvailable
-            | C::CoordinatorLoadInProgress
-            | C::LeaderNotAvailable
-            | C::NotLeaderForPartition
-            | C::NetworkException
-            | C::QueueFull
-            | C::MessageTimedOut
-            | C::OperationTimedOut
-            | C::RebalanceInProgress
-    )
+/// The one classification of librdkafka's errors, used by the consumer, the sinks and
+/// the tools: Transient when librdkafka or a retry gets past it (brokers down, timeouts,
+/// leadership moving, a full queue); Fatal when nothing will (authentication,
+/// authorization, an unknown topic, librdkafka's own fatal errors); Permanent for the
+/// rest, which concern one record (too large, invalid).
+impl Classify for rdkafka::error::KafkaError {
+    fn class(&self) -> ErrorClass {
+        use rdkafka::error::KafkaError as E;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        if matches!(self, E::MessageConsumptionFatal(_) | E::ClientCreation(_)) {
+            return ErrorClass::Fatal;
+        }
+        match self.rdkafka_error_code() {
+            Some(
+                C::RequestTimedOut
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+                | C::CoordinatorLoadInProgress
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::NetworkException
+                | C::QueueFull
+                | C::MessageTimedOut
+                | C::OperationTimedOut
+                | C::RebalanceInProgress,
+            ) => ErrorClass::Transient,
+            Some(
+                C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::Fatal,
+            ) => ErrorClass::Fatal,
+            _ => ErrorClass::Permanent,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 mod context;
 pub mod headers;
+mod offsets;
 mod source;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
+pub use offsets::{committed, topic_partitions, watermarks};
 pub use source::KafkaSource;
 
 use crate::record::TopicPartition;

@@ -9,12 +9,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::types::RDKafkaErrorCode;
 use tokio::runtime::Handle;
 
 use super::context::{Assignment, SourceContext, commit};
 use crate::config::{KafkaProperties, SourceConfig, config_error};
-use crate::error::RuntimeError;
+use crate::error::{Classify, ErrorClass, RuntimeError};
 use crate::executor::Dispatch;
 use crate::record::{Record, TopicPartition};
 use crate::source::Source;
@@ -206,17 +205,7 @@ fn preflight(
                 reason: e.to_string(),
             })?;
     for topic in &src.config.topics {
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
-        if !found {
-            return Err(RuntimeError::TopicMissing {
-                topic: topic.clone(),
-                brokers: src.brokers(),
-            });
-        }
+        super::topic_partitions(&metadata, topic, &src.brokers())?;
     }
     Ok(())
 }
@@ -281,22 +270,10 @@ fn poll_batch(
     Ok(())
 }
 
-/// Decides whether a consumer error stops the job. Connection trouble does not:
-/// librdkafka reconnects by itself and the job resumes where it was.
+/// Decides whether a consumer error stops the job: a Fatal one does. Connection
+/// trouble does not: librdkafka reconnects by itself and the job resumes where it was.
 fn consumer_error(e: KafkaError) -> Result<(), RuntimeError> {
-    let stop = match &e {
-        KafkaError::MessageConsumptionFatal(_) => true,
-        KafkaError::MessageConsumption(code) => matches!(
-            code,
-            RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::GroupAuthorizationFailed
-                | RDKafkaErrorCode::SaslAuthenticationFailed
-        ),
-        _ => false,
-    };
-    if stop {
+    if e.class() == ErrorClass::Fatal {
         return Err(RuntimeError::Kafka {
             operation: "consume",
             source: e,

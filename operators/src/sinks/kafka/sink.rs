@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventbus_runtime::config::KafkaProperties;
-use eventbus_runtime::{Ack, ErrorClass, Record, RuntimeError, Sink, SinkError};
+use eventbus_runtime::{Ack, Classify, Record, RuntimeError, Sink, SinkError};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::{KafkaSinkConfig, Partitioning};
 
@@ -84,18 +83,7 @@ impl KafkaSink {
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 reason: e.to_string(),
             })?;
-        let exists = metadata
-            .topics()
-            .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        if exists {
-            Ok(())
-        } else {
-            Err(RuntimeError::TopicMissing {
-                topic: topic.clone(),
-                brokers,
-            })
-        }
+        eventbus_runtime::kafka::topic_partitions(&metadata, topic, &brokers).map(drop)
     }
 
     async fn flush_now(&self) -> Result<(), SinkError> {
@@ -140,7 +128,7 @@ impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {
                 sink: NAME,
                 origin,
                 reason: format!("could not enqueue to topic {}: {e}", self.config.topic),
-                class: class_of(&e),
+                class: e.class(),
             });
         }
         Ok(())
@@ -148,19 +136,6 @@ impl<T: AsRef<[u8]> + Send + Sync + 'static> Sink<T> for KafkaSink {
 
     async fn flush(&self) -> Result<(), SinkError> {
         self.flush_now().await
-    }
-}
-
-fn class_of(e: &KafkaError) -> ErrorClass {
-    match e.rdkafka_error_code() {
-        Some(
-            RDKafkaErrorCode::MessageTimedOut
-            | RDKafkaErrorCode::RequestTimedOut
-            | RDKafkaErrorCode::BrokerTransportFailure
-            | RDKafkaErrorCode::AllBrokersDown
-            | RDKafkaErrorCode::QueueFull,
-        ) => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
     }
 }
 
@@ -183,7 +158,7 @@ impl ProducerContext for Deliveries {
                     sink: NAME,
                     origin,
                     reason: format!("topic {} partition {}: {e}", self.topic, m.partition()),
-                    class: class_of(e),
+                    class: e.class(),
                 });
             }
         }
