@@ -802,3 +802,58 @@ impl eventbus_runtime::Sink<bytes::Bytes> for GateSink {
         Ok(())
     }
 }
+
+/// A built job running on the test's runtime until [`Running::stop`].
+pub struct Running {
+    pub stats: Arc<eventbus_runtime::JobStats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<
+        Result<eventbus_runtime::JobReport, eventbus_runtime::RuntimeError>,
+    >,
+}
+
+impl Running {
+    /// Spawns `job`; it runs until stopped, its source ends, or it fails.
+    pub fn start<S, Op, K>(job: eventbus_runtime::RunnableJob<S, Op, K>) -> Self
+    where
+        S: eventbus_runtime::Source,
+        Op: eventbus_runtime::Operator<S::Item>,
+        K: eventbus_runtime::Sink<Op::Out>,
+    {
+        let stats = job.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(job.run(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            stats,
+            stop,
+            handle,
+        }
+    }
+
+    /// Waits until the job has committed `n` records in all (offsets summed over
+    /// partitions), failing the test after `timeout`.
+    pub async fn wait_committed(&self, n: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.stats.committed().values().sum::<i64>() < n {
+            assert!(
+                Instant::now() < deadline,
+                "committed {:?} of {n} records within {timeout:?} ({} consumed)",
+                self.stats.committed(),
+                self.stats.consumed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the job as a signal would, and returns its report; a failed job fails the
+    /// test.
+    pub async fn stop(self) -> eventbus_runtime::JobReport {
+        let _ = self.stop.send(());
+        self.handle
+            .await
+            .expect("join the job")
+            .expect("the job stops cleanly")
+    }
+}

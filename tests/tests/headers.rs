@@ -3,7 +3,7 @@
 //! sink's output and the dead letter byte for byte.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use eventbus_dlq::{DlqConfig, KafkaDeadLetters};
@@ -14,7 +14,7 @@ use eventbus_runtime::{
     ErrorClass, Headers, Job, KafkaProperties, KafkaSource, ProcessError, SourceConfig,
 };
 use eventbus_tests::dlq::Invalid;
-use eventbus_tests::unique;
+use eventbus_tests::{Running, unique};
 use rdkafka::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -80,25 +80,9 @@ async fn a_header_key_that_is_not_utf8_is_processed_and_kept_byte_for_byte() {
         .sink(sink)
         .build()
         .expect("job");
-    let stats = job.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(job.run(async move {
-        let _ = stop_rx.await;
-    }));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stats.committed().values().sum::<i64>() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "not committed: {:?}",
-            stats.report()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(());
-    let report = handle
-        .await
-        .expect("join")
-        .expect("the job runs and stops cleanly");
+    let running = Running::start(job);
+    running.wait_committed(3, Duration::from_secs(60)).await;
+    let report = running.stop().await;
     assert_eq!((report.consumed, report.delivered), (3, 3), "{report:?}");
 
     let expected: Vec<(Vec<u8>, Option<Vec<u8>>)> = raw_headers()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use eventbus_jobs::topic_io;
 use eventbus_runtime::{Job, KafkaProperties, KafkaSource, RuntimeConfig, SourceConfig};
-use eventbus_tests::{GateSink, unique};
+use eventbus_tests::{GateSink, Running, unique};
 use rdkafka::mocking::MockCluster;
 
 const MIB: u64 = 1 << 20;
@@ -62,12 +62,9 @@ async fn a_backlog_of_large_messages_keeps_resident_memory_under_the_byte_bound(
         .sink(sink.clone())
         .build()
         .expect("job");
-    let stats = job.stats();
     let before = rss();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(job.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let running = Running::start(job);
+    let stats = running.stats.clone();
 
     // Wait until intake stops: nothing new for two seconds.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -117,17 +114,8 @@ async fn a_backlog_of_large_messages_keeps_resident_memory_under_the_byte_bound(
         .expect("ends")
         .values()
         .sum();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stats.committed().values().sum::<i64>() < ends {
-        assert!(
-            Instant::now() < deadline,
-            "committed {:?}",
-            stats.committed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = stop_tx.send(());
-    let report = handle.await.expect("join").expect("job");
+    running.wait_committed(ends, Duration::from_secs(120)).await;
+    let report = running.stop().await;
     assert_eq!(report.committed_total(), ends);
     assert_eq!(report.delivered, backlog);
 }

@@ -10,7 +10,9 @@ use eventbus_runtime::{
 };
 use eventbus_runtime::{Job, memory::CollectSink};
 use eventbus_tests::warehouse_scenarios::{assert_committed_to_end, run_batch, warehouse_file};
-use eventbus_tests::{GateSink, duplicates, mirror_end_to_end, mirrored_offsets, missing, unique};
+use eventbus_tests::{
+    GateSink, Running, duplicates, mirror_end_to_end, mirrored_offsets, missing, unique,
+};
 use rdkafka::mocking::MockCluster;
 
 fn mirror_file(brokers: &str, group: &str, input: &str, output: &str) -> JobFile {
@@ -140,11 +142,8 @@ async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
         .sink(sink.clone())
         .build()
         .expect("job");
-    let stats = job.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(job.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let running = Running::start(job);
+    let stats = running.stats.clone();
 
     // With the sink stalled, intake stops near the bound: at most one poll batch (capped
     // at the per-partition bound) past it, whatever the backlog of 60k.
@@ -168,13 +167,8 @@ async fn a_stalled_sink_pauses_the_partitions_and_memory_stays_bounded() {
         .expect("ends")
         .values()
         .sum();
-    while stats.committed().values().sum::<i64>() < ends
-        && Instant::now() < deadline + Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(());
-    let report = handle.await.expect("join").expect("job");
+    running.wait_committed(ends, Duration::from_secs(60)).await;
+    let report = running.stop().await;
     assert_eq!(report.delivered, n);
     assert_eq!(report.committed_total(), ends);
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use eventbus_jobs::topic_io;
 use eventbus_runtime::{Job, KafkaProperties, KafkaSource, RuntimeConfig, SourceConfig};
-use eventbus_tests::{GateSink, unique};
+use eventbus_tests::{GateSink, Running, unique};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -47,11 +47,8 @@ async fn a_partition_paused_by_backpressure_flows_again_after_it_comes_back() {
         .sink(sink.clone())
         .build()
         .expect("job");
-    let stats = job.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(job.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let running = Running::start(job);
+    let stats = running.stats.clone();
 
     // The sink holds every ack: both partitions fill to their bound and are paused.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -104,18 +101,8 @@ async fn a_partition_paused_by_backpressure_flows_again_after_it_comes_back() {
 
     // The sink answers again: every record of both partitions must be done and committed.
     sink.open();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while stats.committed().values().sum::<i64>() < ends {
-        assert!(
-            Instant::now() < deadline,
-            "a partition never flowed again: committed {:?} of {ends} records ({} consumed)",
-            stats.committed(),
-            stats.consumed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = stop_tx.send(());
-    let report = handle.await.expect("join").expect("job");
+    running.wait_committed(ends, Duration::from_secs(90)).await;
+    let report = running.stop().await;
     assert_eq!(report.committed_total(), ends);
     assert!(report.delivered >= n, "{report:?}");
 }
