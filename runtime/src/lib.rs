@@ -10,6 +10,26 @@
 //! so nothing is committed past a record that is still in flight or failed. In-flight
 //! records are bounded per partition and per job by pausing partitions at the consumer.
 //!
+//! ## Modules
+//!
+//! The record path runs forward (source → executor → operator → sink → tracker →
+//! commit), and no module imports a module that imports it back. An arrow reads
+//! "imports":
+//!
+//! ```text
+//! job ──► executor::{task ─► dispatch ─► partition ─► state}, source, operator, sink
+//! kafka ─► source ─► executor::dispatch
+//! memory ─► source, sink
+//! executor::task ─► dead_letter ─► sink ─► record, error
+//! executor::partition ─► sink (Settle, the trait acks settle through), tracker
+//! ```
+//!
+//! `record`, `error`, `config`, `tracker` and `telemetry` import nothing of the crate but
+//! each other's leaves. Callbacks the other way are traits passed down: a sink's
+//! [`Ack`] settles through `sink::Settle`, which the executor's partition state
+//! implements; a record failing at the sink reaches the dead-letter queue through the
+//! partition's failure hook, which the executor installs.
+//!
 //! ```no_run
 //! use eventbus_runtime::{Job, KafkaProperties, KafkaSource, SourceConfig};
 //! use eventbus_runtime::memory::CollectSink;

@@ -1,6 +1,6 @@
 //! Sinks: where records leave a job, and the acknowledgement that makes them done.
 //!
-//! An [`Ack`] settles its record in the partition it came from through [`Settle`], the
+//! An [`Ack`] settles its record in the partition it came from through `Settle`, the
 //! executor's partition state as a sink sees it: this module imports nothing of the
 //! executor, which passes that trait down.
 
