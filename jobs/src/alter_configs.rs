@@ -25,8 +25,8 @@ use rdkafka::client::Client;
 /// answer: `Ok` or the error it gave.
 ///
 /// # Errors
-/// A name or value holds a NUL byte, librdkafka refuses a config entry, or no answer
-/// comes within `timeout`.
+/// A name or value holds a NUL byte, librdkafka refuses a topic name (an empty one) or a
+/// config entry, or no answer comes within `timeout`.
 pub(crate) fn set_topic_configs<C: ClientContext>(
     client: &Client<C>,
     changes: &[(String, Vec<(String, String)>)],
@@ -65,6 +65,15 @@ pub(crate) fn set_topic_configs<C: ClientContext>(
                 rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
                 name.as_ptr(),
             );
+            // librdkafka answers NULL for a name it refuses (an empty one): adding
+            // configs to it, or sending it, would dereference that NULL.
+            if res.is_null() {
+                cleanup(&mut resources);
+                bail!(
+                    "librdkafka refused the topic name {:?} for IncrementalAlterConfigs",
+                    name.to_string_lossy()
+                );
+            }
             resources.push(res);
             for (k, v) in kvs {
                 let err = rd::rd_kafka_ConfigResource_add_incremental_config(
@@ -179,5 +188,29 @@ unsafe fn copy_str(ptr: *const c_char) -> String {
         unsafe { CStr::from_ptr(ptr) }
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::AdminClient;
+    use rdkafka::client::DefaultClientContext;
+
+    #[test]
+    fn an_empty_topic_name_is_an_error_not_a_null_dereference() {
+        // No broker is needed: the name is refused before anything is sent.
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create()
+            .expect("admin client");
+        let changes = vec![(
+            String::new(),
+            vec![("retention.ms".to_owned(), "1".to_owned())],
+        )];
+        let err = set_topic_configs(admin.inner(), &changes, Duration::from_secs(1))
+            .expect_err("an empty name is refused");
+        assert!(err.to_string().contains("refused the topic name"), "{err}");
     }
 }

@@ -227,12 +227,16 @@ impl Sink<Bytes> for ProcessorSink {
             self.produce(&parked, &record, &record.headers, ack).await;
             return Ok(());
         }
-        // Cool-off: counted from the first failure.
+        // Cool-off: counted from the first failure. A first failure in the future (a
+        // skewed clock, or garbage) counts as now: it must not hold the DLQ partition
+        // for longer than one cool-off.
+        let now = eventbus_runtime::dead_letter::now_ms();
         let due = context
             .first_failure_ms
             .unwrap_or(0)
+            .min(now)
             .saturating_add(i64::try_from(self.config.cool_off_ms).unwrap_or(i64::MAX));
-        let wait = due.saturating_sub(eventbus_runtime::dead_letter::now_ms());
+        let wait = due.saturating_sub(now);
         if wait > 0 {
             ack.hold_partition(true);
             tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
@@ -352,5 +356,34 @@ mod tests {
             "a 50 ms timer fired after {fired_after:?}: the full queue blocked the runtime"
         );
         assert_eq!(sink.counts().lock().expect("counts").len(), 1);
+    }
+
+    /// A letter whose first failure lies a year ahead waits one cool-off, not a year.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_first_failure_in_the_future_waits_one_cool_off_at_most() {
+        let mut kafka = KafkaProperties::new();
+        kafka.set("bootstrap.servers", "127.0.0.1:1");
+        let config = ProcessorConfig {
+            cool_off_ms: 2_000,
+            ..ProcessorConfig::default()
+        };
+        let sink = ProcessorSink::new(&kafka, config, "test".to_owned()).expect("sink");
+        let ahead = eventbus_runtime::dead_letter::now_ms() + 365 * 24 * 3_600_000;
+        let mut letter = Record::new("t.dlq", 0, 0, Bytes::from_static(b"v"));
+        letter
+            .headers
+            .push(eventbus_dlq::envelope::CLASS, Some("transient"));
+        letter.headers.push(
+            eventbus_dlq::envelope::FIRST_FAILURE,
+            Some(Bytes::from(ahead.to_string())),
+        );
+        let (ack, _outcome) = Ack::channel(letter.origin());
+        let start = tokio::time::Instant::now();
+        sink.send(letter, ack).await.expect("send");
+        let waited = start.elapsed();
+        assert!(
+            waited <= Duration::from_millis(2_000),
+            "the letter waited {waited:?} (paused time)"
+        );
     }
 }

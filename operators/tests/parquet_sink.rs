@@ -529,6 +529,13 @@ async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() 
         .collect();
     assert_eq!(ranges, vec![(0, 9), (10, 14)]);
     assert_ne!(entries[0].writer, entries[1].writer);
+    // Writer ids carry the process id and randomness: here both writers share a
+    // process, and still differ.
+    let pid = format!("{:x}-", std::process::id());
+    for e in &entries {
+        assert!(e.writer.starts_with(&pid), "{}", e.writer);
+        assert!(e.writer.len() >= pid.len() + 16, "{}", e.writer);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

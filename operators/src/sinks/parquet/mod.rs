@@ -382,14 +382,10 @@ impl ParquetSink {
             arrow_schema_of(*id, &json).map_err(flush_error)?;
             schemas.push((*id, json));
         }
-        let writer = format!(
-            "{:08x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32))
-                .unwrap_or(0)
-                & 0xffff_ffff
-        );
+        // The process id tells writers on one host apart, and 64 random bits writers
+        // on different hosts (or a restarted process that got the same id): two
+        // writers of one partition must never stage under the same name.
+        let writer = format!("{:x}-{:016x}", std::process::id(), rand::random::<u64>());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
