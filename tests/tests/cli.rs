@@ -327,4 +327,5 @@ fn bench_measures_the_warehouse_job_against_the_bare_consumer() {
         "encode_cpu_s_per_million in {v}"
     );
     assert!(v.get("encode_floor_ratio").is_some(), "{v}");
+    assert!(v.get("cpu_over_floor").is_some(), "{v}");
 }
