@@ -35,7 +35,7 @@ use crate::{progress, topic_io};
 const TOPIC: &str = "bench.records.v1";
 
 /// The job measured against the bare consumer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchJob {
     /// Opaque values into a sink that acknowledges at once.
@@ -467,4 +467,27 @@ async fn warehouse(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::R
         );
     }
     Ok(n as f64 / end.duration_since(first).as_secs_f64().max(1e-9))
+}
+
+/// `eventbus bench`: runs the measurement and prints it (or JSON).
+///
+/// # Errors
+/// The broker cannot be used, or a side fails to read every record.
+pub async fn command(args: crate::cli::BenchArgs) -> anyhow::Result<()> {
+    let opts = BenchOptions {
+        job: args.job,
+        brokers: args.brokers,
+        messages: args.messages,
+        partitions: args.partitions,
+        value_size: args.value_size,
+        rounds: args.rounds.max(1),
+        quiet: args.json,
+    };
+    let r = run(&opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", render(&r, &opts));
+    }
+    Ok(())
 }

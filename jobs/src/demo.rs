@@ -386,3 +386,47 @@ impl DemoSummary {
         )
     }
 }
+
+/// `eventbus demo`: runs the demo and prints its summary (or JSON).
+///
+/// # Errors
+/// Bad arguments, a stage that fails, or a summary that shows a lost record.
+pub async fn command(args: crate::cli::DemoArgs) -> anyhow::Result<()> {
+    if args.messages == 0 || args.partitions < 1 {
+        anyhow::bail!("--messages and --partitions must be at least 1");
+    }
+    let opts = DemoOptions {
+        messages: args.messages,
+        partitions: args.partitions,
+        quiet: args.json,
+        warehouse_root: Some(args.warehouse_root),
+        dead_letter_records: args.dead_letters,
+        ..DemoOptions::default()
+    };
+    let summary = run(&opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.render(args.partitions));
+    }
+    if summary.lost > 0 {
+        anyhow::bail!("{} records were lost", summary.lost);
+    }
+    if let Some(d) = &summary.dead_letters
+        && d.delivered != d.good + d.fixed
+    {
+        anyhow::bail!(
+            "the dead-letter stage delivered {} of {} good and fixed records",
+            d.delivered,
+            d.good + d.fixed
+        );
+    }
+    if summary.warehouse_table.is_some() && summary.warehouse_rows != summary.vehicle_states {
+        anyhow::bail!(
+            "the warehouse table holds {} rows for {} vehicle states",
+            summary.warehouse_rows,
+            summary.vehicle_states
+        );
+    }
+    Ok(())
+}

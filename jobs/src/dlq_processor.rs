@@ -317,6 +317,67 @@ pub fn render(counts: &BTreeMap<(String, String), Counts>) -> String {
     out
 }
 
+/// The processor's consumer group when the job file has no `[source]`.
+pub const DEFAULT_GROUP: &str = "eventbus-dlq-processor";
+
+/// `eventbus run dlq-processor`: the job from `file` (without a `[source]`, the DLQ
+/// topics of every catalog topic in [`DEFAULT_GROUP`]) until a signal; logs the counts
+/// on the report interval and prints them at the end.
+///
+/// # Errors
+/// The job cannot start, or stops with an error.
+pub async fn command(
+    mut file: JobFile,
+    overrides: &crate::config::Overrides,
+    args: crate::cli::RunArgs,
+) -> anyhow::Result<()> {
+    if file.source.is_none() {
+        let topics = if args.topics.is_empty() {
+            let catalog = crate::load_catalog(None)?;
+            catalog.topics.iter().map(|t| t.dlq_topic()).collect()
+        } else {
+            args.topics.clone()
+        };
+        file.source = Some(eventbus_runtime::SourceConfig::new(DEFAULT_GROUP, topics));
+        file.apply(std::env::vars(), overrides);
+    } else if !args.topics.is_empty()
+        && let Some(src) = &mut file.source
+    {
+        src.topics = args.topics.clone();
+    }
+    let processor = job(&file)?;
+    let counts = processor.counts.clone();
+    let interval = file
+        .dlq_processor
+        .as_ref()
+        .map_or(default_report(), |p| p.report_interval_ms);
+    let reporter = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(interval)).await;
+            let table = counts.lock().map(|c| c.clone()).unwrap_or_default();
+            for ((topic, category), c) in &table {
+                tracing::info!(
+                    %topic, %category, letters = c.letters,
+                    replayed = c.replayed, parked = c.parked, "dead letters"
+                );
+            }
+        }
+    });
+    let result = processor
+        .job
+        .run(eventbus_runtime::shutdown::signals())
+        .await;
+    reporter.abort();
+    let table = processor
+        .counts
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    print!("{}", render(&table));
+    result.map_err(|e| anyhow::Error::new(e).context("dlq-processor job stopped"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -428,6 +428,29 @@ fn emergency(rng: &mut SmallRng, i: u64) -> (String, Value) {
     (vehicle, value)
 }
 
+/// `eventbus generate`: produces the records and prints how many each partition got.
+///
+/// # Errors
+/// The catalog or the topic is missing, or the brokers refuse the records.
+pub async fn cli_command(args: crate::cli::GenerateArgs) -> anyhow::Result<()> {
+    let opts = GenerateOptions {
+        topic: args.topic.clone(),
+        count: args.count,
+        rate: args.rate,
+        seed: args.seed,
+        quiet: false,
+    };
+    let brokers = args.brokers;
+    let catalog = crate::catalog_file(args.catalog.catalog.as_deref());
+    let counts = tokio::task::spawn_blocking(move || run(&brokers, &catalog, &opts)).await??;
+    let total: u64 = counts.values().sum();
+    println!("produced {total} records to {}", args.topic);
+    for (p, n) in counts {
+        println!("  partition {p:>3}: {n}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

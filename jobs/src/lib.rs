@@ -8,6 +8,7 @@
 
 mod alter_configs;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod demo_dlq;

@@ -100,6 +100,24 @@ pub fn stamp_source(mut r: Record<Bytes>) -> Record<Bytes> {
     r
 }
 
+/// `eventbus run mirror`: the job from `file` until a signal.
+///
+/// # Errors
+/// The job cannot start, or stops with an error.
+pub async fn command(file: &JobFile) -> anyhow::Result<()> {
+    let report = job(file)?
+        .run(eventbus_runtime::shutdown::signals())
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("mirror job stopped"))?;
+    tracing::info!(
+        consumed = report.consumed,
+        delivered = report.delivered,
+        committed = report.committed_total(),
+        "mirror job finished"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

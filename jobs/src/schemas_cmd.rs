@@ -189,3 +189,31 @@ fn out(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout(), "{line}");
 }
+
+/// `eventbus schemas check|register`.
+///
+/// # Errors
+/// A schema breaks its compatibility mode (check), or the registry refuses one
+/// (register).
+pub async fn command(command: crate::cli::SchemasCommand) -> anyhow::Result<()> {
+    use crate::cli::SchemasCommand;
+    match command {
+        SchemasCommand::Check { against, dir } => run(&dir, &against),
+        SchemasCommand::Register { registry, dir } => {
+            // The same [registry] settings and environment as the jobs that decode.
+            let mut file = crate::config::JobFile::default();
+            file.apply(
+                std::env::vars(),
+                &crate::config::Overrides {
+                    registry: Some(registry),
+                    ..crate::config::Overrides::default()
+                },
+            );
+            let client = file
+                .registry
+                .http()?
+                .ok_or_else(|| anyhow::anyhow!("no schema registry URL"))?;
+            tokio::task::spawn_blocking(move || register(&dir, &client)).await?
+        }
+    }
+}

@@ -455,6 +455,43 @@ pub fn list(brokers: Option<&str>, catalog: &Catalog) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `eventbus topics list|plan|apply`.
+///
+/// # Errors
+/// The catalog cannot be read, the brokers do not answer, or apply is refused.
+pub async fn command(command: crate::cli::TopicsCommand) -> anyhow::Result<()> {
+    use crate::cli::TopicsCommand;
+    match command {
+        TopicsCommand::List { brokers, catalog } => list(brokers.as_deref(), &catalog.load()?),
+        TopicsCommand::Plan(a) => {
+            let changes = plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
+            print_plan(&changes);
+            Ok(())
+        }
+        TopicsCommand::Apply(a) => {
+            let changes = plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
+            print_plan(&changes);
+            apply(&a.brokers, &changes).await?;
+            if !changes.is_empty() {
+                println!("applied {} change(s)", changes.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_plan(changes: &[Change]) {
+    if changes.is_empty() {
+        println!("no changes: the cluster matches the catalog");
+    }
+    for c in changes {
+        println!("{c}");
+    }
+    if changes.iter().any(|c| c.is_refused()) {
+        println!("apply would refuse the changes marked !, and change nothing");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

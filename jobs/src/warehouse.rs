@@ -491,3 +491,42 @@ async fn caught_up(sink: ParquetSink, batch: Batch) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `eventbus run warehouse`: the job from `file` (the default group when it has no
+/// `[source]`) until a signal, or until caught up.
+///
+/// # Errors
+/// The job cannot start, or stops with an error.
+pub async fn command(
+    mut file: JobFile,
+    overrides: &crate::config::Overrides,
+    args: crate::cli::RunArgs,
+) -> anyhow::Result<()> {
+    // No [source]: the default group, then the same overrides as any job.
+    if file.source.is_none() {
+        file.source = Some(eventbus_runtime::SourceConfig::new(
+            DEFAULT_GROUP,
+            Vec::<String>::new(),
+        ));
+        file.apply(std::env::vars(), overrides);
+    }
+    let args = WarehouseArgs {
+        topics: args.topics,
+        table_root: args.table_root,
+        until_caught_up: args.until_caught_up,
+    };
+    let wh = tokio::task::block_in_place(|| job(&file, &args))?;
+    let root = wh.table_root.clone();
+    let report = wh
+        .run(eventbus_runtime::shutdown::signals())
+        .await
+        .context("warehouse job stopped")?;
+    tracing::info!(
+        consumed = report.consumed,
+        delivered = report.delivered,
+        committed = report.committed_total(),
+        table_root = root,
+        "warehouse job finished"
+    );
+    Ok(())
+}
