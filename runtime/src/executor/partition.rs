@@ -1,6 +1,7 @@
 //! The executor's view of one assigned partition: its tracker, its counters and its
 //! flow control. Acks reach it through [`Settle`].
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +29,60 @@ pub(crate) trait FailureHook: Send + Sync {
         original: Record<Bytes>,
         failure: SinkFailure,
     );
+}
+
+/// A partition's address and the settlements collected for it.
+type Collector = (usize, Vec<(i64, Resolution)>);
+
+thread_local! {
+    /// The settlements a partition task collects while it polls its sink on this
+    /// thread: the partition's address and the offsets settled so far. An ack settled
+    /// synchronously inside that poll lands here instead of taking the tracker's lock;
+    /// the task applies the whole batch under one lock. Acks settled anywhere else
+    /// (another thread, another partition's poll) go to the tracker as usual.
+    static COLLECTING: RefCell<Option<Collector>> = const { RefCell::new(None) };
+}
+
+/// What a partition task collected while polling: applied with [`PartitionState::apply`].
+#[derive(Debug, Default)]
+pub(crate) struct Collected(Vec<(i64, Resolution)>);
+
+impl Collected {
+    /// Runs `f` with this thread collecting `part`'s settlements into `self`.
+    pub(crate) fn during<R>(&mut self, part: &PartitionState, f: impl FnOnce() -> R) -> R {
+        /// Puts the thread back as it was, even when `f` panics: a collector left
+        /// behind would swallow the settlements of a later partition state.
+        struct Restore<'a> {
+            collected: &'a mut Collected,
+            outer: Option<Collector>,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let outer = self.outer.take();
+                let mine = COLLECTING.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+                if let Some((_, buffer)) = mine {
+                    self.collected.0 = buffer;
+                }
+            }
+        }
+        let addr = std::ptr::from_ref(part) as usize;
+        let buffer = std::mem::take(&mut self.0);
+        let outer = COLLECTING.with(|c| c.borrow_mut().replace((addr, buffer)));
+        let _restore = Restore {
+            collected: self,
+            outer,
+        };
+        f()
+    }
+
+    /// Collects a settlement made by the task itself.
+    pub(crate) fn push(&mut self, offset: i64, how: Resolution) {
+        self.0.push((offset, how));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Shared state of one partition between the source, its task and the sink's acks.
@@ -151,6 +206,32 @@ impl PartitionState {
         self.resolve_many(&[offset], how);
     }
 
+    /// Applies what the task collected, one lock per kind of settlement.
+    pub(crate) fn apply(&self, collected: &mut Collected) {
+        if collected.is_empty() {
+            return;
+        }
+        let mut offsets = Vec::with_capacity(collected.0.len());
+        for how in [
+            Resolution::Delivered,
+            Resolution::Filtered,
+            Resolution::Failed,
+        ] {
+            offsets.clear();
+            offsets.extend(
+                collected
+                    .0
+                    .iter()
+                    .filter(|(_, h)| *h == how)
+                    .map(|(o, _)| *o),
+            );
+            if !offsets.is_empty() {
+                self.resolve_many(&offsets, how);
+            }
+        }
+        collected.0.clear();
+    }
+
     pub(crate) fn committable(&self) -> Option<i64> {
         self.tracker().offsets.committable()
     }
@@ -234,7 +315,17 @@ impl Settle for PartitionState {
     }
 
     fn settle(&self, offsets: &[i64], how: Resolution) {
-        self.resolve_many(offsets, how);
+        let addr = std::ptr::from_ref(self) as usize;
+        let collected = COLLECTING.with(|c| match &mut *c.borrow_mut() {
+            Some((mine, buffer)) if *mine == addr => {
+                buffer.extend(offsets.iter().map(|&o| (o, how)));
+                true
+            }
+            _ => false,
+        });
+        if !collected {
+            self.resolve_many(offsets, how);
+        }
     }
 
     fn fail_job(&self, error: RuntimeError) {
@@ -383,6 +474,37 @@ mod tests {
         drop(dropped);
         assert_eq!((c.committable(), c.pending()), (None, 1));
         assert!(other.has_failed(), "a dropped unsettled ack stops the job");
+    }
+
+    #[test]
+    fn acks_settled_inside_a_collecting_poll_apply_with_the_batch() {
+        let stats = Arc::new(JobStats::default());
+        let job = Arc::new(JobShared::new("test".to_owned(), stats.clone()));
+        let a = partition(&job, 0, 0..4);
+        let b = partition(&job, 1, 0..1);
+        let mut collected = Collected::default();
+        collected.during(&a, || {
+            ack(&a, 0).done();
+            ack(&a, 1).done();
+            // Another partition's ack settles at once.
+            ack(&b, 0).done();
+        });
+        assert_eq!((a.committable(), b.committable()), (None, Some(1)));
+        // Outside the poll, the partition's own acks settle at once too.
+        ack(&a, 3).done();
+        assert_eq!(a.pending(), 3);
+        a.apply(&mut collected);
+        assert_eq!((a.committable(), a.pending()), (Some(2), 1));
+        assert_eq!(stats.delivered(), 4);
+
+        // A panic inside the poll leaves no collector behind on the thread.
+        let mut again = Collected::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            again.during(&a, || panic!("a sink bug"));
+        }));
+        assert!(panicked.is_err());
+        ack(&a, 2).done();
+        assert_eq!(a.committable(), Some(4));
     }
 
     #[test]

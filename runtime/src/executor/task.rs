@@ -1,7 +1,10 @@
 //! Partition tasks: each assigned partition's records, in order, through the operator
 //! chain into the sink; and where records that fail go.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -9,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::dispatch::{BoxFuture, Pipeline};
-use super::partition::{FailureHook, PartitionState};
+use super::partition::{Collected, FailureHook, PartitionState};
 use crate::dead_letter::{DeadLetter, DeadLetterQueue, Letters, now_ms, sink_failure};
 use crate::error::{Classify, ErrorClass, RuntimeError, SinkError};
 use crate::operator::{Operator, Outcome};
@@ -66,6 +69,7 @@ async fn run_partition<T, Op, K>(
     Op: Operator<T>,
     K: Sink<Op::Out>,
 {
+    let mut collected = Collected::default();
     while let Some(batch) = rx.recv().await {
         for record in batch {
             let offset = record.offset;
@@ -80,11 +84,17 @@ async fn run_partition<T, Op, K>(
             match chain.op.apply(record) {
                 Outcome::Emit(out) => {
                     let ack = Ack::new(part.clone(), offset, original.map(Box::new));
-                    if let Err(e) = chain.sink.send(out, ack).await {
+                    let inner = std::pin::pin!(chain.sink.send(out, ack));
+                    let send = Collecting {
+                        part: &part,
+                        collected: &mut collected,
+                        inner,
+                    };
+                    if let Err(e) = send.await {
                         part.job().fail(e.into());
                     }
                 }
-                Outcome::Filtered => part.resolve(offset, Resolution::Filtered),
+                Outcome::Filtered => collected.push(offset, Resolution::Filtered),
                 Outcome::Failed { origin, error } => match (&chain.letters, original) {
                     (Some(letters), Some(record)) if error.class() != ErrorClass::Fatal => {
                         let letter = DeadLetter {
@@ -112,6 +122,26 @@ async fn run_partition<T, Op, K>(
                 },
             }
         }
+        // The batch's settlements, under one lock.
+        part.apply(&mut collected);
+    }
+}
+
+/// Polls a sink's `send` with this thread collecting the partition's settlements, so
+/// acks the sink settles right away cost no lock of their own.
+struct Collecting<'a, F> {
+    part: &'a PartitionState,
+    collected: &'a mut Collected,
+    inner: Pin<&'a mut F>,
+}
+
+impl<F: Future> Future for Collecting<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let inner = &mut this.inner;
+        this.collected.during(this.part, || inner.as_mut().poll(cx))
     }
 }
 
