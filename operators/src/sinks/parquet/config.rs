@@ -1,0 +1,74 @@
+//! The sink's settings: where the table lives, when files roll, and how schemas are
+//! looked up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Looks a writer schema up by its registry id: the Avro schema JSON, `Ok(None)` when the
+/// registry has no such id, `Err` when it could not answer.
+pub type SchemaLookup = Arc<dyn Fn(u32) -> Result<Option<String>, String> + Send + Sync>;
+
+/// Where and how the sink writes.
+#[derive(Debug, Clone)]
+pub struct ParquetSinkConfig {
+    /// Table root: a local path or `file:///path` (the default store), or
+    /// `s3://bucket/prefix`.
+    pub table_root: String,
+    /// Roll a partition's file at this many rows. Default 500,000. Keep it at or below
+    /// the runtime's `max_in_flight_per_partition`: rows wait unacknowledged in the
+    /// buffer, and a partition paused for being full would otherwise wait for the
+    /// maximum age.
+    pub roll_rows: usize,
+    /// Publish every partition once all of them together hold this many rows. Default
+    /// 1,000,000. Keep it below the runtime's `max_in_flight`, for the same reason.
+    pub max_buffered_rows: usize,
+    /// Roll at this many bytes of encoded input. Default 128 MiB.
+    pub roll_bytes: usize,
+    /// Publish whatever a partition holds once its oldest row is this old, even when no
+    /// new record arrives. Default 60 s.
+    pub max_age: Duration,
+    /// Rows per Parquet row group. Default 128 Ki.
+    pub row_group_rows: usize,
+    /// zstd level. Default 1.
+    pub zstd_level: i32,
+    /// Per topic, the field giving each row's event time (a timestamp or a long of
+    /// milliseconds) for the `dt=/hour=` folders; topics not listed use the Kafka
+    /// timestamp.
+    pub event_time_fields: HashMap<String, String>,
+    /// S3 settings for `s3://` roots.
+    pub s3: S3Config,
+}
+
+impl ParquetSinkConfig {
+    /// Defaults for a table root.
+    pub fn new(table_root: impl Into<String>) -> Self {
+        Self {
+            table_root: table_root.into(),
+            roll_rows: 500_000,
+            max_buffered_rows: 1_000_000,
+            roll_bytes: 128 << 20,
+            max_age: Duration::from_secs(60),
+            row_group_rows: 128 * 1024,
+            zstd_level: 1,
+            event_time_fields: HashMap::new(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// S3 settings. Unset values come from the usual AWS environment variables
+/// (`AWS_ENDPOINT_URL` or `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, ...). An `http://` endpoint is allowed without TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000` for a local server.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+}

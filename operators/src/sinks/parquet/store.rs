@@ -1,0 +1,124 @@
+//! Object-store access: opening the table root, and store errors worded for the
+//! operator.
+
+use std::sync::Arc;
+
+use eventbus_runtime::SinkError;
+use object_store::ObjectStore;
+use object_store::path::Path;
+
+use super::{S3Config, flush_error};
+
+/// Opens the object store a table root names, and the path of the root inside it.
+///
+/// # Errors
+/// The URL is not a path, `file://` or `s3://` URL, or the store cannot be built.
+pub fn open_store(
+    table_root: &str,
+    s3: &S3Config,
+) -> Result<(Arc<dyn ObjectStore>, Path), SinkError> {
+    let bad = |reason: String| flush_error(format!("table root {table_root:?}: {reason}"));
+    if let Some(rest) = table_root.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket in the s3:// URL".into()));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(e) = &s3.endpoint {
+            b = b.with_endpoint(e);
+        }
+        // The endpoint as the builder resolved it: from the config, `AWS_ENDPOINT_URL`
+        // or `AWS_ENDPOINT`. A plain-http endpoint is a local or private server.
+        let endpoint = b
+            .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
+            .unwrap_or_default();
+        if endpoint.starts_with("http://") {
+            b = b.with_allow_http(true);
+        }
+        if let Some(r) = &s3.region {
+            b = b.with_region(r);
+        }
+        if let Some(k) = &s3.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &s3.secret_access_key {
+            b = b.with_secret_access_key(k);
+        }
+        let store = b.build().map_err(|e| bad(e.to_string()))?;
+        return Ok((Arc::new(store), Path::from(prefix)));
+    }
+    let dir = table_root.strip_prefix("file://").unwrap_or(table_root);
+    if dir.contains("://") {
+        return Err(bad(
+            "only local paths, file:// and s3:// are supported".into()
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((Arc::new(store), Path::default()))
+}
+
+pub(super) fn store_error(e: object_store::Error) -> SinkError {
+    flush_error(describe_store_error(&e.to_string()))
+}
+
+/// An object store error as an operator should read it: the store's own text, led by
+/// what it means when that is one of the usual set-up mistakes.
+pub(super) fn describe_store_error(text: &str) -> String {
+    // S3 error bodies come on lines of their own; one error, one line.
+    let text = &text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let hint = if text.contains("NoSuchBucket") {
+        Some("the bucket does not exist")
+    } else if text.contains("169.254.169.254") {
+        // object_store falls back to the EC2 instance metadata service when no
+        // credentials are configured; off EC2 that fails with an unrelated-looking URL.
+        Some(
+            "no S3 credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             or access_key_id and secret_access_key in [warehouse.s3]), so the EC2 instance \
+             metadata service was asked and did not answer",
+        )
+    } else if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
+        Some("the S3 credentials were refused")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("object store: {h}: {text}"),
+        None => format!("object store: {text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_lead_with_the_set_up_mistake_they_mean() {
+        let missing = describe_store_error(
+            "Generic S3 error: ... 404 Not Found: <Error><Code>NoSuchBucket</Code><BucketName>b1</BucketName></Error>",
+        );
+        assert!(
+            missing.starts_with("object store: the bucket does not exist: "),
+            "{missing}"
+        );
+        assert!(
+            missing.contains("b1"),
+            "the store's own text stays: {missing}"
+        );
+        let no_creds = describe_store_error(
+            "Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token: 403",
+        );
+        assert!(
+            no_creds.contains("no S3 credentials were found"),
+            "{no_creds}"
+        );
+        assert!(no_creds.contains("AWS_ACCESS_KEY_ID"), "{no_creds}");
+        let refused = describe_store_error("... <Code>InvalidAccessKeyId</Code> ...");
+        assert!(refused.contains("credentials were refused"), "{refused}");
+        assert_eq!(
+            describe_store_error("timed out:\n<Error/>"),
+            "object store: timed out: <Error/>"
+        );
+    }
+}
