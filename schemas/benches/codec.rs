@@ -1,6 +1,6 @@
 //! VehicleState through the wire format: records/s of decode (to a generic value and to
-//! the typed struct, generic and hand-written) and of encode, one core. Goal: at least
-//! 1M decodes/s.
+//! the typed struct, generic and hand-written), of the body check, and of encode, one
+//! core. Goal: at least 1M decodes/s.
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -48,6 +48,15 @@ fn codec(c: &mut Criterion) {
         b.iter(|| {
             for f in &frames {
                 black_box(fast.decode(black_box(f), None).unwrap());
+            }
+        })
+    });
+    // The check the warehouse runs before arrow-avro sees a body.
+    let check = eventbus_schemas::validate::BodyCheck::of(&schema).expect("compiles");
+    g.bench_function("body_check", |b| {
+        b.iter(|| {
+            for f in &frames {
+                check.check(black_box(&f[5..])).unwrap();
             }
         })
     });

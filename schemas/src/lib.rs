@@ -44,6 +44,7 @@ pub mod fleet;
 pub mod http;
 pub mod json;
 pub mod registry;
+pub mod validate;
 pub mod wire;
 
 pub use catalog::{Catalog, Compatibility, TopicSpec};

@@ -196,3 +196,208 @@ async fn batch_mode_commits_to_the_end_even_when_the_table_is_ahead() {
     )
     .await;
 }
+
+/// The values a producer in another language might send that arrow-avro, on its own,
+/// would take and then fail a whole file on at flush, or read into the next record:
+/// one test per known cause. Each loads a topic where every 25th record is bad, with
+/// one warehouse run to the end, and checks that every good record is in the table
+/// exactly once, every bad one in the DLQ with a reason, and that the run exits 0.
+mod malformed {
+    use super::*;
+    use eventbus_schemas::events::VehicleStatus;
+    use eventbus_tests::dlq::read_letters;
+
+    /// A good framed value, and the index of its `status` enum in it.
+    struct Good {
+        bytes: Vec<u8>,
+        status_at: usize,
+    }
+
+    fn good_values(n: usize) -> Vec<Good> {
+        let (id, schema) = eventbus_tests::vehicle_state_schema();
+        eventbus_schemas::fleet::FleetGenerator::new(20, 3)
+            .take(n)
+            .map(|mut event| {
+                event.status = VehicleStatus::Driving;
+                let driving = eventbus_schemas::encode(id, &schema, &event).expect("encode");
+                event.status = VehicleStatus::Idle;
+                let idle = eventbus_schemas::encode(id, &schema, &event).expect("encode");
+                let differ: Vec<usize> = (0..driving.len())
+                    .filter(|&i| driving[i] != idle[i])
+                    .collect();
+                assert_eq!(differ.len(), 1, "one byte holds the status");
+                Good {
+                    bytes: driving,
+                    status_at: differ[0],
+                }
+            })
+            .collect()
+    }
+
+    async fn bad_records_go_to_the_dlq_and_the_rest_loads_once(
+        cause: &'static str,
+        bad: fn(&Good, &Good, usize) -> Vec<u8>,
+    ) {
+        let brokers = shared_brokers();
+        let topic = unique(&format!("wh-{cause}"));
+        let dlq = format!("{topic}.dlq");
+        topic_io::create_topics(&brokers, &[(&topic, 2), (&dlq, 1)])
+            .await
+            .expect("create topics");
+        let goods = good_values(1_000);
+        let mut records = Vec::new();
+        let mut bad_keys = std::collections::BTreeSet::new();
+        for (i, g) in goods.iter().enumerate() {
+            let key = format!("k{i}");
+            if i % 25 == 24 {
+                records.push((key.clone(), bad(g, &goods[i - 1], i / 25)));
+                bad_keys.insert(key);
+            } else {
+                records.push((key, g.bytes.clone()));
+            }
+        }
+        let produced = eventbus_tests::produce_and_read_back(&brokers, &topic, records, READ).await;
+        let mut bad_at = std::collections::BTreeMap::new();
+        let mut good_at = std::collections::BTreeSet::new();
+        for m in &produced {
+            use rdkafka::Message;
+            let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
+            if bad_keys.contains(&key) {
+                bad_at.insert((m.partition(), m.offset()), key);
+            } else {
+                good_at.insert((m.partition(), m.offset()));
+            }
+        }
+        assert_eq!(bad_at.len(), 40);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("tables");
+        let cfg = dir.path().join("job.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[kafka]
+"bootstrap.servers" = "{brokers}"
+"session.timeout.ms" = "6000"
+[source]
+group_id = "{}"
+topics = ["{topic}"]
+commit_interval_ms = 200
+[warehouse]
+table_root = "{}"
+roll_rows = 400
+max_age_ms = 500
+"#,
+                unique("g"),
+                root.display()
+            ),
+        )
+        .expect("write config");
+        let logs = dir.path().to_owned();
+        // Exits 0 with --until-caught-up, or the helper fails the test.
+        tokio::task::spawn_blocking(move || JobProcess::finish_warehouse(&cfg, &logs, cause))
+            .await
+            .expect("join");
+
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+        let rows = read_table(&store, &StorePath::from(topic.as_str())).await;
+        assert_eq!(
+            table_duplicates(&rows),
+            (0, good_at.len()),
+            "{cause}: rows written twice or missing"
+        );
+        let written: std::collections::BTreeSet<_> =
+            rows.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(written, good_at, "{cause}: the table is every good record");
+
+        let letters = tokio::task::spawn_blocking(move || read_letters(&brokers, &dlq))
+            .await
+            .expect("join");
+        let mut quarantined = std::collections::BTreeSet::new();
+        for l in &letters {
+            let at = (
+                l.context.partition.expect("partition"),
+                l.context.offset.expect("offset"),
+            );
+            assert_eq!(
+                bad_at.get(&at),
+                Some(&l.key),
+                "{cause}: the letter for {at:?}"
+            );
+            let reason = l.context.message.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains("does not match schema id"),
+                "{cause}: the letter for {at:?} says why: {reason:?}"
+            );
+            quarantined.insert(at);
+        }
+        assert_eq!(
+            quarantined.len(),
+            bad_at.len(),
+            "{cause}: every bad record is in the DLQ"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_enum_index_out_of_range() {
+        bad_records_go_to_the_dlq_and_the_rest_loads_once("enum", |g, _, n| {
+            let mut v = g.bytes.clone();
+            // Zig-zag: 5 symbols, so 2 * 5 is index 5, the first out of range.
+            v[g.status_at] = [10, 62, 0x7e][n % 3];
+            v
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_framed_values_in_one_record() {
+        bad_records_go_to_the_dlq_and_the_rest_loads_once("concatenated", |g, prev, _| {
+            [g.bytes.as_slice(), prev.bytes.as_slice()].concat()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trailing_bytes() {
+        bad_records_go_to_the_dlq_and_the_rest_loads_once("trailing", |g, _, n| {
+            let tail: &[u8] = match n % 3 {
+                // Another frame's header, as if a second value had been cut off.
+                0 => &g.bytes[..5],
+                1 => &[0],
+                _ => &[0xde, 0xad],
+            };
+            [g.bytes.as_slice(), tail].concat()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_value_cut_short() {
+        bad_records_go_to_the_dlq_and_the_rest_loads_once("cut", |g, _, n| {
+            // The header alone, one byte of body, or all but the last byte.
+            let keep = [5, 6, g.bytes.len() - 1][n % 3];
+            g.bytes[..keep].to_vec()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_foreign_bytes() {
+        bad_records_go_to_the_dlq_and_the_rest_loads_once("foreign", |g, _, n| {
+            let mut v = g.bytes.clone();
+            match n % 3 {
+                // The uuid event_id's first character, then vehicle_id's: not UTF-8.
+                0 => v[6] = 0xff,
+                1 => v[6 + 36 + 1] = 0xc3,
+                // The status byte as a 10-byte varint: a number longer than 64 bits.
+                _ => {
+                    let at = g.status_at;
+                    v.splice(at..=at, [0xff; 10]);
+                }
+            }
+            v
+        })
+        .await;
+    }
+}

@@ -8,9 +8,10 @@ use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use bytes::Bytes;
 use eventbus_runtime::SinkError;
+use eventbus_schemas::wire;
 
 use super::encode::{self, FileFormat, RowMeta};
-use super::{ParquetSink, PartBuf, flush_error, lock};
+use super::{BodyCheck, ParquetSink, PartBuf, flush_error, lock};
 
 /// The Arrow schema rows of `avro_schema_json` get, before the Kafka columns. Fails,
 /// naming the schema, when a construct cannot be mapped.
@@ -62,12 +63,12 @@ pub fn wire_to_parquet(
         Some(id),
         records.len() + 1,
     )?;
+    let check = BodyCheck::new(avro_schema_json)?;
     let mut meta = RowMeta::default();
     for (i, r) in records.iter().enumerate() {
-        let n = decoder.decode(r).map_err(|e| format!("record {i}: {e}"))?;
-        if n != r.len() {
-            return Err(format!("record {i}: {} of {} bytes read", n, r.len()));
-        }
+        wire::split(r, None).map_err(|e| format!("record {i}: {e}"))?;
+        decode_one(&mut decoder, &check, id, r)
+            .map_err(|e| format!("record {i}: {}", e.into_reason()))?;
         meta.offsets.push(i as i64);
         meta.kafka_ts.push(None);
     }
@@ -83,6 +84,51 @@ pub fn wire_to_parquet(
             zstd_level,
         },
     )
+}
+
+/// Why [`decode_one`] did not take a record.
+#[derive(Debug)]
+pub(super) enum Fault {
+    /// Refused before the decoder saw it.
+    Refused(String),
+    /// The decoder took part of it: rebuild it from the good records.
+    Partial(String),
+}
+
+impl Fault {
+    pub(super) fn into_reason(self) -> String {
+        match self {
+            Self::Refused(r) | Self::Partial(r) => r,
+        }
+    }
+}
+
+/// Feeds one framed record of writer schema `id` to `decoder`, once `check` has found its
+/// body to be exactly one value of the schema, and makes sure the decoder took it as
+/// exactly one row.
+pub(super) fn decode_one(
+    decoder: &mut Decoder,
+    check: &BodyCheck,
+    id: u32,
+    bytes: &[u8],
+) -> Result<(), Fault> {
+    let body = bytes.get(wire::HEADER_LEN..).unwrap_or_default();
+    check
+        .check(body)
+        .map_err(|e| Fault::Refused(format!("the body does not match schema id {id}: {e}")))?;
+    let room = decoder.capacity();
+    let outcome = decoder.decode(bytes);
+    let rows = room - decoder.capacity();
+    match outcome {
+        Ok(n) if n == bytes.len() && rows == 1 => Ok(()),
+        Ok(n) => Err(Fault::Partial(format!(
+            "the body does not match schema id {id}: the decoder read {n} of its {} bytes as {rows} rows",
+            bytes.len()
+        ))),
+        Err(e) => Err(Fault::Partial(format!(
+            "the body does not match schema id {id}: {e}"
+        ))),
+    }
 }
 
 impl ParquetSink {
@@ -119,8 +165,13 @@ impl ParquetSink {
 
     /// Feeds one record's bytes to the partition's decoder, built from `schemas` (the
     /// known schemas, `id`'s included when the registry has it) when
-    /// [`Self::needs_decoder`]. On a bad record the decoder is rebuilt from the good
-    /// records, so the buffer stays consistent.
+    /// [`Self::needs_decoder`].
+    ///
+    /// The body is checked against the schema first ([`BodyCheck`]): exactly one value,
+    /// every enum index in range, strings UTF-8. arrow-avro checks some of that only when
+    /// the file is built, and a record that failed there would fail its whole file, again
+    /// after every restart. If the decoder still takes anything but exactly one row from
+    /// the record, it is rebuilt from the good records, so the buffer stays consistent.
     pub(super) fn decode_into(
         &self,
         p: &mut PartBuf,
@@ -129,28 +180,25 @@ impl ParquetSink {
         bytes: &[u8],
     ) -> Result<(), String> {
         if let Some(schemas) = schemas {
-            if !schemas.iter().any(|(k, _)| *k == id) {
+            let Some((_, json)) = schemas.iter().find(|(k, _)| *k == id) else {
                 return Err(format!("schema id {id} is not found in the registry"));
-            }
+            };
+            let check = BodyCheck::new(json).map_err(|e| format!("schema id {id}: {e}"))?;
             p.decoder = Some(build_decoder(
                 &schemas,
                 Some(id),
                 self.inner.config.roll_rows + 1,
             )?);
+            p.check = Some(Arc::new(check));
             p.schema_id = Some(id);
         }
-        let decoder = p.decoder.as_mut().ok_or("no decoder")?;
-        let outcome = decoder.decode(bytes);
-        match outcome {
-            Ok(n) if n == bytes.len() => Ok(()),
-            other => {
-                let reason = match other {
-                    Ok(n) => format!(
-                        "the body does not match schema id {id}: it is {} bytes but the schema read {n}",
-                        bytes.len()
-                    ),
-                    Err(e) => format!("the body does not match schema id {id}: {e}"),
-                };
+        let (Some(decoder), Some(check)) = (p.decoder.as_mut(), p.check.as_ref()) else {
+            return Err("no decoder".into());
+        };
+        match decode_one(decoder, check, id, bytes) {
+            Ok(()) => Ok(()),
+            Err(Fault::Refused(reason)) => Err(reason),
+            Err(Fault::Partial(reason)) => {
                 self.rebuild(p)
                     .map_err(|e| format!("{reason}; then: {e}"))?;
                 Err(reason)
@@ -171,5 +219,74 @@ impl ParquetSink {
         }
         p.decoder = Some(d);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use eventbus_schemas::fleet::FleetGenerator;
+    use eventbus_schemas::{FileRegistry, bundled_dir};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn vehicle_states(n: usize) -> (u32, String, Vec<Vec<u8>>) {
+        let registry = FileRegistry::open(&bundled_dir()).expect("registry");
+        let (id, schema) = registry
+            .latest_of("vehicle.state.v1-value")
+            .expect("registered");
+        let json = std::fs::read_to_string(bundled_dir().join("VehicleState.avsc"))
+            .expect("the schema's text");
+        let values = FleetGenerator::new(5, 1)
+            .take(n)
+            .map(|e| eventbus_schemas::encode(id, &schema, &e).expect("encode"))
+            .collect();
+        (id, json, values)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Records a producer in another language might send, good ones among them: what
+        /// `decode_one` takes always builds into a batch, one row per record taken, and
+        /// after a refusal a rebuilt decoder goes on. No input fails the batch at flush.
+        #[test]
+        fn what_decode_one_takes_always_flushes(
+            edits in proptest::collection::vec(
+                (any::<usize>(), any::<u8>(), 0u8..6, proptest::collection::vec(any::<u8>(), 0..12)),
+                1..24,
+            ),
+        ) {
+            let (id, json, goods) = vehicle_states(edits.len());
+            let schemas = vec![(id, json.clone())];
+            let check = BodyCheck::new(&json).expect("compiles");
+            let mut decoder = build_decoder(&schemas, Some(id), 64).expect("decoder");
+            let mut taken: Vec<Vec<u8>> = Vec::new();
+            for ((at, byte, how, extra), good) in edits.into_iter().zip(goods) {
+                let mut v = good.clone();
+                let i = at % v.len();
+                match how {
+                    0 => {}
+                    1 => v[i] = byte,
+                    2 => v.truncate(i),
+                    3 => v.extend_from_slice(&extra),
+                    4 => v.extend_from_slice(&good),
+                    _ => v = [&good[..5], extra.as_slice()].concat(),
+                }
+                match decode_one(&mut decoder, &check, id, &v) {
+                    Ok(()) => taken.push(v.clone()),
+                    Err(Fault::Refused(_)) => {}
+                    Err(Fault::Partial(_)) => {
+                        decoder = build_decoder(&schemas, Some(id), 64).expect("decoder");
+                        for t in &taken {
+                            decode_one(&mut decoder, &check, id, t).expect("taken before");
+                        }
+                    }
+                }
+                prop_assert!(how != 0 || taken.last() == Some(&v), "a good record is taken");
+            }
+            let rows = decoder.flush().expect("flushes").map_or(0, |b| b.num_rows());
+            prop_assert_eq!(rows, taken.len());
+        }
     }
 }

@@ -32,7 +32,9 @@
 //!    those the entry covering them lists as skipped, which are dead-lettered again.
 //!    Staged leftovers below `next` are deleted.
 //! 2. **Buffer** records of the partition, decoding each into Arrow as it arrives. A
-//!    record that cannot be decoded is failed to the job's dead-letter queue and
+//!    record that cannot be decoded, or whose body is not exactly one well-formed value
+//!    of its schema (`eventbus_schemas::validate`, checked first: arrow-avro finds some
+//!    faults only when the file is built), is failed to the job's dead-letter queue and
 //!    remembered as skipped.
 //! 3. **Stage** (on row count, byte size, maximum age, a schema change, revoke, shutdown):
 //!    write each hour's rows as a Parquet file under `_eventbus/staging/` with a name
@@ -85,6 +87,8 @@ use std::time::{Duration, Instant};
 use arrow_avro::reader::Decoder;
 use bytes::Bytes;
 use eventbus_runtime::{Ack, Acks, ErrorClass, Record, Sink, SinkError, TopicPartition};
+use eventbus_schemas::validate::BodyCheck;
+use eventbus_schemas::wire;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use tokio::sync::Mutex;
@@ -108,6 +112,8 @@ struct PartBuf {
     next: Option<Option<i64>>,
     schema_id: Option<u32>,
     decoder: Option<Decoder>,
+    /// Checks each body against `schema_id`'s schema before the decoder sees it.
+    check: Option<Arc<BodyCheck>>,
     raw: Vec<Bytes>,
     meta: RowMeta,
     acks: Acks,
@@ -282,6 +288,7 @@ impl ParquetSink {
             next: None,
             schema_id: None,
             decoder: None,
+            check: None,
             raw: Vec::new(),
             meta: RowMeta::default(),
             acks: Acks::new(),
@@ -403,12 +410,13 @@ impl Sink<Bytes> for ParquetSink {
             bad(ack, reason);
         };
         let bytes = &record.value;
-        if bytes.len() < 5 || bytes[0] != 0 {
-            let reason = "not in the wire format (magic byte 0 and a 4-byte schema id)";
-            skip(&mut p, ack, reason.to_owned());
-            return Ok(());
-        }
-        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let id = match wire::split(bytes, None) {
+            Ok((id, _)) => id,
+            Err(e) => {
+                skip(&mut p, ack, format!("not in the wire format: {e}"));
+                return Ok(());
+            }
+        };
         if p.rows() > 0 && p.schema_id != Some(id) {
             // A new writer schema rolls the file: one schema per file.
             Box::pin(self.publish(&mut p)).await?;
