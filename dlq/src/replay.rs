@@ -227,7 +227,7 @@ pub fn replay(
         }
         Ok(())
     };
-    read(props, &opts.dlq_topic, &start, classifier, |l| {
+    let read_to = read(props, &opts.dlq_topic, &start, classifier, |l| {
         report.scanned += 1;
         if opts.filter.matches(&l) {
             let target = target_of(&l, opts.to.as_deref())?;
@@ -255,10 +255,13 @@ pub fn replay(
         Ok(())
     })?;
     if let Some(p) = &producer {
-        // Everything up to the end offsets seen at the start is covered now.
-        for (part, end) in &ends {
+        // Everything the reader went through is covered now: up to the end offsets it
+        // read to, which are later than `ends` when letters arrived in between. Never
+        // lower than a letter already sent, so a position only moves forward.
+        for (part, end) in &read_to {
             if *end > start.get(part).copied().unwrap_or(0) {
-                done.insert(*part, *end);
+                let covered = done.entry(*part).or_insert(*end);
+                *covered = (*covered).max(*end);
             }
         }
         checkpoint(p, &done)?;

@@ -573,3 +573,95 @@ pub async fn while_one_partition_backs_off_the_others_keep_flowing(mock: Mock<'_
     let total: i64 = topic_io::end_offsets(brokers, &dlq).unwrap().values().sum();
     assert_eq!(total, 0, "nothing reached the DLQ");
 }
+
+/// The same replay run again and again while letters keep arriving: every letter reaches
+/// the target exactly once. (Each run commits what it read, never an older position.)
+pub async fn a_replay_run_again_while_letters_arrive_sends_each_letter_once(
+    mock: Mock<'_>,
+    brokers: &str,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    use eventbus_dlq::replay::{ReplayOptions, replay};
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+    let dlq = unique("arriving.dlq");
+    let target = unique("arriving-target");
+    create_topics(mock, brokers, &[(&dlq, 2), (&target, 1)]).await;
+
+    // A writer appends letters L0, L1, ... in small bursts until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, written, brokers, dlq) = (
+            stop.clone(),
+            written.clone(),
+            brokers.to_owned(),
+            dlq.clone(),
+        );
+        std::thread::spawn(move || {
+            let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "0")
+                .create()
+                .expect("producer");
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..20 {
+                    let key = format!("L{n}");
+                    p.send(BaseRecord::to(&dlq).key(&key).payload(&b"letter"[..]))
+                        .map_err(|(e, _)| e)
+                        .expect("queue a letter");
+                    n += 1;
+                }
+                p.flush(Duration::from_secs(10)).expect("flush");
+                written.store(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let mut props = eventbus_runtime::KafkaProperties::new();
+    props.set("bootstrap.servers", brokers);
+    let opts = ReplayOptions {
+        dlq_topic: dlq.clone(),
+        to: Some(target.clone()),
+        ..ReplayOptions::default()
+    };
+    let run = |props: &eventbus_runtime::KafkaProperties, opts: &ReplayOptions| {
+        replay(props, opts, &Default::default(), |_, _| {}).expect("replay")
+    };
+    // Runs while letters arrive, then one after the last letter.
+    let mut sent = 0;
+    for _ in 0..6 {
+        let (p, o) = (props.clone(), opts.clone());
+        sent += tokio::task::spawn_blocking(move || run(&p, &o).sent)
+            .await
+            .expect("join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    let (p, o) = (props.clone(), opts.clone());
+    sent += tokio::task::spawn_blocking(move || run(&p, &o).sent)
+        .await
+        .expect("join");
+
+    let total = written.load(Ordering::Relaxed);
+    assert!(total > 200, "the writer wrote {total} letters");
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for (key, ..) in read_records(brokers, &target) {
+        *seen.entry(key).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} of {total} letters were sent more than once, e.g. {:?}",
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(seen.len(), total, "every letter was sent");
+    assert_eq!(sent as usize, total, "the reports add up to every letter");
+}

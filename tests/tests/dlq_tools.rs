@@ -46,3 +46,13 @@ async fn a_letter_is_parked_after_the_maximum_replays_and_nothing_loops() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_run_again_while_letters_arrive_sends_each_letter_once() {
+    let cluster = MockCluster::new(1).unwrap();
+    s::a_replay_run_again_while_letters_arrive_sends_each_letter_once(
+        Some(&cluster),
+        &cluster.bootstrap_servers(),
+    )
+    .await;
+}
