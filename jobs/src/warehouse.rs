@@ -77,6 +77,10 @@ pub struct WarehouseConfig {
     /// partition goes on. Default true. With false, such a record stops the job, and
     /// nothing is committed past it.
     pub dead_letters: Option<bool>,
+    /// Run on an object store that does not honour conditional puts, which the job
+    /// otherwise refuses at start. Exact only while one writer at a time writes each
+    /// partition. Default false.
+    pub assume_single_writer: Option<bool>,
 }
 
 /// Command-line settings of `eventbus run warehouse`.
@@ -213,6 +217,7 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         .or(wh.table_root.clone())
         .unwrap_or_else(|| DEFAULT_ROOT.to_owned());
     let mut config = ParquetSinkConfig::new(table_root.clone());
+    config.assume_single_writer = wh.assume_single_writer.unwrap_or(false);
     // Buffered rows are in flight until their file is published, so files are sized by
     // the runtime's bounds. Left at the runtime's defaults, the bounds grow to the
     // warehouse's own (bigger files); set [runtime] to choose.

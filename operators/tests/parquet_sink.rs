@@ -1,6 +1,7 @@
 //! The Parquet sink on the local filesystem: the Avro → Arrow mapping of every construct,
 //! the Kafka columns, the hour folders, schema changes rolling files, a construct that
-//! cannot map failing at start, and bad bytes failing only their record.
+//! cannot map failing at start, bad bytes failing only their record, two writers of one
+//! partition, and a store that does not honour conditional puts refused at start.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -13,6 +14,12 @@ use eventbus_operators::sinks::parquet::CommitEntry;
 use eventbus_operators::{ParquetSink, ParquetSinkConfig, SchemaLookup};
 use eventbus_runtime::memory::MemorySource;
 use eventbus_runtime::{Job, Record};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 
 const EVERYTHING: &str = r#"{"type":"record","name":"Everything","namespace":"t","fields":[
  {"name":"id","type":{"type":"string","logicalType":"uuid"}},
@@ -472,22 +479,113 @@ impl eventbus_runtime::Source for GatedSource {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() {
-    // B (a member that lost its session but still runs) buffers offsets 0..=14; A (the
-    // new owner) publishes 0..=9 meanwhile; then B publishes. B's commit entry from
-    // offset 0 must lose, and B must add only 10..=14.
+/// Runs records through `sink` to the end of the source.
+async fn run_sink(sink: ParquetSink, records: Vec<Record<Bytes>>) -> Result<(), String> {
+    Job::builder("t")
+        .source(MemorySource::new(records))
+        .sink(sink)
+        .build()
+        .map_err(|e| e.to_string())?
+        .run(std::future::pending())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// An object store that takes a create-only put as an overwrite: one that ignores
+/// `If-None-Match`, as some S3-compatible servers do.
+#[derive(Debug)]
+struct Overwriting(Arc<dyn ObjectStore>);
+
+impl std::fmt::Display for Overwriting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Overwriting({})", self.0)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Overwriting {
+    async fn put_opts(
+        &self,
+        location: &StorePath,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        if matches!(opts.mode, PutMode::Create) {
+            opts.mode = PutMode::Overwrite;
+        }
+        self.0.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &StorePath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &StorePath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.0.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &StorePath) -> object_store::Result<()> {
+        self.0.delete(location).await
+    }
+    fn list(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.0.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> object_store::Result<ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+    async fn copy(&self, from: &StorePath, to: &StorePath) -> object_store::Result<()> {
+        self.0.copy(from, to).await
+    }
+    async fn copy_if_not_exists(
+        &self,
+        from: &StorePath,
+        to: &StorePath,
+    ) -> object_store::Result<()> {
+        self.0.copy_if_not_exists(from, to).await
+    }
+}
+
+/// B (a member that lost its session but still runs) buffers offsets 0..=14; A (the new
+/// owner) publishes 0..=9 meanwhile; then B publishes. Each writer starts the way the
+/// warehouse job does, with [`ParquetSink::check_store`]; a writer that fails it fails
+/// the scenario. On `store`, under `dir`.
+async fn two_writers_of_one_partition(
+    dir: &std::path::Path,
+    store: Arc<dyn ObjectStore>,
+) -> Result<(), String> {
     let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let rec = |o: i64| {
         record(
             o,
             wire(1, &schema, sample(&schema, o % 2 == 0, T0 + o, false)),
         )
     };
-    let mut config = ParquetSinkConfig::new(dir.path().to_str().unwrap());
-    config.max_age = std::time::Duration::from_secs(600);
-    let b = ParquetSink::new(config, lookup(vec![(1, EVERYTHING.to_owned())]), &[1]).unwrap();
+    let writer = || {
+        let mut config = ParquetSinkConfig::new(dir.to_str().unwrap());
+        config.max_age = std::time::Duration::from_secs(600);
+        ParquetSink::with_store(
+            config,
+            store.clone(),
+            StorePath::default(),
+            lookup(vec![(1, EVERYTHING.to_owned())]),
+            &[1],
+        )
+        .unwrap()
+    };
+    let b = writer();
+    b.check_store().await.map_err(|e| e.to_string())?;
     let (release, gate) = tokio::sync::oneshot::channel();
     let b_job = Job::builder("b")
         .source(GatedSource {
@@ -507,15 +605,22 @@ async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() 
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    run(
-        dir.path(),
-        vec![(1, EVERYTHING.to_owned())],
-        (0..10).map(rec).collect(),
-    )
-    .await
-    .unwrap();
+    let a = writer();
+    a.check_store().await.map_err(|e| e.to_string())?;
+    run_sink(a, (0..10).map(rec).collect()).await?;
     release.send(()).unwrap();
-    b_run.await.unwrap().unwrap();
+    b_run.await.unwrap().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() {
+    // B's commit entry from offset 0 must lose, and B must add only 10..=14.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    two_writers_of_one_partition(dir.path(), store)
+        .await
+        .unwrap();
 
     assert_eq!(
         table_offsets(dir.path()),
@@ -536,6 +641,33 @@ async fn of_two_writers_of_one_partition_the_second_continues_after_the_first() 
         assert!(e.writer.starts_with(&pid), "{}", e.writer);
         assert!(e.writer.len() >= pid.len() + 16, "{}", e.writer);
     }
+    // The probes left nothing behind.
+    let probes = dir.path().join("_eventbus/probe");
+    assert!(
+        std::fs::read_dir(&probes).map_or(true, |mut d| d.next().is_none()),
+        "{} is empty",
+        probes.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_ignores_conditional_puts_is_refused_at_start() {
+    // The same two writers on a store that overwrites where it should refuse: both
+    // could win the commit entry from offset 0. The first writer to start refuses to,
+    // naming the setting, and nothing is written.
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let err = two_writers_of_one_partition(dir.path(), Arc::new(Overwriting(local)))
+        .await
+        .unwrap_err();
+    assert!(err.contains("does not honour conditional puts"), "{err}");
+    assert!(err.contains("assume_single_writer = true"), "{err}");
+    assert!(
+        err.contains(dir.path().to_str().unwrap()),
+        "names the root: {err}"
+    );
+    assert!(!dir.path().join("t.v1").exists(), "nothing is written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,12 @@ pub struct ParquetSinkConfig {
     pub event_time_fields: HashMap<String, String>,
     /// S3 settings for `s3://` roots.
     pub s3: S3Config,
+    /// Run on a store that does not honour conditional puts (create only if absent),
+    /// which [`super::ParquetSink::check_store`] otherwise refuses. Commit entries are
+    /// then written check-then-put, which is exact only while one writer at a time
+    /// writes each partition: a consumer-group member that lost its session but still
+    /// writes can publish the same rows as the partition's new owner. Default false.
+    pub assume_single_writer: bool,
 }
 
 impl ParquetSinkConfig {
@@ -53,6 +59,7 @@ impl ParquetSinkConfig {
             zstd_level: 1,
             event_time_fields: HashMap::new(),
             s3: S3Config::default(),
+            assume_single_writer: false,
         }
     }
 }

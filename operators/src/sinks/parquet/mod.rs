@@ -68,9 +68,11 @@
 //! - a rebalance: revoked partitions publish before their offsets are committed; the
 //!   next owner recovers from the store, so it continues the chain exactly.
 //!
-//! Stores without conditional puts fall back to check-then-put for the commit entry,
-//! which is exact as long as one writer owns a partition at a time (the consumer group
-//! ensures that except for a member that lost its session while still writing).
+//! [`ParquetSink::check_store`] probes the store at start: a store that does not honour
+//! conditional puts (one that overwrites on `If-None-Match`) is refused, unless
+//! `assume_single_writer` is set. Then commit entries are written check-then-put, which
+//! is exact as long as one writer owns a partition at a time (the consumer group ensures
+//! that except for a member that lost its session while still writing).
 
 mod config;
 mod decode;
@@ -98,7 +100,7 @@ pub use decode::{arrow_schema_of, wire_to_parquet};
 use encode::RowMeta;
 pub use encode::{COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC};
 pub use store::open_store;
-use store::{describe_store_error, store_error};
+use store::{ConditionalPuts, describe_store_error, probe_conditional_puts, store_error};
 pub use table::{CommitEntry, CommitFile, Progress, SkippedRecord, Watermark};
 use table::{Covered, Table};
 
@@ -158,6 +160,10 @@ struct Inner {
     /// Looked up for every record, so hashed with foldhash rather than SipHash.
     parts: StdMutex<HashMap<TopicPartition, Arc<Mutex<PartBuf>>, foldhash::fast::RandomState>>,
     tables: StdMutex<HashMap<String, Table>>,
+    /// Whether commit entries are created conditionally: cleared by
+    /// [`ParquetSink::check_store`] only on a store that cannot, with
+    /// `assume_single_writer`.
+    conditional: Arc<AtomicBool>,
     writer: String,
     timer: OnceLock<tokio::task::JoinHandle<()>>,
     /// Something was published since the watermarks were last written.
@@ -194,6 +200,21 @@ impl ParquetSink {
         initial: &[u32],
     ) -> Result<Self, SinkError> {
         let (store, root) = open_store(&config.table_root, &config.s3)?;
+        Self::with_store(config, store, root, lookup, initial)
+    }
+
+    /// A sink writing under `root` in `store`, which `config.table_root` only names (in
+    /// messages): for stores [`open_store`] does not build, or wrappers around them.
+    ///
+    /// # Errors
+    /// A schema in `initial` cannot be mapped.
+    pub fn with_store(
+        config: ParquetSinkConfig,
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        lookup: SchemaLookup,
+        initial: &[u32],
+    ) -> Result<Self, SinkError> {
         let mut schemas = Vec::new();
         for id in initial {
             let json = lookup(*id)
@@ -215,6 +236,7 @@ impl ParquetSink {
                 schemas: StdMutex::new(schemas),
                 parts: StdMutex::new(HashMap::default()),
                 tables: StdMutex::new(HashMap::new()),
+                conditional: Arc::new(AtomicBool::new(true)),
                 writer,
                 timer: OnceLock::new(),
                 dirty: AtomicBool::new(false),
@@ -223,25 +245,56 @@ impl ParquetSink {
         })
     }
 
-    /// Checks that the table root can be listed: a missing bucket, refused credentials
-    /// or a root that is not a folder stop the job at start, naming the root, instead of
-    /// at its first record.
+    /// Checks the table root before anything is consumed:
+    /// - that it can be listed: a missing bucket, refused credentials or a root that is
+    ///   not a folder stop the job at start, naming the root, instead of at its first
+    ///   record;
+    /// - that the store honours conditional puts, by creating one object twice and
+    ///   expecting the second create to be refused. Exactly-once publication rests on
+    ///   it: of two writers of one partition, only one may create a commit entry.
     ///
     /// # Errors
-    /// The store refused the listing, after its own retries.
+    /// The store refused the listing or the probe, after its own retries; or it does not
+    /// honour conditional puts and `assume_single_writer` is not set.
     pub async fn check_store(&self) -> Result<(), SinkError> {
-        self.inner
-            .store
+        let root = &self.inner.config.table_root;
+        let failed = |e: object_store::Error| {
+            flush_error(format!(
+                "table root {root}: {}",
+                describe_store_error(&e.to_string())
+            ))
+        };
+        let store = self.inner.store.as_ref();
+        store
             .list_with_delimiter(Some(&self.inner.root))
             .await
-            .map(|_| ())
-            .map_err(|e| {
-                flush_error(format!(
-                    "table root {}: {}",
-                    self.inner.config.table_root,
-                    describe_store_error(&e.to_string())
-                ))
-            })
+            .map_err(failed)?;
+        let verdict = probe_conditional_puts(store, &self.inner.root, &self.inner.writer)
+            .await
+            .map_err(failed)?;
+        let what = match verdict {
+            ConditionalPuts::Honoured => return Ok(()),
+            ConditionalPuts::Ignored => {
+                "it does not honour conditional puts: a second create-only put (If-None-Match) of one object succeeded"
+            }
+            ConditionalPuts::Unsupported => "it cannot put conditionally (create only if absent)",
+        };
+        if !self.inner.config.assume_single_writer {
+            return Err(flush_error(format!(
+                "table root {root}: {what}. Without that, two writers of one partition (a \
+                 consumer-group member that lost its session but still writes, and the \
+                 partition's new owner) can both publish the same rows. Use a store that \
+                 honours conditional puts (AWS S3, MinIO, the local filesystem), or, if only \
+                 one writer can ever write each partition, set `[warehouse] \
+                 assume_single_writer = true`"
+            )));
+        }
+        tracing::warn!(
+            table_root = %root,
+            "{what}; with assume_single_writer, commit entries are written check-then-put, exact only while one writer at a time writes each partition"
+        );
+        self.inner.conditional.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The table of `topic`.
@@ -254,6 +307,7 @@ impl ParquetSink {
                     self.inner.store.clone(),
                     self.inner.root.child(topic),
                     topic,
+                    self.inner.conditional.clone(),
                 )
             })
             .clone()

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use eventbus_runtime::SinkError;
-use object_store::ObjectStore;
 use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
 use super::{S3Config, flush_error};
 
@@ -57,6 +57,53 @@ pub fn open_store(
     let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| bad(e.to_string()))?;
     Ok((Arc::new(store), Path::default()))
+}
+
+/// What a store does with a second create-only put of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConditionalPuts {
+    /// It refuses it: of two writers racing to create a commit entry, one wins.
+    Honoured,
+    /// It overwrites the object (an `If-None-Match` it ignores).
+    Ignored,
+    /// It answers that it cannot put conditionally.
+    Unsupported,
+}
+
+/// Creates one object under `root` twice, create-only, and says what the store did with
+/// the second; the object is deleted afterwards. `writer` keeps concurrent probes apart.
+pub(super) async fn probe_conditional_puts(
+    store: &dyn ObjectStore,
+    root: &Path,
+    writer: &str,
+) -> Result<ConditionalPuts, object_store::Error> {
+    let path = root
+        .child("_eventbus")
+        .child("probe")
+        .child(format!("{writer}.txt"));
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    let put = |body: &'static [u8]| store.put_opts(&path, PutPayload::from_static(body), create());
+    let verdict = match put(b"first").await {
+        Err(object_store::Error::NotImplemented) => Ok(ConditionalPuts::Unsupported),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(ConditionalPuts::Honoured),
+        Err(e) => return Err(e),
+        Ok(_) => match put(b"second").await {
+            Ok(_) => Ok(ConditionalPuts::Ignored),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(ConditionalPuts::Honoured),
+            Err(object_store::Error::NotImplemented) => Ok(ConditionalPuts::Unsupported),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = store.delete(&path).await {
+        tracing::debug!(path = %path, error = %e, "deleting the conditional-put probe");
+    }
+    verdict
 }
 
 pub(super) fn store_error(e: object_store::Error) -> SinkError {

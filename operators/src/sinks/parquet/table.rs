@@ -119,17 +119,23 @@ pub(crate) struct Table {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) root: Path,
     pub(crate) topic: String,
-    /// Cleared the first time the store answers that it cannot put conditionally.
+    /// Whether commit entries are created with a conditional put; false only on a store
+    /// that cannot, run with `assume_single_writer`.
     conditional: Arc<AtomicBool>,
 }
 
 impl Table {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, root: Path, topic: &str) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        topic: &str,
+        conditional: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             store,
             root,
             topic: topic.to_owned(),
-            conditional: Arc::new(AtomicBool::new(true)),
+            conditional,
         }
     }
 
@@ -299,13 +305,6 @@ impl Table {
                 Ok(_) => return Ok(Committed::Yes),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => return Ok(Committed::Conflict),
-                Err(object_store::Error::NotImplemented) => {
-                    tracing::warn!(
-                        table = %self.root,
-                        "the object store cannot put conditionally; commit entries fall back to check-then-put (safe with one writer per partition)"
-                    );
-                    self.conditional.store(false, Ordering::Relaxed);
-                }
                 Err(e) => return Err(e),
             }
         }
