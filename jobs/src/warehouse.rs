@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use eventbus_dlq::KafkaDeadLetters;
-use eventbus_operators::{ParquetSink, ParquetSinkConfig, S3Config, SchemaLookup};
+use eventbus_operators::{ParquetSink, ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};
 use eventbus_runtime::operator::Identity;
 use eventbus_runtime::{
     JobReport, JobStats, KafkaProperties, KafkaSource, RunnableJob, RuntimeConfig, SourceConfig,
@@ -278,6 +278,7 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     };
     let sink = ParquetSink::new(config, lookup(registry), &ids)
         .with_context(|| format!("opening the tables under {table_root}"))?;
+    sink.set_partition_ends(partition_ends(&file.kafka)?);
     let dead_letters = wh.dead_letters.unwrap_or(true);
     // One view of the cluster serves batch mode (which needs it, and the group, to read
     // committed offsets) and the DLQ-topic check (which can do without it: the job's own
@@ -359,6 +360,23 @@ impl Warehouse {
         };
         Ok(self.job.run(stop).await?)
     }
+}
+
+/// Reads a topic's partitions and their offsets for the watermarks, through a client of
+/// its own that joins no group.
+fn partition_ends(kafka: &KafkaProperties) -> anyhow::Result<PartitionEnds> {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in kafka.iter() {
+        cfg.set(k, v);
+    }
+    let client: BaseConsumer = cfg
+        .create()
+        .context("cannot create the client that reads partition offsets")?;
+    let brokers = kafka.brokers().unwrap_or_default().to_owned();
+    Ok(Arc::new(move |topic: &str| {
+        eventbus_runtime::kafka::watermarks(&client, topic, &brokers, Duration::from_secs(10))
+            .map_err(|e| e.to_string())
+    }))
 }
 
 /// The cluster as the job finds it at start: one client and one metadata request

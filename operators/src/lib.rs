@@ -31,4 +31,4 @@ pub use retry::{Retry, RetryPolicy};
 pub use sinks::discard::DiscardSink;
 pub use sinks::kafka::{KafkaSink, KafkaSinkConfig, Partitioning};
 pub use sinks::log::LogSink;
-pub use sinks::parquet::{ParquetSink, ParquetSinkConfig, S3Config, SchemaLookup};
+pub use sinks::parquet::{ParquetSink, ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};

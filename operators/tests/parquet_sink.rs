@@ -831,3 +831,57 @@ async fn a_slow_schema_lookup_does_not_freeze_the_runtime() {
         "a 50 ms timer fired after {fired_after:?}: the lookup blocked the runtime"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watermark_counts_every_partition_of_the_topic() {
+    // Partitions 0 and 1 publish rows an hour apart; the topic also has partition 2.
+    // While 2 holds records and nothing is published from it, no hour is complete in
+    // every partition; once 2 is known to be empty, the watermark is 0's and 1's.
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |p: i32, o: i64, t: i64| {
+        let mut r = Record::new(
+            "t.v1",
+            p,
+            o,
+            wire(1, &schema, sample(&schema, true, t, false)),
+        );
+        r.timestamp = Some(t);
+        r
+    };
+    let mut config = ParquetSinkConfig::new(dir.path().to_str().unwrap());
+    config
+        .event_time_fields
+        .insert("t.v1".into(), "ts_ms".into());
+    let sink = ParquetSink::new(config, lookup(vec![(1, EVERYTHING.to_owned())]), &[1]).unwrap();
+    let partition_two = Arc::new(std::sync::Mutex::new((0i64, 5i64)));
+    let two = partition_two.clone();
+    sink.set_partition_ends(Arc::new(move |topic: &str| {
+        assert_eq!(topic, "t.v1");
+        Ok([(0, (0, 3)), (1, (0, 3)), (2, *two.lock().unwrap())].into())
+    }));
+    let records = (0..3)
+        .map(|o| rec(0, o, T0 + 2 * HOUR_MS + o))
+        .chain((0..3).map(|o| rec(1, o, T0 + HOUR_MS + o)))
+        .collect();
+    run_sink(sink.clone(), records).await.unwrap();
+    let watermark = dir.path().join("t.v1/_eventbus/watermark.json");
+
+    sink.write_watermarks().await.unwrap();
+    assert!(
+        !watermark.exists(),
+        "partition 2 has records and nothing published: no hour is complete everywhere"
+    );
+
+    *partition_two.lock().unwrap() = (5, 5);
+    sink.write_watermarks().await.unwrap();
+    let wm: eventbus_operators::sinks::parquet::Watermark =
+        serde_json::from_slice(&std::fs::read(&watermark).unwrap()).unwrap();
+    assert_eq!(wm.complete_before_ms, T0 + HOUR_MS, "partition 1's hour");
+    let listed: Vec<(i32, i64)> = wm
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.next_offset))
+        .collect();
+    assert_eq!(listed, vec![(0, 3), (1, 3)]);
+}

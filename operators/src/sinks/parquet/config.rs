@@ -9,6 +9,11 @@ use std::time::Duration;
 /// registry has no such id, `Err` when it could not answer.
 pub type SchemaLookup = Arc<dyn Fn(u32) -> Result<Option<String>, String> + Send + Sync>;
 
+/// A topic's partitions and their (low, high) offsets, from its metadata: what the
+/// watermark counts. Blocking; called off the async workers.
+pub type PartitionEnds =
+    Arc<dyn Fn(&str) -> Result<std::collections::BTreeMap<i32, (i64, i64)>, String> + Send + Sync>;
+
 /// Where and how the sink writes.
 #[derive(Debug, Clone)]
 pub struct ParquetSinkConfig {

@@ -8,7 +8,7 @@
 //! ```text
 //! <root>/<topic>/dt=YYYY-MM-DD/hour=HH/<partition>-<start offset>-<end offset>.parquet
 //! <root>/<topic>/_eventbus/commits/<partition>/<start offset>.json   commit log
-//! <root>/<topic>/_eventbus/progress/<partition>.json                 next offset, max event time
+//! <root>/<topic>/_eventbus/progress/<partition>/<next offset>.json   next offset, max event time (highest name)
 //! <root>/<topic>/_eventbus/watermark.json                            hours complete in every partition
 //! <root>/<topic>/_eventbus/staging/...                               files not yet published
 //! ```
@@ -95,7 +95,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use tokio::sync::Mutex;
 
-pub use config::{ParquetSinkConfig, S3Config, SchemaLookup};
+pub use config::{ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};
 pub use decode::{arrow_schema_of, wire_to_parquet};
 use encode::RowMeta;
 pub use encode::{COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC};
@@ -164,6 +164,9 @@ struct Inner {
     /// [`ParquetSink::check_store`] only on a store that cannot, with
     /// `assume_single_writer`.
     conditional: Arc<AtomicBool>,
+    /// The topics' partitions, for the watermarks; without it, only partitions with
+    /// progress count.
+    partition_ends: OnceLock<PartitionEnds>,
     writer: String,
     timer: OnceLock<tokio::task::JoinHandle<()>>,
     /// Something was published since the watermarks were last written.
@@ -237,6 +240,7 @@ impl ParquetSink {
                 parts: StdMutex::new(HashMap::default()),
                 tables: StdMutex::new(HashMap::new()),
                 conditional: Arc::new(AtomicBool::new(true)),
+                partition_ends: OnceLock::new(),
                 writer,
                 timer: OnceLock::new(),
                 dirty: AtomicBool::new(false),
@@ -319,14 +323,41 @@ impl ParquetSink {
         part.try_lock().ok().and_then(|p| p.seen)
     }
 
-    /// Recomputes each table's watermark file.
+    /// Gives the sink the topics' partitions, so that each watermark counts every
+    /// partition of its topic, including one that has nothing published yet. Set once;
+    /// later calls are ignored.
+    pub fn set_partition_ends(&self, ends: PartitionEnds) {
+        let _ = self.inner.partition_ends.set(ends);
+    }
+
+    /// Recomputes each table's watermark file. A table whose topic's partitions cannot
+    /// be read (when [`Self::set_partition_ends`] was given) keeps its watermark.
     ///
     /// # Errors
     /// The store could not be read or written.
     pub async fn write_watermarks(&self) -> Result<(), SinkError> {
         let tables: Vec<Table> = lock(&self.inner.tables).values().cloned().collect();
         for t in tables {
-            t.write_watermark().await.map_err(store_error)?;
+            let partitions = match self.inner.partition_ends.get().cloned() {
+                None => None,
+                Some(ends) => {
+                    let topic = t.topic.clone();
+                    match tokio::task::spawn_blocking(move || ends(&topic)).await {
+                        Ok(Ok(p)) => Some(p),
+                        Ok(Err(e)) => {
+                            tracing::warn!(topic = %t.topic, error = %e, "cannot read the topic's partitions; its watermark stays");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %t.topic, error = %e, "cannot read the topic's partitions; its watermark stays");
+                            continue;
+                        }
+                    }
+                }
+            };
+            t.write_watermark(partitions.as_ref())
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
     }

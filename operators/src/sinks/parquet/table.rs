@@ -1,9 +1,11 @@
 //! One table in the object store and the protocol that keeps its files exactly once.
 //! See the module docs of [`super`] for the protocol and its crash cases.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -77,7 +79,8 @@ pub(crate) struct Covered {
     pub(crate) skipped: Vec<SkippedRecord>,
 }
 
-/// What a partition's progress file says: `<table>/_eventbus/progress/<partition>.json`.
+/// What a partition's progress record says:
+/// `<table>/_eventbus/progress/<partition>/<next offset>.json`, the highest name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// Source partition.
@@ -94,11 +97,13 @@ pub struct Watermark {
     /// Source topic.
     pub topic: String,
     /// Every hour strictly before this one (`YYYY-MM-DDTHH:00:00Z`) is complete in every
-    /// partition listed.
+    /// partition of the topic: each partition listed has published that far, and the
+    /// others are empty. (Without the topic's partitions, see
+    /// [`super::ParquetSink::set_partition_ends`], only the partitions listed count.)
     pub complete_before: String,
     /// The same as ms since the epoch.
     pub complete_before_ms: i64,
-    /// Per partition, its progress.
+    /// Per partition that has published anything, its progress.
     pub partitions: Vec<Progress>,
 }
 
@@ -163,8 +168,15 @@ impl Table {
         format!("dt={dt}/hour={hour:02}/{partition:05}-{start:020}-{end:020}.parquet")
     }
 
-    fn progress_key(partition: i32) -> String {
-        format!("_eventbus/progress/{partition:05}.json")
+    fn progress_dir(partition: i32) -> String {
+        format!("_eventbus/progress/{partition:05}")
+    }
+
+    /// Progress records are created, never overwritten, one per published range and
+    /// named by its next offset: the partition's progress is its highest name, so a
+    /// record written late (by a writer that lost the partition) never moves it back.
+    fn progress_key(partition: i32, next_offset: i64) -> String {
+        format!("{}/{next_offset:020}.json", Self::progress_dir(partition))
     }
 
     pub(crate) async fn put(&self, relative: &str, bytes: Vec<u8>) -> StoreResult<()> {
@@ -318,29 +330,110 @@ impl Table {
     }
 
     pub(crate) async fn write_progress(&self, progress: &Progress) -> StoreResult<()> {
-        self.put(
-            &Self::progress_key(progress.partition),
-            serde_json::to_vec(progress).unwrap_or_default(),
-        )
-        .await
+        let key = Self::progress_key(progress.partition, progress.next_offset);
+        let body = serde_json::to_vec(progress).unwrap_or_default();
+        if self.conditional.load(Ordering::Relaxed) {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(&self.path(&key), PutPayload::from(body), opts)
+                .await
+            {
+                // The same range's record, written by its other writer: the same content.
+                Ok(_)
+                | Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.put(&key, body).await?;
+        }
+        // Older records are superseded. Only names below ours go, so the newest record
+        // always stays, whoever prunes.
+        let dir = self.path(&Self::progress_dir(progress.partition));
+        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
+        for o in listed.objects {
+            if Self::progress_offset(&o.location).is_some_and(|n| n < progress.next_offset) {
+                match self.store.delete(&o.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => tracing::debug!(error = %e, "pruning a progress record"),
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Every partition's progress file.
+    /// The next offset a progress record's name says.
+    fn progress_offset(location: &Path) -> Option<i64> {
+        location.filename()?.strip_suffix(".json")?.parse().ok()
+    }
+
+    /// Every partition's progress: its newest record.
     pub(crate) async fn progress(&self) -> StoreResult<Vec<Progress>> {
         let dir = self.path("_eventbus/progress");
-        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
-        let mut out = Vec::new();
-        for o in listed.objects {
-            let name = o.location.filename().unwrap_or_default().to_owned();
-            out.push(self.get_json(&format!("_eventbus/progress/{name}")).await?);
+        let listed: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&dir)).try_collect().await?;
+        let mut newest: BTreeMap<i32, (i64, Path)> = BTreeMap::new();
+        for o in listed {
+            let parts: Vec<_> = o.location.parts().collect();
+            let (Some(n), Some(part)) = (
+                Self::progress_offset(&o.location),
+                // The partition's folder; files of other layouts are not progress.
+                parts
+                    .len()
+                    .checked_sub(2)
+                    .and_then(|i| parts[i].as_ref().parse::<i32>().ok()),
+            ) else {
+                continue;
+            };
+            if newest.get(&part).is_none_or(|(m, _)| n > *m) {
+                newest.insert(part, (n, o.location));
+            }
+        }
+        let mut out = Vec::with_capacity(newest.len());
+        for (_, location) in newest.values() {
+            let bytes = self.store.get(location).await?.bytes().await?;
+            out.push(
+                serde_json::from_slice(&bytes).map_err(|e| object_store::Error::Generic {
+                    store: "eventbus",
+                    source: format!("{location} is not valid: {e}").into(),
+                })?,
+            );
         }
         out.sort_by_key(|p: &Progress| p.partition);
         Ok(out)
     }
 
-    /// Recomputes `_eventbus/watermark.json` from the progress files.
-    pub(crate) async fn write_watermark(&self) -> StoreResult<Option<Watermark>> {
-        let partitions = self.progress().await?;
+    /// Recomputes `_eventbus/watermark.json` from the progress records and, when known,
+    /// the topic's partitions with their (low, high) offsets from its metadata. Every
+    /// partition counts: one with records and no progress yet holds the watermark back
+    /// entirely (nothing is written); an empty one (low = high) holds nothing back.
+    /// Without `partitions`, only those with progress count.
+    pub(crate) async fn write_watermark(
+        &self,
+        partitions: Option<&BTreeMap<i32, (i64, i64)>>,
+    ) -> StoreResult<Option<Watermark>> {
+        let progress = self.progress().await?;
+        if let Some(all) = partitions {
+            let waiting: Vec<i32> = all
+                .iter()
+                .filter(|(p, (low, high))| {
+                    high > low && !progress.iter().any(|x| x.partition == **p)
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            if !waiting.is_empty() {
+                tracing::debug!(
+                    topic = %self.topic, partitions = ?waiting,
+                    "no watermark yet: these partitions have records and nothing published"
+                );
+                return Ok(None);
+            }
+        }
+        let partitions = progress;
         let Some(min) = partitions.iter().map(|p| p.max_event_time_ms).min() else {
             return Ok(None);
         };
@@ -358,5 +451,43 @@ impl Table {
         )
         .await?;
         Ok(Some(mark))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_progress_record_written_late_never_moves_progress_back() {
+        for conditional in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("store"),
+            );
+            let t = Table::new(
+                store,
+                Path::from("t.v1"),
+                "t.v1",
+                Arc::new(AtomicBool::new(conditional)),
+            );
+            let at = |next_offset, max_event_time_ms| Progress {
+                partition: 3,
+                next_offset,
+                max_event_time_ms,
+            };
+            t.write_progress(&at(10, 1_000)).await.expect("write");
+            t.write_progress(&at(15, 2_000)).await.expect("write");
+            // A writer that lost the partition publishes its progress late.
+            t.write_progress(&at(10, 1_000)).await.expect("write");
+            assert_eq!(t.progress().await.expect("read"), vec![at(15, 2_000)]);
+            // And the newest one prunes what it supersedes.
+            t.write_progress(&at(20, 3_000)).await.expect("write");
+            let left = std::fs::read_dir(dir.path().join("t.v1/_eventbus/progress/00003"))
+                .expect("dir")
+                .count();
+            assert_eq!(left, 1);
+            assert_eq!(t.progress().await.expect("read"), vec![at(20, 3_000)]);
+        }
     }
 }
