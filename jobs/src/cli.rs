@@ -75,6 +75,13 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<crate::dlq_cmd::DlqCommand>,
     },
+    /// Read what the warehouse published: for loaders.
+    Table {
+        // clap would print a doc comment here as help text.
+        #[allow(missing_docs)]
+        #[command(subcommand)]
+        command: crate::table_cmd::TableCommand,
+    },
     /// Work with the Avro schemas and the catalog under schemas/.
     Schemas {
         // clap would print a doc comment here as help text.
@@ -316,6 +323,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Generate(args) => crate::generate::cli_command(args).await,
         Command::Schemas { command } => crate::schemas_cmd::command(command).await,
+        Command::Table { command } => crate::table_cmd::command(command).await,
         Command::Bench(args) => crate::bench::command(args).await,
     }
 }

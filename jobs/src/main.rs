@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         | Command::Schemas { .. }
         | Command::Topics { .. }
         | Command::Generate(_)
+        | Command::Table { .. }
         | Command::Dlq { .. } => "warn",
         Command::Run(_) => "info",
     };

@@ -492,68 +492,89 @@ async fn run_sink(sink: ParquetSink, records: Vec<Record<Bytes>>) -> Result<(), 
         .map_err(|e| e.to_string())
 }
 
-/// An object store that takes a create-only put as an overwrite: one that ignores
-/// `If-None-Match`, as some S3-compatible servers do.
+/// An object store with faults: `overwrite` takes a create-only put as an overwrite
+/// (one that ignores `If-None-Match`, as some S3-compatible servers do); `fail_copies`
+/// fails every copy (a writer that dies while publishing).
 #[derive(Debug)]
-struct Overwriting(Arc<dyn ObjectStore>);
+struct Faulty {
+    inner: Arc<dyn ObjectStore>,
+    overwrite: bool,
+    fail_copies: bool,
+}
 
-impl std::fmt::Display for Overwriting {
+impl Faulty {
+    fn overwriting(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            overwrite: true,
+            fail_copies: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Faulty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Overwriting({})", self.0)
+        write!(f, "Faulty({})", self.inner)
     }
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for Overwriting {
+impl ObjectStore for Faulty {
     async fn put_opts(
         &self,
         location: &StorePath,
         payload: PutPayload,
         mut opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        if matches!(opts.mode, PutMode::Create) {
+        if self.overwrite && matches!(opts.mode, PutMode::Create) {
             opts.mode = PutMode::Overwrite;
         }
-        self.0.put_opts(location, payload, opts).await
+        self.inner.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(
         &self,
         location: &StorePath,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(location, opts).await
+        self.inner.put_multipart_opts(location, opts).await
     }
     async fn get_opts(
         &self,
         location: &StorePath,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.0.get_opts(location, options).await
+        self.inner.get_opts(location, options).await
     }
     async fn delete(&self, location: &StorePath) -> object_store::Result<()> {
-        self.0.delete(location).await
+        self.inner.delete(location).await
     }
     fn list(
         &self,
         prefix: Option<&StorePath>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.0.list(prefix)
+        self.inner.list(prefix)
     }
     async fn list_with_delimiter(
         &self,
         prefix: Option<&StorePath>,
     ) -> object_store::Result<ListResult> {
-        self.0.list_with_delimiter(prefix).await
+        self.inner.list_with_delimiter(prefix).await
     }
     async fn copy(&self, from: &StorePath, to: &StorePath) -> object_store::Result<()> {
-        self.0.copy(from, to).await
+        if self.fail_copies {
+            return Err(object_store::Error::Generic {
+                store: "faulty",
+                source: "the writer died while publishing".into(),
+            });
+        }
+        self.inner.copy(from, to).await
     }
     async fn copy_if_not_exists(
         &self,
         from: &StorePath,
         to: &StorePath,
     ) -> object_store::Result<()> {
-        self.0.copy_if_not_exists(from, to).await
+        self.inner.copy_if_not_exists(from, to).await
     }
 }
 
@@ -658,7 +679,7 @@ async fn a_store_that_ignores_conditional_puts_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn ObjectStore> =
         Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-    let err = two_writers_of_one_partition(dir.path(), Arc::new(Overwriting(local)))
+    let err = two_writers_of_one_partition(dir.path(), Arc::new(Faulty::overwriting(local)))
         .await
         .unwrap_err();
     assert!(err.contains("does not honour conditional puts"), "{err}");
@@ -884,4 +905,119 @@ async fn the_watermark_counts_every_partition_of_the_topic() {
         .map(|p| (p.partition, p.next_offset))
         .collect();
     assert_eq!(listed, vec![(0, 3), (1, 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_takes_each_published_file_once_through_its_cursor() {
+    use eventbus_operators::sinks::parquet::{Cursor, published_since};
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |o: i64| record(o, wire(1, &schema, sample(&schema, true, T0 + o, false)));
+    let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    let root = StorePath::default();
+    run(
+        dir.path(),
+        vec![(1, EVERYTHING.to_owned())],
+        (0..5).map(rec).collect(),
+    )
+    .await
+    .unwrap();
+    let (first, cursor) = published_since(&store, &root, &[], &Cursor::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|f| (f.partition, f.start_offset, f.end_offset, f.rows))
+            .collect::<Vec<_>>(),
+        vec![(0, 0, 4, 5)]
+    );
+    assert!(
+        dir.path().join(&first[0].path).exists(),
+        "{}",
+        first[0].path
+    );
+    // The cursor survives its text form; nothing new since it.
+    let cursor = Cursor::decode(&cursor.encode()).unwrap();
+    let (none, same) = published_since(&store, &root, &[], &cursor).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(same, cursor);
+    run(
+        dir.path(),
+        vec![(1, EVERYTHING.to_owned())],
+        (5..8).map(rec).collect(),
+    )
+    .await
+    .unwrap();
+    let (next, _) = published_since(&store, &root, &["t.v1".to_owned()], &cursor)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter()
+            .map(|f| (f.start_offset, f.end_offset))
+            .collect::<Vec<_>>(),
+        vec![(5, 7)]
+    );
+    assert!(Cursor::decode("v2:xyz").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_entry_whose_files_are_not_in_place_is_not_published_to_loaders() {
+    // The writer commits its entry and dies before its files are copied: the commit
+    // entry exists, its files do not, and loaders are not told about it. The next writer
+    // rolls it forward, and only then is it published.
+    use eventbus_operators::sinks::parquet::{Cursor, published_since};
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |o: i64| record(o, wire(1, &schema, sample(&schema, true, T0 + o, false)));
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let sink = |store: Arc<dyn ObjectStore>| {
+        ParquetSink::with_store(
+            ParquetSinkConfig::new(dir.path().to_str().unwrap()),
+            store,
+            StorePath::default(),
+            lookup(vec![(1, EVERYTHING.to_owned())]),
+            &[1],
+        )
+        .unwrap()
+    };
+    let dying = Faulty {
+        inner: local.clone(),
+        overwrite: false,
+        fail_copies: true,
+    };
+    let err = run_sink(sink(Arc::new(dying)), (0..5).map(rec).collect())
+        .await
+        .unwrap_err();
+    assert!(err.contains("died while publishing"), "{err}");
+    let entries = commit_entries(dir.path());
+    assert_eq!(entries.len(), 1, "the entry was committed");
+    assert!(
+        !dir.path()
+            .join("t.v1")
+            .join(&entries[0].files[0].path)
+            .exists()
+    );
+    let root = StorePath::default();
+    let (files, cursor) = published_since(local.as_ref(), &root, &[], &Cursor::default())
+        .await
+        .unwrap();
+    assert!(files.is_empty(), "loaders are told of no file: {files:?}");
+
+    // The next writer recovers the partition: the files appear, then the entry.
+    run_sink(sink(local.clone()), (0..6).map(rec).collect())
+        .await
+        .unwrap();
+    let (files, _) = published_since(local.as_ref(), &root, &[], &cursor)
+        .await
+        .unwrap();
+    let ranges: Vec<(i64, i64)> = files
+        .iter()
+        .map(|f| (f.start_offset, f.end_offset))
+        .collect();
+    assert_eq!(ranges, vec![(0, 4), (5, 5)]);
+    for f in &files {
+        assert!(dir.path().join(&f.path).exists(), "{}", f.path);
+    }
 }

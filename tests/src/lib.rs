@@ -658,7 +658,6 @@ pub async fn read_table(
     store: &dyn object_store::ObjectStore,
     prefix: &object_store::path::Path,
 ) -> Vec<TableRow> {
-    use arrow::array::{Array, Int32Array, Int64Array, StringArray};
     use futures_util::TryStreamExt;
     let mut files: Vec<_> = store
         .list(Some(prefix))
@@ -676,45 +675,56 @@ pub async fn read_table(
             .bytes()
             .await
             .expect("read");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap_or_else(|e| panic!("{} is not a whole Parquet file: {e}", f.location))
-            .build()
-            .expect("reader");
-        for batch in reader {
-            let batch = batch.expect("batch");
-            let col = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .unwrap_or_else(|| panic!("{} has no column {name}", f.location))
-                    .clone()
-            };
-            let parts = col("_partition");
-            let parts = parts.as_any().downcast_ref::<Int32Array>().expect("int32");
-            let offsets = col("_offset");
-            let offsets = offsets
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("int64");
-            // A uuid column is 16 bytes (Arrow's uuid storage); a plain string is text.
-            let ids = col("event_id");
-            let id_of = |i: usize| -> String {
-                if let Some(s) = ids.as_any().downcast_ref::<StringArray>() {
-                    return s.value(i).to_owned();
-                }
-                let b = ids
-                    .as_any()
-                    .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
-                    .expect("event_id is a string or a 16-byte uuid")
-                    .value(i);
-                uuid_text(b)
-            };
-            for i in 0..batch.num_rows() {
-                rows.push(TableRow {
-                    partition: parts.value(i),
-                    offset: offsets.value(i),
-                    event_id: id_of(i),
-                });
+        rows.extend(parquet_rows(bytes, f.location.as_ref()));
+    }
+    rows
+}
+
+/// The rows of one Parquet file of a table (`name` for messages).
+///
+/// # Panics
+/// The bytes are not a whole Parquet file with `_partition`, `_offset` and `event_id`.
+pub fn parquet_rows(bytes: bytes::Bytes, name: &str) -> Vec<TableRow> {
+    use arrow::array::{Array, Int32Array, Int64Array, StringArray};
+    let mut rows = Vec::new();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap_or_else(|e| panic!("{name} is not a whole Parquet file: {e}"))
+        .build()
+        .expect("reader");
+    for batch in reader {
+        let batch = batch.expect("batch");
+        let col = |column: &str| {
+            batch
+                .column_by_name(column)
+                .unwrap_or_else(|| panic!("{name} has no column {column}"))
+                .clone()
+        };
+        let parts = col("_partition");
+        let parts = parts.as_any().downcast_ref::<Int32Array>().expect("int32");
+        let offsets = col("_offset");
+        let offsets = offsets
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("int64");
+        // A uuid column is 16 bytes (Arrow's uuid storage); a plain string is text.
+        let ids = col("event_id");
+        let id_of = |i: usize| -> String {
+            if let Some(s) = ids.as_any().downcast_ref::<StringArray>() {
+                return s.value(i).to_owned();
             }
+            let b = ids
+                .as_any()
+                .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
+                .expect("event_id is a string or a 16-byte uuid")
+                .value(i);
+            uuid_text(b)
+        };
+        for i in 0..batch.num_rows() {
+            rows.push(TableRow {
+                partition: parts.value(i),
+                offset: offsets.value(i),
+                event_id: id_of(i),
+            });
         }
     }
     rows

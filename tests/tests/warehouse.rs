@@ -629,3 +629,73 @@ async fn records_from_python_producers_load_exactly_and_duckdb_reads_their_value
         format!("{} {}", listed.join(","), wm.complete_before_ms)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_loader_never_sees_a_missing_file_or_a_row_twice() {
+    // A loader polls `eventbus table files --after CURSOR` while the job publishes and
+    // is SIGKILLed: every file it is given is whole and in place, no row comes twice, and
+    // in the end it has taken every row.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fx = Fixture::new(4, 60_000, None, "").await;
+    let root = fx.local_root();
+    std::fs::create_dir_all(&root).expect("root");
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (root, stop) = (root.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let root_arg = root.display().to_string();
+            let mut cursor: Option<String> = None;
+            let mut rows: Vec<eventbus_tests::TableRow> = Vec::new();
+            let mut polls = 0;
+            loop {
+                // One more poll after the writer stopped, to take what it published last.
+                let last = stop.load(Ordering::Relaxed);
+                let mut args = vec!["table", "files", "--table-root", &root_arg, "--json"];
+                if let Some(c) = &cursor {
+                    args.extend(["--after", c.as_str()]);
+                }
+                let (ok, out, err) = eventbus_tests::dlq::eventbus(&args);
+                assert!(ok, "table files failed: {err}");
+                let listed: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+                for f in listed["files"].as_array().expect("files") {
+                    let path = root.join(f["path"].as_str().expect("path"));
+                    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                        panic!(
+                            "the loader was given {}, which is missing: {e}",
+                            path.display()
+                        )
+                    });
+                    let got =
+                        eventbus_tests::parquet_rows(bytes.into(), &path.display().to_string());
+                    assert_eq!(got.len() as u64, f["rows"].as_u64().expect("rows"));
+                    let (start, end) = (
+                        f["start_offset"].as_i64().expect("start"),
+                        f["end_offset"].as_i64().expect("end"),
+                    );
+                    assert!(got.iter().all(|r| (start..=end).contains(&r.offset)));
+                    rows.extend(got);
+                }
+                cursor = Some(listed["cursor"].as_str().expect("cursor").to_owned());
+                polls += 1;
+                if last {
+                    return (rows, polls);
+                }
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let (cfg, logs) = (fx.cfg.clone(), fx.dir.path().to_owned());
+    tokio::task::spawn_blocking(move || {
+        sigkill_at_random_moments(&cfg, &logs, 4);
+        JobProcess::finish_warehouse(&cfg, &logs, "final");
+    })
+    .await
+    .expect("join");
+    stop.store(true, Ordering::Relaxed);
+    let (rows, polls) = loader.join().expect("the loader saw something wrong");
+    assert!(
+        polls > 5,
+        "the loader polled {polls} times while the job ran"
+    );
+    check_exactly_once(&rows, &fx.produced);
+}

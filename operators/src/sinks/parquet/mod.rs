@@ -8,6 +8,7 @@
 //! ```text
 //! <root>/<topic>/dt=YYYY-MM-DD/hour=HH/<partition>-<start offset>-<end offset>.parquet
 //! <root>/<topic>/_eventbus/commits/<partition>/<start offset>.json   commit log
+//! <root>/<topic>/_eventbus/published/<partition>/<start offset>.json the entries whose files are in place (for loaders)
 //! <root>/<topic>/_eventbus/progress/<partition>/<next offset>.json   next offset, max event time (highest name)
 //! <root>/<topic>/_eventbus/watermark.json                            hours complete in every partition
 //! <root>/<topic>/_eventbus/staging/...                               files not yet published
@@ -46,17 +47,19 @@
 //!    so of two writers that believe they own the partition exactly one wins. The loser
 //!    re-reads the chain, acknowledges what the winner wrote, and stages the rest again.
 //! 5. **Publish**: copy each staged file to its final name (a copy appears whole or not at
-//!    all, on S3 and on the local filesystem alike), delete the staged copy, update the
-//!    progress file.
+//!    all, on S3 and on the local filesystem alike), then create the entry's published
+//!    entry (`_eventbus/published/`, what loaders read: see `loader`), delete the staged
+//!    copy, write the progress record.
 //! 6. **Acknowledge** the records; the runtime then commits their offsets to Kafka.
 //!
 //! Crash cases (the job killed at any instruction, the store failing mid-write):
 //! - before the commit entry exists: staged files are invisible leftovers; the records
 //!   were not acknowledged, so they are read again from the committed offset and staged
 //!   anew. Nothing published, nothing lost.
-//! - after the commit entry, before or during publication: recovery finds the entry and
-//!   copies the missing files. A final name is deterministic, so a copy done twice
-//!   writes the same bytes to the same name.
+//! - after the commit entry, before or during publication: recovery finds the entry,
+//!   copies the missing files and then creates its published entry. A final name is
+//!   deterministic, so a copy done twice writes the same bytes to the same name. Until
+//!   then, loaders that follow the published entries do not see the entry at all.
 //! - after publication, before the Kafka commit: the records come again; recovery says
 //!   they are below `next`, and they are acknowledged without writing.
 //! - a store that fails (unreachable, 5xx): the store client retries; a write that still
@@ -77,6 +80,7 @@
 mod config;
 mod decode;
 mod encode;
+mod loader;
 mod protocol;
 mod store;
 mod table;
@@ -99,6 +103,7 @@ pub use config::{ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};
 pub use decode::{arrow_schema_of, wire_to_parquet};
 use encode::RowMeta;
 pub use encode::{COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC};
+pub use loader::{Cursor, PublishedFile, published_since};
 pub use store::open_store;
 use store::{ConditionalPuts, describe_store_error, probe_conditional_puts, store_error};
 pub use table::{CommitEntry, CommitFile, Progress, SkippedRecord, Watermark};

@@ -26,6 +26,8 @@ impl ParquetSink {
         {
             Some(entry) => {
                 let copied = p.table.roll_forward(&entry).await.map_err(store_error)?;
+                // Every file is in place now: loaders may see the entry.
+                p.table.mark_published(&entry).await.map_err(store_error)?;
                 if copied > 0 {
                     tracing::info!(
                         topic = %p.tp.topic, partition = p.tp.partition, files = copied,
@@ -207,6 +209,7 @@ impl ParquetSink {
             return Ok(Committed::Conflict);
         }
         p.table.publish(&entry).await.map_err(store_error)?;
+        p.table.mark_published(&entry).await.map_err(store_error)?;
         for f in &entry.files {
             match p.table.store.delete(&p.table.path(&f.staged)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
