@@ -495,11 +495,14 @@ async fn run_sink(sink: ParquetSink, records: Vec<Record<Bytes>>) -> Result<(), 
 /// An object store with faults: `overwrite` takes a create-only put as an overwrite
 /// (one that ignores `If-None-Match`, as some S3-compatible servers do); `fail_copies`
 /// fails every copy (a writer that dies while publishing).
+/// `slow_copies` makes that many copies, the first ones, take 600 ms each (a store slow
+/// to publish for a while).
 #[derive(Debug)]
 struct Faulty {
     inner: Arc<dyn ObjectStore>,
     overwrite: bool,
     fail_copies: bool,
+    slow_copies: std::sync::atomic::AtomicUsize,
 }
 
 impl Faulty {
@@ -508,6 +511,7 @@ impl Faulty {
             inner,
             overwrite: true,
             fail_copies: false,
+            slow_copies: 0.into(),
         }
     }
 }
@@ -561,6 +565,17 @@ impl ObjectStore for Faulty {
         self.inner.list_with_delimiter(prefix).await
     }
     async fn copy(&self, from: &StorePath, to: &StorePath) -> object_store::Result<()> {
+        let slow = self
+            .slow_copies
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if slow {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        }
         if self.fail_copies {
             return Err(object_store::Error::Generic {
                 store: "faulty",
@@ -986,6 +1001,7 @@ async fn a_commit_entry_whose_files_are_not_in_place_is_not_published_to_loaders
         inner: local.clone(),
         overwrite: false,
         fail_copies: true,
+        slow_copies: 0.into(),
     };
     let err = run_sink(sink(Arc::new(dying)), (0..5).map(rec).collect())
         .await
@@ -1020,4 +1036,75 @@ async fn a_commit_entry_whose_files_are_not_in_place_is_not_published_to_loaders
     for f in &files {
         assert!(dir.path().join(&f.path).exists(), "{}", f.path);
     }
+}
+
+/// Delivers records 0..10 of one partition, revokes it, then, as a new assignment,
+/// delivers 0..15 again and revokes it at the end.
+struct RevokedMidPublish;
+
+impl eventbus_runtime::Source for RevokedMidPublish {
+    type Item = Bytes;
+
+    async fn run(
+        self,
+        dispatch: eventbus_runtime::Dispatch<Bytes>,
+    ) -> Result<(), eventbus_runtime::RuntimeError> {
+        let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+        let rec = |o: i64| record(o, wire(1, &schema, sample(&schema, true, T0 + o, false)));
+        let tp = eventbus_runtime::TopicPartition::new("t.v1", 0);
+        dispatch.assigned(std::slice::from_ref(&tp));
+        dispatch.deliver(&tp, (0..10).map(rec).collect());
+        // The file of 0..=4 is publishing (slowly) when the revoke comes.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let finals = dispatch.revoke(std::slice::from_ref(&tp)).await;
+        dispatch.committed(&finals);
+        dispatch.assigned(std::slice::from_ref(&tp));
+        let from = finals.first().map_or(0, |(_, o)| *o);
+        dispatch.deliver(&tp, (from..15).map(rec).collect());
+        let finals = dispatch.revoke(std::slice::from_ref(&tp)).await;
+        dispatch.committed(&finals);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_that_times_out_while_publishing_leaves_the_sink_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let slow = Faulty {
+        inner: local,
+        overwrite: false,
+        fail_copies: false,
+        // The first file's copy: the revoke's deadline passes while it publishes.
+        slow_copies: 1.into(),
+    };
+    let mut config = ParquetSinkConfig::new(dir.path().to_str().unwrap());
+    config.roll_rows = 5;
+    let sink = ParquetSink::with_store(
+        config,
+        Arc::new(slow),
+        StorePath::default(),
+        lookup(vec![(1, EVERYTHING.to_owned())]),
+        &[1],
+    )
+    .unwrap();
+    let runtime = eventbus_runtime::RuntimeConfig {
+        drain_timeout_ms: 200,
+        ..eventbus_runtime::RuntimeConfig::default()
+    };
+    Job::builder("t")
+        .config(runtime)
+        .source(RevokedMidPublish)
+        .sink(sink)
+        .build()
+        .unwrap()
+        .run(std::future::pending())
+        .await
+        .expect("the job ends without an error");
+    assert_eq!(
+        table_offsets(dir.path()),
+        (0..15).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
 }

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use arrow::array::RecordBatch;
+use arrow_avro::reader::Decoder;
 use eventbus_runtime::{SinkError, TopicPartition};
 
 use super::encode::{self, FileFormat};
@@ -94,6 +95,12 @@ impl ParquetSink {
         for _attempt in 0..8 {
             if p.rows() == 0 {
                 return Ok(());
+            }
+            // A publish cancelled after the decoder gave its rows up (a partition task
+            // aborted at a revoke's deadline) leaves the rows buffered and the decoder
+            // empty: decode them again.
+            if p.decoder.as_ref().is_none_or(Decoder::batch_is_empty) {
+                self.rebuild(p).map_err(flush_error)?;
             }
             let batch = p
                 .decoder
@@ -237,11 +244,16 @@ impl ParquetSink {
         &self,
         which: Option<&[TopicPartition]>,
     ) -> Result<(), SinkError> {
-        let parts: Vec<_> = lock(&self.inner.parts)
-            .iter()
-            .filter(|(tp, _)| which.is_none_or(|w| w.contains(tp)))
-            .map(|(_, p)| p.clone())
-            .collect();
+        // Revoked partitions leave the map first: if the revoke's deadline passes while
+        // they publish, the next assignment starts from a fresh buffer that recovers
+        // from the table, while the old one finishes (or not) on its own.
+        let parts: Vec<_> = {
+            let mut map = lock(&self.inner.parts);
+            match which {
+                Some(which) => which.iter().filter_map(|tp| map.remove(tp)).collect(),
+                None => map.values().cloned().collect(),
+            }
+        };
         // One task per partition: encoding is the expensive part, and partitions are
         // independent, so a revoke or shutdown with many partitions uses every core.
         let tasks: Vec<_> = parts
@@ -261,12 +273,6 @@ impl ParquetSink {
                 .unwrap_or_else(|e| Err(flush_error(format!("a publish task ended: {e}"))));
             if let Err(e) = result {
                 first_error.get_or_insert(e);
-            }
-        }
-        if let Some(which) = which {
-            let mut map = lock(&self.inner.parts);
-            for tp in which {
-                map.remove(tp);
             }
         }
         if self.inner.dirty.swap(false, Ordering::Relaxed)
