@@ -25,7 +25,7 @@
 //! forever: every replay increments `eventbus.replay.count`, which travels with the record
 //! into any later letter, and a letter at `max_replays` is parked instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +36,7 @@ use eventbus_dlq::classify::{Classifier, Rule};
 use eventbus_dlq::replay::replayed_headers;
 use eventbus_runtime::{
     Ack, ErrorClass, Job, KafkaProperties, KafkaSource, Record, RunnableJob, RuntimeError, Sink,
-    SinkError,
+    SinkError, TopicPartition,
 };
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -122,6 +122,8 @@ pub struct ProcessorSink {
     limiter: Arc<DefaultDirectRateLimiter>,
     counts: CountTable,
     replay_id: String,
+    /// Per DLQ partition, the timers of letters waiting for their cool-off.
+    waiting: Arc<Mutex<HashMap<TopicPartition, Vec<tokio::task::AbortHandle>>>>,
 }
 
 impl std::fmt::Debug for ProcessorSink {
@@ -160,6 +162,7 @@ impl ProcessorSink {
             )),
             counts: CountTable::default(),
             replay_id,
+            waiting: Arc::default(),
         })
     }
 
@@ -236,12 +239,50 @@ impl Sink<Bytes> for ProcessorSink {
             .unwrap_or(0)
             .min(now)
             .saturating_add(i64::try_from(self.config.cool_off_ms).unwrap_or(i64::MAX));
-        let wait = due.saturating_sub(now);
-        if wait > 0 {
-            ack.hold_partition(true);
-            tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
-            ack.hold_partition(false);
+        let wait = Duration::from_millis(u64::try_from(due.saturating_sub(now)).unwrap_or(0));
+        if wait.is_zero() {
+            self.replay(topic, category, record, &context, ack).await;
+            return Ok(());
         }
+        // Not due yet: a timer replays it when it is, and `send` returns. The letter
+        // stays in flight meanwhile, so the runtime's bounds pause the DLQ partition once
+        // enough letters wait, and a revoke or shutdown is never held up by a sleep.
+        let tp = record.topic_partition();
+        let sink = self.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            sink.replay(topic, category, record, &context, ack).await;
+        });
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let timers = waiting.entry(tp).or_default();
+        timers.retain(|t| !t.is_finished());
+        timers.push(timer.abort_handle());
+        Ok(())
+    }
+
+    /// Revoked partitions' waiting letters are dropped unreplayed: they were never done,
+    /// so their offsets are not committed, and the partitions' next owner replays them.
+    async fn partitions_revoked(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        for tp in partitions {
+            for timer in waiting.remove(tp).unwrap_or_default() {
+                timer.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProcessorSink {
+    /// Replays a letter to its original topic, under the rate limit.
+    async fn replay(
+        &self,
+        topic: String,
+        category: String,
+        record: Record<Bytes>,
+        context: &LetterContext,
+        ack: Ack,
+    ) {
         let clock = DefaultClock::default();
         while let Err(not_until) = self.limiter.check() {
             tokio::time::sleep(not_until.wait_time_from(clock.now())).await;
@@ -249,7 +290,6 @@ impl Sink<Bytes> for ProcessorSink {
         let headers = replayed_headers(&record.headers, context.replay_count, &self.replay_id);
         self.count(&topic, &category, |c| c.replayed += 1);
         self.produce(&topic, &record, &headers, ack).await;
-        Ok(())
     }
 }
 
@@ -419,6 +459,48 @@ mod tests {
         assert_eq!(sink.counts().lock().expect("counts").len(), 1);
     }
 
+    /// A letter inside its cool-off waits on a timer, not in `send`: `send` returns at
+    /// once (paused time would have run a sleep to its end), the letter stays unresolved
+    /// through the cool-off, and a revoke drops it unreplayed.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_cool_off_is_a_timer_and_send_returns_at_once() {
+        let mut kafka = KafkaProperties::new();
+        kafka.set("bootstrap.servers", "127.0.0.1:1");
+        let config = ProcessorConfig {
+            cool_off_ms: 60_000,
+            ..ProcessorConfig::default()
+        };
+        let sink = ProcessorSink::new(&kafka, config, "test".to_owned()).expect("sink");
+        let mut letter = Record::new("t.dlq", 0, 0, Bytes::from_static(b"v"));
+        letter
+            .headers
+            .push(eventbus_dlq::envelope::CLASS, Some("transient"));
+        letter.headers.push(
+            eventbus_dlq::envelope::FIRST_FAILURE,
+            Some(Bytes::from(
+                eventbus_runtime::dead_letter::now_ms().to_string(),
+            )),
+        );
+        let tp = letter.topic_partition();
+        let (ack, mut outcome) = Ack::channel(letter.origin());
+        let start = tokio::time::Instant::now();
+        sink.send(letter, ack).await.expect("send");
+        assert_eq!(start.elapsed(), Duration::ZERO, "send slept");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(outcome.try_recv().is_err(), "resolved inside its cool-off");
+        sink.partitions_revoked(std::slice::from_ref(&tp))
+            .await
+            .expect("revoke");
+        tokio::task::yield_now().await;
+        assert!(
+            matches!(outcome.await, Ok(Err(SinkError::AckDropped { .. }))),
+            "a revoke drops the waiting letter"
+        );
+        let counts = sink.counts();
+        let counts = counts.lock().expect("counts");
+        assert_eq!(counts.values().map(|c| c.replayed).sum::<u64>(), 0);
+    }
+
     /// A letter whose first failure lies a year ahead waits one cool-off, not a year.
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_first_failure_in_the_future_waits_one_cool_off_at_most() {
@@ -441,10 +523,20 @@ mod tests {
         let (ack, _outcome) = Ack::channel(letter.origin());
         let start = tokio::time::Instant::now();
         sink.send(letter, ack).await.expect("send");
-        let waited = start.elapsed();
-        assert!(
-            waited <= Duration::from_millis(2_000),
-            "the letter waited {waited:?} (paused time)"
+        // Replayed (here: its produce fails, the broker being unreachable) within one
+        // cool-off, not a year.
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        let counts = sink.counts();
+        assert_eq!(
+            counts
+                .lock()
+                .expect("counts")
+                .values()
+                .map(|c| c.replayed)
+                .sum::<u64>(),
+            1,
+            "replayed after {:?} (paused time)",
+            start.elapsed()
         );
     }
 }
