@@ -26,6 +26,7 @@
 
 pub mod classify;
 pub mod envelope;
+pub mod pii;
 pub mod replay;
 pub mod store;
 pub mod transfer;

@@ -10,6 +10,10 @@
 //!  "schema_id":1,"value":{"event_id":"…","battery_pct":180.0,…}}
 //! ```
 //!
+//! Exported by default with the topic's PII fields replaced by `"<redacted>"` (and their
+//! values masked in `error`, `key` and the headers), listed under `"redacted"`; import
+//! refuses such a line. `--show-pii` exports the values as they are.
+//!
 //! `value` is the decoded record when its schema is known; otherwise the line has
 //! `value_base64` (the raw bytes) and `value_error` (why it did not decode). Keys, header
 //! keys and header values that are not UTF-8 are written as `key_base64` / `value_base64`.
@@ -43,8 +47,15 @@ fn schema_of<R: SchemaRegistry>(
     }
 }
 
-/// The JSON line of one letter.
-pub fn export_line<R: SchemaRegistry>(l: &StoredLetter, decoder: &Decoder<R>) -> Json {
+/// The JSON line of one letter. With `pii` (the letter's topic's PII fields), those
+/// fields of the value are replaced with `"<redacted>"`, their values are masked in the
+/// error and the headers, and the line says so under `"redacted"`: import refuses such a
+/// line, which no longer holds the record.
+pub fn export_line<R: SchemaRegistry>(
+    l: &StoredLetter,
+    decoder: &Decoder<R>,
+    pii: Option<&[String]>,
+) -> Json {
     let registry = decoder.registry();
     let c = &l.context;
     let headers: Vec<Json> = l
@@ -94,8 +105,13 @@ pub fn export_line<R: SchemaRegistry>(l: &StoredLetter, decoder: &Decoder<R>) ->
             Ok((id, to_json(&v, &schema)?))
         });
     match decoded {
-        Ok((id, value)) => {
+        Ok((id, mut value)) => {
             line["schema_id"] = json!(id);
+            if let Some(fields) = pii.filter(|f| !f.is_empty()) {
+                let values = crate::pii::redact_json(&mut value, fields);
+                mask_line(&mut line, &values);
+                line["redacted"] = json!(fields);
+            }
             line["value"] = value;
         }
         Err(e) => {
@@ -108,6 +124,25 @@ pub fn export_line<R: SchemaRegistry>(l: &StoredLetter, decoder: &Decoder<R>) ->
         }
     }
     line
+}
+
+/// Masks `values` in a line's error, key and header values.
+fn mask_line(line: &mut Json, values: &[String]) {
+    if values.is_empty() {
+        return;
+    }
+    for field in ["error", "key"] {
+        if let Some(text) = line[field].as_str() {
+            line[field] = json!(crate::pii::mask(text, values));
+        }
+    }
+    if let Some(headers) = line["headers"].as_array_mut() {
+        for h in headers {
+            if let Some(text) = h["value"].as_str() {
+                h["value"] = json!(crate::pii::mask(text, values));
+            }
+        }
+    }
 }
 
 /// A checked import line, ready to produce.
@@ -158,6 +193,17 @@ fn check_line<R: SchemaRegistry>(
 ) -> Result<ImportRecord, String> {
     let registry = decoder.registry();
     let line: Json = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(fields) = line["redacted"].as_array().filter(|f| !f.is_empty()) {
+        return Err(format!(
+            "the value was exported with its personal data redacted ({}); export it again \
+             with --show-pii to fix and import it",
+            fields
+                .iter()
+                .filter_map(Json::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let topic = match (to, line["topic"].as_str()) {
         (Some(t), _) => t.to_owned(),
         (None, Some(t)) => t.to_owned(),
@@ -302,7 +348,7 @@ mod tests {
             category: "validation".into(),
         };
         let decoder = Decoder::new(registry);
-        let line = export_line(&letter, &decoder);
+        let line = export_line(&letter, &decoder, None);
         assert_eq!(
             line["headers"][0]["key_base64"],
             json!(B64.encode(b"\xff\xfetrace"))

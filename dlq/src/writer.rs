@@ -13,17 +13,19 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventbus_runtime::redact::Redact;
 use eventbus_runtime::{
     Ack, DeadLetter, DeadLetterQueue, ErrorClass, KafkaProperties, Record, RuntimeError, SinkError,
 };
+use eventbus_schemas::{FileRegistry, SchemaRegistry};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
-use regex::Regex;
 use tokio::runtime::Handle;
 
 use crate::envelope::letter_record;
+use crate::pii::PiiRedactor;
 
 /// Settings of a [`KafkaDeadLetters`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -31,8 +33,9 @@ use crate::envelope::letter_record;
 pub struct DlqConfig {
     /// DLQ topic per source topic; a topic not listed goes to `<topic>.dlq`.
     pub topics: HashMap<String, String>,
-    /// Fields classified as personal data, per source topic: their values are masked in
-    /// the error message written to the headers and the logs.
+    /// Fields classified as personal data, per source topic (dotted for nested fields):
+    /// their values, found in each record's decoded value, are masked wherever they
+    /// appear in the error message written to the headers and the logs.
     pub pii: HashMap<String, Vec<String>>,
     /// Tries per letter before the job stops. Default 5.
     pub max_attempts: u32,
@@ -97,9 +100,8 @@ struct Inner {
     /// (no connection, no producer id at the broker).
     producer: OnceLock<Result<ThreadedProducer<Deliveries>, String>>,
     config: DlqConfig,
-    /// Per source topic: a pattern that finds `field = value` / `field: value` for each
-    /// PII field.
-    redact: HashMap<String, Regex>,
+    /// Masks the values of the PII fields, found in each letter's decoded value.
+    redactor: PiiRedactor,
 }
 
 impl std::fmt::Debug for KafkaDeadLetters {
@@ -145,36 +147,41 @@ impl KafkaDeadLetters {
             }
             other => RuntimeError::config("kafka", other.to_string()),
         })?;
-        let mut redact = HashMap::new();
-        for (topic, fields) in &config.pii {
-            if fields.is_empty() {
-                continue;
-            }
-            let names: Vec<String> = fields.iter().map(|f| regex::escape(f)).collect();
-            let pattern = format!(
-                r#"(?i)\b({})\b(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;)}}\]]+)"#,
-                names.join("|")
-            );
-            let re = Regex::new(&pattern)
-                .map_err(|e| RuntimeError::config(&format!("dlq.pii.{topic}"), e.to_string()))?;
-            redact.insert(topic.clone(), re);
-        }
+        let registry: Arc<dyn SchemaRegistry> = Arc::new(
+            FileRegistry::embedded().map_err(|e| RuntimeError::config("schemas", e.to_string()))?,
+        );
+        let redactor = PiiRedactor::new(config.pii.clone(), registry, None);
         Ok(Self {
             inner: Arc::new(Inner {
                 producer_config: cfg,
                 producer: OnceLock::new(),
                 config,
-                redact,
+                redactor,
             }),
         })
     }
 
-    /// `message` with the values of the topic's PII fields masked.
-    pub fn redact(&self, topic: &str, message: &str) -> String {
-        match self.inner.redact.get(topic) {
-            Some(re) => re.replace_all(message, "$1$2<redacted>").into_owned(),
-            None => message.to_owned(),
+    /// Decodes letters' values through `registry` (default: the file registry compiled
+    /// in) to find their PII fields.
+    #[must_use]
+    pub fn with_registry(self, registry: Arc<dyn SchemaRegistry>) -> Self {
+        let inner = Inner {
+            producer_config: self.inner.producer_config.clone(),
+            producer: OnceLock::new(),
+            config: self.inner.config.clone(),
+            redactor: PiiRedactor::new(self.inner.config.pii.clone(), registry, None),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
+    }
+
+    /// `message`, about the record `record`, with the values of its topic's PII fields
+    /// (found in its decoded value) masked.
+    pub fn redact(&self, record: &Record<Bytes>, message: &str) -> String {
+        self.inner
+            .redactor
+            .redact(&record.origin(), Some(&record.value), message)
     }
 
     async fn produce(&self, pending: Box<Pending>) {
@@ -251,7 +258,7 @@ impl DeadLetterQueue for KafkaDeadLetters {
     fn send(&self, letter: DeadLetter, ack: Ack) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let topic = letter.record.topic.to_string();
-            let message = self.redact(&topic, &letter.message);
+            let message = self.redact(&letter.record, &letter.message);
             tracing::warn!(
                 origin = %letter.record.origin(), class = %letter.class, stage = %letter.stage,
                 attempts = letter.attempts, error = %message, "record dead-lettered"
@@ -291,21 +298,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pii_values_are_masked_in_messages() {
+    fn pii_values_found_in_the_record_are_masked_in_messages() {
+        use eventbus_schemas::events::{Position, VehicleState, VehicleStatus};
         let mut props = KafkaProperties::new();
         props.set("bootstrap.servers", "127.0.0.1:1");
         let mut cfg = DlqConfig::default();
         cfg.pii
             .insert("vehicle.state.v1".into(), vec!["driver_id".into()]);
         let q = KafkaDeadLetters::new(&props, cfg).unwrap();
+        let registry = FileRegistry::embedded().unwrap();
+        let (id, schema) = registry.latest_of("vehicle.state.v1-value").unwrap();
+        let event = VehicleState {
+            event_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
+            vehicle_id: "veh-0001".into(),
+            fleet_id: "fleet-01".into(),
+            event_time: 1_767_225_600_000,
+            position: Position {
+                lat: 52.52,
+                lon: 13.405,
+                heading_deg: None,
+            },
+            speed_kph: 42.5,
+            battery_pct: 81.0,
+            status: VehicleStatus::Driving,
+            odometer_km: None,
+            driver_id: Some("D-123".into()),
+            firmware_version: None,
+        };
+        let value = eventbus_schemas::encode(id, &schema, &event).unwrap();
+        let record = Record::new("vehicle.state.v1", 0, 7, Bytes::from(value));
+        // However the message quotes it.
         let m = q.redact(
-            "vehicle.state.v1",
-            r#"validation failed: driver_id="D-123" is not known; driver_id: D-9, speed=3"#,
+            &record,
+            r#"driver "D-123" is not known (driver_id=D-123); D-1234 is someone else, speed=3"#,
         );
         assert_eq!(
             m,
-            r#"validation failed: driver_id=<redacted> is not known; driver_id: <redacted>, speed=3"#
+            r#"driver "<redacted>" is not known (driver_id=<redacted>); D-1234 is someone else, speed=3"#
         );
-        assert_eq!(q.redact("other", "driver_id=1"), "driver_id=1");
+        let other = Record::new("other", 0, 7, Bytes::from_static(b"x"));
+        assert_eq!(q.redact(&other, "driver D-123"), "driver D-123");
     }
 }

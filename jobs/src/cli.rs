@@ -336,9 +336,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: args.registry.clone(),
     };
     let file = crate::config::JobFile::load(args.config.as_deref(), &overrides)?;
+    install_redactor(&file)?;
     match args.job {
         JobName::Warehouse => crate::warehouse::command(file, &overrides, args).await,
         JobName::DlqProcessor => crate::dlq_processor::command(file, &overrides, args).await,
         JobName::Mirror => crate::mirror::command(&file).await,
     }
+}
+
+/// Masks personal data in what the runtime says about a record (the job-failure log and
+/// error, retry warnings): the catalog's PII fields, and those `[dlq] pii` adds, found in
+/// the record's decoded value.
+fn install_redactor(file: &crate::config::JobFile) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry};
+    let catalog = Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
+    let pii = file
+        .dlq
+        .clone()
+        .unwrap_or_default()
+        .with_catalog(&catalog)
+        .pii;
+    let registry: Arc<dyn SchemaRegistry> = match file.registry.http()? {
+        Some(http) => Arc::new(http),
+        None => Arc::new(FileRegistry::embedded()?),
+    };
+    eventbus_runtime::redact::install(Arc::new(eventbus_dlq::pii::PiiRedactor::new(
+        pii,
+        registry,
+        Some(file.kafka.clone()),
+    )));
+    Ok(())
 }

@@ -236,7 +236,7 @@ pub async fn run(
             &classifier,
             |l| {
                 if l.category == "validation" {
-                    out.push(export_line(&l, &decoder_read));
+                    out.push(export_line(&l, &decoder_read, None));
                 }
                 Ok(())
             },

@@ -109,7 +109,8 @@ pub enum DlqCommand {
         json: bool,
     },
     /// One line per letter (or one JSON object with --json): where it came from, why it
-    /// failed, and its value decoded through the registry where possible.
+    /// failed, and its value decoded through the registry where possible. PII fields are
+    /// redacted unless --show-pii.
     Inspect {
         /// The DLQ topic.
         #[arg(long)]
@@ -126,6 +127,10 @@ pub enum DlqCommand {
         /// Show at most this many letters.
         #[arg(long)]
         limit: Option<u64>,
+        /// Show the values of the topics' PII fields (the catalog's, and [dlq] pii in the
+        /// config), which are redacted by default. Its use is logged.
+        #[arg(long)]
+        show_pii: bool,
     },
     /// Produce the selected letters again to their original topic (or --to), keeping
     /// key, value and original headers, adding eventbus.replay.id and incrementing
@@ -158,8 +163,8 @@ pub enum DlqCommand {
         id: Option<String>,
     },
     /// Write the selected letters to stdout as JSON lines: values as JSON where the
-    /// schema is known (base64 otherwise), with headers and failure context. Edit them,
-    /// then `eventbus dlq import`.
+    /// schema is known (base64 otherwise), with headers and failure context. PII fields
+    /// are redacted unless --show-pii. Edit them, then `eventbus dlq import`.
     Export {
         /// The DLQ topic.
         #[arg(long)]
@@ -170,6 +175,10 @@ pub enum DlqCommand {
         /// Brokers, config and schemas.
         #[command(flatten)]
         connection: Connection,
+        /// Export the values of the topics' PII fields, which are redacted by default (a
+        /// redacted line cannot be imported). Its use is logged.
+        #[arg(long)]
+        show_pii: bool,
     },
     /// Check every line of an export file against its schema, re-encode it in the wire
     /// format and produce it to its original topic (or --to). If any line is invalid,
@@ -193,6 +202,32 @@ struct Context2 {
     kafka: KafkaProperties,
     classifier: Classifier,
     decoder: Decoder<Arc<dyn SchemaRegistry>>,
+    /// PII fields per original topic: the catalog's and the config's `[dlq] pii`.
+    pii: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Context2 {
+    /// The PII fields to redact in a letter from `topic`; none with `show`.
+    fn pii_of(&self, topic: Option<&str>, show: bool) -> Option<&[String]> {
+        if show {
+            return None;
+        }
+        Some(
+            topic
+                .and_then(|t| self.pii.get(t))
+                .map_or(&[][..], Vec::as_slice),
+        )
+    }
+}
+
+/// Logs that personal data is being shown, and by whom.
+fn log_show_pii(command: &str, topic: &str) {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    tracing::warn!(
+        %user, dlq = %topic, "dlq {command} --show-pii: showing personal data unredacted"
+    );
 }
 
 fn context(c: &Connection) -> anyhow::Result<Context2> {
@@ -216,10 +251,19 @@ fn context(c: &Connection) -> anyhow::Result<Context2> {
         (None, Some(http)) => Arc::new(http),
         (None, None) => Arc::new(FileRegistry::embedded()?),
     };
+    let catalog =
+        eventbus_schemas::Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
+    let pii = file
+        .dlq
+        .clone()
+        .unwrap_or_default()
+        .with_catalog(&catalog)
+        .pii;
     Ok(Context2 {
         kafka: file.kafka,
         classifier,
         decoder: Decoder::new(registry),
+        pii,
     })
 }
 
@@ -241,13 +285,20 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
             connection,
             json,
             limit,
-        } => inspect(
-            &topic,
-            &filters.build(),
-            &context(&connection)?,
-            json,
-            limit,
-        ),
+            show_pii,
+        } => {
+            if show_pii {
+                log_show_pii("inspect", &topic);
+            }
+            inspect(
+                &topic,
+                &filters.build(),
+                &context(&connection)?,
+                json,
+                limit,
+                show_pii,
+            )
+        }
         DlqCommand::Replay {
             topic,
             filters,
@@ -272,7 +323,13 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
             topic,
             filters,
             connection,
-        } => export(&topic, &filters.build(), &context(&connection)?),
+            show_pii,
+        } => {
+            if show_pii {
+                log_show_pii("export", &topic);
+            }
+            export(&topic, &filters.build(), &context(&connection)?, show_pii)
+        }
         DlqCommand::Import {
             file,
             connection,
@@ -382,6 +439,7 @@ fn inspect(
     ctx: &Context2,
     as_json: bool,
     limit: Option<u64>,
+    show_pii: bool,
 ) -> anyhow::Result<()> {
     let mut shown = 0u64;
     let stdout = std::io::stdout();
@@ -392,14 +450,23 @@ fn inspect(
         }
         shown += 1;
         let c = &l.context;
-        let value = decoded_value(l, &ctx.decoder);
-        let key = l.key.as_deref().map(String::from_utf8_lossy);
+        let mut value = decoded_value(l, &ctx.decoder);
+        let mut key = l
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        let mut message = c.message.clone();
+        if let Some(fields) = ctx.pii_of(c.topic.as_deref(), show_pii) {
+            let values = eventbus_dlq::pii::redact_json(&mut value, fields);
+            key = key.map(|k| eventbus_dlq::pii::mask(&k, &values));
+            message = message.map(|m| eventbus_dlq::pii::mask(&m, &values));
+        }
         if as_json {
             let line = json!({
                 "dlq_partition": l.dlq_partition, "dlq_offset": l.dlq_offset,
                 "topic": c.topic, "partition": c.partition, "offset": c.offset,
                 "key": key, "category": l.category, "class": c.class, "stage": c.stage,
-                "exception": c.exception, "error": c.message, "attempts": c.attempts,
+                "exception": c.exception, "error": message, "attempts": c.attempts,
                 "first_failure": time_text(c.first_failure_ms), "job": c.job,
                 "replay_count": c.replay_count, "value": value,
                 "value_bytes": l.value.len(),
@@ -427,7 +494,7 @@ fn inspect(
                 c.attempts.unwrap_or(1),
                 c.replay_count,
                 time_text(c.first_failure_ms),
-                c.message.as_deref().unwrap_or("-"),
+                message.as_deref().unwrap_or("-"),
                 shown_value
             )?;
         }
@@ -522,12 +589,18 @@ fn run_replay(opts: &ReplayOptions, ctx: &Context2, yes: bool) -> anyhow::Result
     Ok(())
 }
 
-fn export(topic: &str, filter: &LetterFilter, ctx: &Context2) -> anyhow::Result<()> {
+fn export(
+    topic: &str,
+    filter: &LetterFilter,
+    ctx: &Context2,
+    show_pii: bool,
+) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut n = 0u64;
     each(topic, filter, ctx, |l| {
-        writeln!(out, "{}", export_line(l, &ctx.decoder))?;
+        let pii = ctx.pii_of(l.context.topic.as_deref(), show_pii);
+        writeln!(out, "{}", export_line(l, &ctx.decoder, pii))?;
         n += 1;
         Ok(())
     })?;

@@ -276,6 +276,7 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         Some(h) => Arc::new(h),
         None => files,
     };
+    let letters_registry = registry.clone();
     let sink = ParquetSink::new(config, lookup(registry), &ids)
         .with_context(|| format!("opening the tables under {table_root}"))?;
     sink.set_partition_ends(partition_ends(&file.kafka)?);
@@ -319,7 +320,9 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
             );
         }
         pipeline = pipeline.dead_letters(
-            KafkaDeadLetters::new(&file.kafka, dlq).context("starting the dead-letter producer")?,
+            KafkaDeadLetters::new(&file.kafka, dlq)
+                .context("starting the dead-letter producer")?
+                .with_registry(letters_registry),
         );
     }
     let job = pipeline.sink(sink.clone()).build()?;

@@ -160,9 +160,11 @@ where
                 ack.fail(error);
                 return Ok(());
             };
+            let origin = record.origin();
+            let shown = eventbus_runtime::redact::redact(&origin, None, &error.to_string());
             tracing::warn!(
-                origin = %record.origin(), attempts, delay_ms = delay.as_millis() as u64,
-                error = %error, "transient failure; retrying"
+                %origin, attempts, delay_ms = delay.as_millis() as u64,
+                error = %shown, "transient failure; retrying"
             );
             ack.hold_partition(true);
             tokio::time::sleep(delay).await;

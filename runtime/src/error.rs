@@ -213,6 +213,45 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// The error with the text it quotes about a record (a sink's reason, an operator's
+    /// error) passed through [`crate::redact::redact`]. Errors about no record are
+    /// returned as they are.
+    #[must_use]
+    pub fn redacted(self) -> Self {
+        if !crate::redact::installed() {
+            return self;
+        }
+        match self {
+            Self::Sink(SinkError::Delivery {
+                sink,
+                origin,
+                reason,
+                class,
+            }) => {
+                let reason = crate::redact::redact(&origin, None, &reason);
+                Self::Sink(SinkError::Delivery {
+                    sink,
+                    origin,
+                    reason,
+                    class,
+                })
+            }
+            Self::Operator {
+                origin,
+                class,
+                source,
+            } => {
+                let text = crate::redact::redact(&origin, None, &source.to_string());
+                Self::Operator {
+                    origin,
+                    class,
+                    source: ProcessError::new(class, text),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// A configuration error naming `key`.
     pub fn config(key: &str, reason: impl Into<String>) -> Self {
         RuntimeError::Config {

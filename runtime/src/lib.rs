@@ -61,6 +61,7 @@ pub mod kafka;
 pub mod memory;
 pub mod operator;
 pub mod record;
+pub mod redact;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

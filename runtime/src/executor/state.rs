@@ -68,6 +68,8 @@ impl JobShared {
     }
 
     fn set_error(&self, error: RuntimeError, weak: bool) {
+        // Logged and returned only with personal data masked.
+        let error = error.redacted();
         {
             let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
             match &*slot {

@@ -493,6 +493,9 @@ impl Sink<Bytes> for ParquetSink {
         // A record that cannot be decoded: dead-lettered, and listed as skipped by the
         // next commit entry.
         let skip = |p: &mut PartBuf, ack: Ack, reason: String| {
+            // Written to the commit entry, which loaders read: never with personal data.
+            let reason =
+                eventbus_runtime::redact::redact(&ack.origin(), Some(&record.value), &reason);
             p.failed.push(SkippedRecord {
                 offset: record.offset,
                 reason: reason.clone(),
