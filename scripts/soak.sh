@@ -40,6 +40,7 @@ start_tansu() {
     --advertised-listener-url "tcp://$BROKERS" --storage-engine sqlite://tansu.db \
     >>"$WORK/tansu.log" 2>&1) &
   echo $! >"$WORK/tansu.pid"
+  disown
   for _ in $(seq 1 100); do
     if "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null; then
       return 0
@@ -63,7 +64,7 @@ trap cleanup EXIT
 start_tansu
 log "tansu on $BROKERS, S3 on $S3"
 
-"$BIN" topics apply --brokers "$BROKERS" >"$WORK/topics.log" 2>&1
+"$BIN" topics apply --brokers "$BROKERS" --replication-factor 1 >"$WORK/topics.log" 2>&1
 log "producing $RECORDS records"
 "$BIN" generate --brokers "$BROKERS" --topic vehicle.state.v1 --count "$RECORDS" >"$WORK/generate.log" 2>&1
 

@@ -26,6 +26,7 @@
 
 pub mod classify;
 pub mod envelope;
+mod error;
 pub mod pii;
 pub mod replay;
 pub mod store;
@@ -34,6 +35,7 @@ mod writer;
 
 pub use classify::{Classifier, Rule};
 pub use envelope::{LetterContext, letter_record};
+pub use error::DlqError;
 pub use replay::{ReplayOptions, ReplayReport, replay};
 pub use store::{LetterFilter, StoredLetter};
 pub use writer::{DlqConfig, KafkaDeadLetters};

@@ -12,7 +12,6 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use eventbus_runtime::{Headers, KafkaProperties};
 use governor::clock::{Clock, DefaultClock};
@@ -21,6 +20,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::DlqError;
 use crate::classify::Classifier;
 use crate::envelope::{REPLAY_COUNT, REPLAY_ID, is_context_header};
 use crate::store::{LetterFilter, StoredLetter, consumer, read};
@@ -104,17 +104,15 @@ pub fn replayed_headers(letter_headers: &Headers, replay_count: u32, id: &str) -
 ///
 /// # Errors
 /// The letter names no original topic and no `--to` was given.
-pub fn target_of(l: &StoredLetter, to: Option<&str>) -> anyhow::Result<String> {
+pub fn target_of(l: &StoredLetter, to: Option<&str>) -> Result<String, DlqError> {
     match (to, &l.context.topic) {
         (Some(t), _) => Ok(t.to_owned()),
         (None, Some(t)) => Ok(t.clone()),
-        (None, None) => bail!(
-            "the letter at {} partition {} offset {} names no original topic \
-             (no kafka_dlt-original-topic or __connect.errors.topic header); use --to",
-            l.dlq_topic,
-            l.dlq_partition,
-            l.dlq_offset
-        ),
+        (None, None) => Err(DlqError::NoTarget {
+            dlq_topic: l.dlq_topic.clone(),
+            partition: l.dlq_partition,
+            offset: l.dlq_offset,
+        }),
     }
 }
 
@@ -149,11 +147,11 @@ impl ProducerContext for Deliveries {
 }
 
 /// A producer for replays and parking: idempotent, `acks=all`.
-pub(crate) fn producer(props: &KafkaProperties) -> anyhow::Result<ThreadedProducer<Deliveries>> {
+pub(crate) fn producer(props: &KafkaProperties) -> Result<ThreadedProducer<Deliveries>, DlqError> {
     props
         .durable_producer("the replay")?
         .create_with_context(Deliveries::default())
-        .context("creating the Kafka producer")
+        .map_err(|e| DlqError::kafka("creating the Kafka producer", e))
 }
 
 /// Runs a replay; `on_letter` sees each selected letter and its target as it is sent
@@ -167,7 +165,7 @@ pub fn replay(
     opts: &ReplayOptions,
     classifier: &Classifier,
     mut on_letter: impl FnMut(&StoredLetter, &str),
-) -> anyhow::Result<ReplayReport> {
+) -> Result<ReplayReport, DlqError> {
     let id = opts.id();
     let group = format!("eventbus-replay-{id}");
     let positions = consumer(props, &group)?;
@@ -180,8 +178,14 @@ pub fn replay(
             .map(|p| eventbus_runtime::TopicPartition::new(opts.dlq_topic.as_str(), *p))
             .collect();
         let committed =
-            eventbus_runtime::kafka::committed(&positions, &tps, Duration::from_secs(15))
-                .with_context(|| format!("reading the position of replay {id}"))?;
+            eventbus_runtime::kafka::committed(&positions, &tps, Duration::from_secs(15)).map_err(
+                |e| match e {
+                    eventbus_runtime::RuntimeError::Kafka { source, .. } => {
+                        DlqError::kafka(format!("reading the position of replay {id}"), source)
+                    }
+                    other => DlqError::Runtime(other),
+                },
+            )?;
         start.extend(committed.into_iter().map(|(tp, o)| (tp.partition, o)));
     }
     let producer = if opts.dry_run {
@@ -203,10 +207,10 @@ pub fn replay(
     let mut first_send: Option<Instant> = None;
     let checkpoint = |producer: &ThreadedProducer<Deliveries>,
                       done: &BTreeMap<i32, i64>|
-     -> anyhow::Result<()> {
-        producer
-            .flush(Duration::from_secs(60))
-            .context("waiting for the broker to acknowledge replayed letters")?;
+     -> Result<(), DlqError> {
+        producer.flush(Duration::from_secs(60)).map_err(|e| {
+            DlqError::kafka("waiting for the broker to acknowledge replayed letters", e)
+        })?;
         let errors = producer
             .context()
             .errors
@@ -214,16 +218,20 @@ pub fn replay(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(e) = errors.first() {
-            bail!("the broker refused a replayed letter ({e}); the replay stops before it");
+            return Err(DlqError::Refused {
+                what: "a replayed letter (the replay stops before it)".into(),
+                reason: e.clone(),
+            });
         }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in done {
-            tpl.add_partition_offset(&opts.dlq_topic, *p, Offset::Offset(*o))?;
+            tpl.add_partition_offset(&opts.dlq_topic, *p, Offset::Offset(*o))
+                .map_err(|e| DlqError::kafka(format!("saving the position of replay {id}"), e))?;
         }
         if tpl.count() > 0 {
             positions
                 .commit(&tpl, CommitMode::Sync)
-                .with_context(|| format!("saving the position of replay {id}"))?;
+                .map_err(|e| DlqError::kafka(format!("saving the position of replay {id}"), e))?;
         }
         Ok(())
     };
@@ -252,7 +260,7 @@ pub fn replay(
             checkpoint(p, &done)?;
             last_checkpoint = Instant::now();
         }
-        Ok(())
+        Ok::<(), DlqError>(())
     })?;
     if let Some(p) = &producer {
         // Everything the reader went through is covered now: up to the end offsets it
@@ -275,7 +283,7 @@ fn send(
     l: &StoredLetter,
     target: &str,
     id: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), DlqError> {
     let headers = replayed_headers(&l.headers, l.context.replay_count, id);
     let owned = headers.to_kafka();
     let mut record = BaseRecord::to(target).payload(&l.value[..]).headers(owned);
@@ -283,5 +291,5 @@ fn send(
         record = record.key(k);
     }
     eventbus_runtime::kafka::send_waiting(producer, record)
-        .map_err(|(e, _)| anyhow::anyhow!("cannot send to {target}: {e}"))
+        .map_err(|(e, _)| DlqError::kafka(format!("sending to {target}"), e))
 }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use eventbus_runtime::{Headers, KafkaProperties};
 use rdkafka::config::ClientConfig;
@@ -12,6 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 
+use crate::DlqError;
 use crate::classify::Classifier;
 use crate::envelope::LetterContext;
 
@@ -42,7 +42,7 @@ pub struct StoredLetter {
 }
 
 /// A consumer with this client's properties and no group of its own unless given.
-pub(crate) fn consumer(props: &KafkaProperties, group: &str) -> anyhow::Result<BaseConsumer> {
+pub(crate) fn consumer(props: &KafkaProperties, group: &str) -> Result<BaseConsumer, DlqError> {
     let mut cfg = ClientConfig::new();
     for (k, v) in props.iter() {
         cfg.set(k, v);
@@ -51,7 +51,8 @@ pub(crate) fn consumer(props: &KafkaProperties, group: &str) -> anyhow::Result<B
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    cfg.create().context("creating the Kafka consumer")
+    cfg.create()
+        .map_err(|e| DlqError::kafka("creating the Kafka consumer", e))
 }
 
 /// The end offset of every partition of `topic`; `brokers` names the cluster in errors.
@@ -62,7 +63,7 @@ pub fn end_offsets(
     c: &BaseConsumer,
     brokers: &str,
     topic: &str,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
+) -> Result<BTreeMap<i32, i64>, DlqError> {
     let ends = eventbus_runtime::kafka::watermarks(c, topic, brokers, TIMEOUT)?
         .into_iter()
         .map(|(p, (_, high))| (p, high))
@@ -76,15 +77,15 @@ pub fn end_offsets(
 ///
 /// # Errors
 /// The topic cannot be read to its end within a few minutes, or `f` fails.
-pub fn read(
+pub fn read<E: From<DlqError>>(
     props: &KafkaProperties,
     topic: &str,
     start: &BTreeMap<i32, i64>,
     classifier: &Classifier,
-    mut f: impl FnMut(StoredLetter) -> anyhow::Result<()>,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let c = consumer(props, "eventbus-dlq-reader")?;
-    let ends = end_offsets(&c, props.brokers().unwrap_or_default(), topic)?;
+    mut f: impl FnMut(StoredLetter) -> Result<(), E>,
+) -> Result<BTreeMap<i32, i64>, E> {
+    let c = consumer(props, "eventbus-dlq-reader").map_err(E::from)?;
+    let ends = end_offsets(&c, props.brokers().unwrap_or_default(), topic).map_err(E::from)?;
     let mut tpl = TopicPartitionList::new();
     let mut open = BTreeMap::new();
     for (&p, &end) in &ends {
@@ -95,14 +96,16 @@ pub fn read(
             } else {
                 Offset::Offset(from)
             };
-            tpl.add_partition_offset(topic, p, offset)?;
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(|e| E::from(DlqError::kafka(format!("reading {topic}"), e)))?;
             open.insert(p, end);
         }
     }
     if open.is_empty() {
         return Ok(ends);
     }
-    c.assign(&tpl)?;
+    c.assign(&tpl)
+        .map_err(|e| E::from(DlqError::kafka(format!("reading {topic}"), e)))?;
     let mut last_progress = Instant::now();
     while !open.is_empty() {
         match c.poll(Duration::from_millis(200)) {
@@ -121,10 +124,11 @@ pub fn read(
             None => {}
         }
         if last_progress.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "reading {topic}: partitions {:?} made no progress for 120 s",
-                open.keys().collect::<Vec<_>>()
-            );
+            return Err(E::from(DlqError::Stalled {
+                topic: topic.to_owned(),
+                partitions: open.keys().copied().collect(),
+                seconds: 120,
+            }));
         }
     }
     Ok(ends)

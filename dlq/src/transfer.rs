@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
@@ -32,6 +31,7 @@ use eventbus_schemas::json::{from_json, to_json};
 use eventbus_schemas::{SchemaRegistry, encode_value};
 use serde_json::{Value as Json, json};
 
+use crate::DlqError;
 use crate::envelope::{REPLAY_COUNT, REPLAY_ID, is_context_header};
 use crate::store::StoredLetter;
 
@@ -287,7 +287,7 @@ pub fn produce(
     props: &KafkaProperties,
     records: &[ImportRecord],
     mut progress: impl FnMut(u64),
-) -> anyhow::Result<BTreeMap<String, u64>> {
+) -> Result<BTreeMap<String, u64>, DlqError> {
     use rdkafka::producer::{BaseRecord, Producer};
     let producer = crate::replay::producer(props)?;
     let mut by_topic = BTreeMap::new();
@@ -300,16 +300,24 @@ pub fn produce(
             rec = rec.key(k);
         }
         eventbus_runtime::kafka::send_waiting(&producer, rec).map_err(|(e, _)| {
-            anyhow::anyhow!("line {}: cannot send to {}: {e}", r.line, r.topic)
+            DlqError::kafka(format!("line {}: sending to {}", r.line, r.topic), e)
         })?;
         *by_topic.entry(r.topic.clone()).or_default() += 1;
         progress(i as u64 + 1);
     }
     producer
         .flush(std::time::Duration::from_secs(60))
-        .context("waiting for the broker to acknowledge the imported records")?;
+        .map_err(|e| {
+            DlqError::kafka(
+                "waiting for the broker to acknowledge the imported records",
+                e,
+            )
+        })?;
     if let Some(e) = producer.context().first_error() {
-        anyhow::bail!("the broker refused an imported record ({e})");
+        return Err(DlqError::Refused {
+            what: "an imported record".into(),
+            reason: e,
+        });
     }
     Ok(by_topic)
 }

@@ -238,7 +238,7 @@ pub async fn run(
                 if l.category == "validation" {
                     out.push(export_line(&l, &decoder_read, None));
                 }
-                Ok(())
+                Ok::<(), anyhow::Error>(())
             },
         )?;
         Ok(out)
@@ -282,7 +282,7 @@ pub async fn run(
             &Classifier::default(),
             |l| {
                 *c.entry(l.category).or_default() += 1;
-                Ok(())
+                Ok::<(), anyhow::Error>(())
             },
         )?;
         Ok(c)

@@ -11,14 +11,14 @@ use eventbus_runtime::SinkError;
 use eventbus_schemas::wire;
 
 use super::encode::{self, FileFormat, RowMeta};
-use super::{BodyCheck, ParquetSink, PartBuf, flush_error, lock};
+use super::{BodyCheck, ParquetError, ParquetSink, PartBuf, flush_error, lock};
 
 /// The Arrow schema rows of `avro_schema_json` get, before the Kafka columns. Fails,
 /// naming the schema, when a construct cannot be mapped.
 ///
 /// # Errors
 /// The schema is not valid Avro or holds a construct arrow-avro cannot map.
-pub fn arrow_schema_of(id: u32, avro_schema_json: &str) -> Result<Arc<ArrowSchema>, String> {
+pub fn arrow_schema_of(id: u32, avro_schema_json: &str) -> Result<Arc<ArrowSchema>, ParquetError> {
     let decoder = build_decoder(&[(id, avro_schema_json.to_owned())], Some(id), 16)?;
     Ok(decoder.schema())
 }
@@ -27,12 +27,15 @@ pub(super) fn build_decoder(
     schemas: &[(u32, String)],
     active: Option<u32>,
     batch_rows: usize,
-) -> Result<Decoder, String> {
+) -> Result<Decoder, ParquetError> {
     let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
     for (id, json) in schemas {
         store
             .set(Fingerprint::Id(*id), AvroSchema::new(json.clone()))
-            .map_err(|e| format!("schema id {id}: {e}"))?;
+            .map_err(|e| ParquetError::Schema {
+                id: *id,
+                reason: e.to_string(),
+            })?;
     }
     let mut b = ReaderBuilder::new()
         .with_writer_schema_store(store)
@@ -40,9 +43,9 @@ pub(super) fn build_decoder(
     if let Some(id) = active {
         b = b.with_active_fingerprint(Fingerprint::Id(id));
     }
-    b.build_decoder().map_err(|e| match active {
-        Some(id) => format!("schema id {id} cannot be mapped to Arrow: {e}"),
-        None => format!("cannot build the Avro decoder: {e}"),
+    b.build_decoder().map_err(|e| ParquetError::Schema {
+        id: active.unwrap_or_default(),
+        reason: format!("cannot be mapped to Arrow: {e}"),
     })
 }
 
@@ -57,26 +60,27 @@ pub fn wire_to_parquet(
     avro_schema_json: &str,
     records: &[Bytes],
     zstd_level: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ParquetError> {
     let mut decoder = build_decoder(
         &[(id, avro_schema_json.to_owned())],
         Some(id),
         records.len() + 1,
     )?;
-    let check = BodyCheck::new(avro_schema_json)?;
+    let check =
+        BodyCheck::new(avro_schema_json).map_err(|reason| ParquetError::Schema { id, reason })?;
     let mut meta = RowMeta::default();
     for (i, r) in records.iter().enumerate() {
-        wire::split(r, None).map_err(|e| format!("record {i}: {e}"))?;
-        decode_one(&mut decoder, &check, id, r)
-            .map_err(|e| format!("record {i}: {}", e.into_reason()))?;
+        let bad = |reason: String| ParquetError::Record { index: i, reason };
+        wire::split(r, None).map_err(|e| bad(e.to_string()))?;
+        decode_one(&mut decoder, &check, id, r).map_err(|e| bad(e.into_reason()))?;
         meta.offsets.push(i as i64);
         meta.kafka_ts.push(None);
     }
-    let batch = decoder
-        .flush()
-        .map_err(|e| e.to_string())?
-        .ok_or("no records")?;
-    let full = encode::with_kafka_columns(&batch, "bench", 0, &meta).map_err(|e| e.to_string())?;
+    let batch = decoder.flush()?.ok_or(ParquetError::Record {
+        index: 0,
+        reason: "no records".into(),
+    })?;
+    let full = encode::with_kafka_columns(&batch, "bench", 0, &meta)?;
     encode::parquet_bytes(
         &full,
         FileFormat {
@@ -184,11 +188,10 @@ impl ParquetSink {
                 return Err(format!("schema id {id} is not found in the registry"));
             };
             let check = BodyCheck::new(json).map_err(|e| format!("schema id {id}: {e}"))?;
-            p.decoder = Some(build_decoder(
-                &schemas,
-                Some(id),
-                self.inner.config.roll_rows + 1,
-            )?);
+            p.decoder = Some(
+                build_decoder(&schemas, Some(id), self.inner.config.roll_rows + 1)
+                    .map_err(|e| e.to_string())?,
+            );
             p.check = Some(Arc::new(check));
             p.schema_id = Some(id);
         }
@@ -207,7 +210,7 @@ impl ParquetSink {
     }
 
     /// A fresh decoder holding the buffered records again.
-    pub(super) fn rebuild(&self, p: &mut PartBuf) -> Result<(), String> {
+    pub(super) fn rebuild(&self, p: &mut PartBuf) -> Result<(), ParquetError> {
         let Some(id) = p.schema_id else {
             return Ok(());
         };
@@ -215,7 +218,7 @@ impl ParquetSink {
         let schemas = lock(&self.inner.schemas).clone();
         let mut d = build_decoder(&schemas, Some(id), self.inner.config.roll_rows + 1)?;
         for raw in &p.raw {
-            d.decode(raw).map_err(|e| e.to_string())?;
+            d.decode(raw)?;
         }
         p.decoder = Some(d);
         Ok(())

@@ -202,8 +202,11 @@ pub(crate) struct FileFormat {
 }
 
 /// One Parquet file holding `batch`, in memory.
-pub(crate) fn parquet_bytes(batch: &RecordBatch, format: FileFormat) -> Result<Vec<u8>, String> {
-    let level = ZstdLevel::try_new(format.zstd_level).map_err(|e| e.to_string())?;
+pub(crate) fn parquet_bytes(
+    batch: &RecordBatch,
+    format: FileFormat,
+) -> Result<Vec<u8>, super::ParquetError> {
+    let level = ZstdLevel::try_new(format.zstd_level)?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_size(format.row_group_rows.max(1))
@@ -221,10 +224,9 @@ pub(crate) fn parquet_bytes(batch: &RecordBatch, format: FileFormat) -> Result<V
     }
     let props = builder.build();
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
-    let mut writer =
-        ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
-    writer.write(batch).map_err(|e| e.to_string())?;
-    writer.close().map_err(|e| e.to_string())?;
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.close()?;
     Ok(out)
 }
 

@@ -18,6 +18,7 @@ use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::ParquetError;
 use super::table::{CommitEntry, Table};
 
 type StoreResult<T> = Result<T, object_store::Error>;
@@ -74,8 +75,11 @@ impl Cursor {
     ///
     /// # Errors
     /// The text is not such a cursor.
-    pub fn decode(text: &str) -> Result<Self, String> {
-        let bad = |why: String| format!("{text:?} is not a cursor printed by eventbus: {why}");
+    pub fn decode(text: &str) -> Result<Self, ParquetError> {
+        let bad = |reason: String| ParquetError::Cursor {
+            text: text.to_owned(),
+            reason,
+        };
         let body = text
             .trim()
             .strip_prefix("v1:")

@@ -80,6 +80,7 @@
 mod config;
 mod decode;
 mod encode;
+mod error;
 mod loader;
 mod protocol;
 mod store;
@@ -103,6 +104,7 @@ pub use config::{ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};
 pub use decode::{arrow_schema_of, wire_to_parquet};
 use encode::RowMeta;
 pub use encode::{COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC};
+pub use error::ParquetError;
 pub use loader::{Cursor, PublishedFile, published_since};
 pub use store::open_store;
 use store::{ConditionalPuts, describe_store_error, probe_conditional_puts, store_error};
@@ -228,7 +230,7 @@ impl ParquetSink {
             let json = lookup(*id)
                 .map_err(|e| flush_error(format!("schema id {id}: {e}")))?
                 .ok_or_else(|| flush_error(format!("schema id {id} is not registered")))?;
-            arrow_schema_of(*id, &json).map_err(flush_error)?;
+            arrow_schema_of(*id, &json)?;
             schemas.push((*id, json));
         }
         // The process id tells writers on one host apart, and 64 random bits writers

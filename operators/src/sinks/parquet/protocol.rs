@@ -100,7 +100,7 @@ impl ParquetSink {
             // aborted at a revoke's deadline) leaves the rows buffered and the decoder
             // empty: decode them again.
             if p.decoder.as_ref().is_none_or(Decoder::batch_is_empty) {
-                self.rebuild(p).map_err(flush_error)?;
+                self.rebuild(p)?;
             }
             let batch = p
                 .decoder
@@ -127,7 +127,7 @@ impl ParquetSink {
                     p.failed.retain(|f| f.offset >= next);
                     let covered = p.meta.offsets.partition_point(|o| *o < next);
                     self.take_rows(p, covered).done();
-                    self.rebuild(p).map_err(flush_error)?;
+                    self.rebuild(p)?;
                 }
             }
         }
@@ -178,8 +178,7 @@ impl ParquetSink {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| flush_error(format!("the encoding task ended: {e}")))?
-        .map_err(flush_error)?;
+        .map_err(|e| flush_error(format!("the encoding task ended: {e}")))??;
         let mut files = Vec::with_capacity(slices.len());
         let mut max_event = i64::MIN;
         for ((n, slice), bytes) in slices.iter().enumerate().zip(encoded) {
