@@ -89,10 +89,12 @@ pub fn is_context_header(key: &[u8]) -> bool {
 /// message as it may be shown (already redacted).
 pub fn letter_record(letter: &DeadLetter, group: Option<&str>, message: &str) -> Record<Bytes> {
     let r = &letter.record;
+    // Not the replay's group either: the letter is read by the DLQ processor's group, and
+    // the group that failed it is named in its own header.
     let mut headers: Headers = r
         .headers
         .iter()
-        .filter(|h| !is_context_header(&h.key))
+        .filter(|h| !is_context_header(&h.key) && h.key != eventbus_runtime::REPLAY_GROUP)
         .cloned()
         .collect();
     let text =
@@ -172,6 +174,8 @@ pub struct LetterContext {
     pub replay_count: u32,
     /// The last replay's id.
     pub replay_id: Option<String>,
+    /// The consumer group whose job failed the record.
+    pub group: Option<String>,
 }
 
 impl LetterContext {
@@ -210,6 +214,7 @@ impl LetterContext {
                 .and_then(|c| u32::try_from(c).ok())
                 .unwrap_or(0),
             replay_id: text(REPLAY_ID),
+            group: text(DLT_GROUP),
         }
     }
 }
@@ -235,6 +240,7 @@ mod tests {
             attempts: 1,
             first_failure_ms: 1_700_000_001_000,
             job: "analytics".into(),
+            group: None,
         }
     }
 

@@ -36,6 +36,6 @@ mod writer;
 pub use classify::{Classifier, Rule};
 pub use envelope::{LetterContext, letter_record};
 pub use error::DlqError;
-pub use replay::{ReplayOptions, ReplayReport, replay};
+pub use replay::{ProcessorReplays, ReplayOptions, ReplayReport, replay};
 pub use store::{LetterFilter, StoredLetter};
 pub use writer::{DlqConfig, KafkaDeadLetters};

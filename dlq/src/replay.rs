@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use eventbus_runtime::{Headers, KafkaProperties};
+use eventbus_runtime::{Headers, KafkaProperties, REPLAY_GROUP};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -43,6 +43,26 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// The replay's id; derived from the topic, target and filter when absent.
     pub id: Option<String>,
+    /// Send to every consumer group of the target: leave out `eventbus.replay.group`,
+    /// which otherwise limits each replayed record to the group whose job failed it.
+    pub all_groups: bool,
+    /// What the DLQ processor replays on its own, so a letter it already replayed is not
+    /// sent again (unless `force`).
+    pub processor: Option<ProcessorReplays>,
+    /// Send letters the DLQ processor already replayed, too.
+    pub force: bool,
+}
+
+/// What a DLQ processor replays on its own: letters of its automatic categories,
+/// replayed fewer than `max_replays` times, once its group has committed past them.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorReplays {
+    /// The processor's consumer group on the DLQ topic.
+    pub group: String,
+    /// Its automatic categories.
+    pub categories: Vec<String>,
+    /// Its replay limit (letters replayed this often are parked, not replayed).
+    pub max_replays: u32,
 }
 
 impl ReplayOptions {
@@ -82,21 +102,38 @@ pub struct ReplayReport {
     pub covered_before: u64,
     /// Letters sent per target topic.
     pub by_target: BTreeMap<String, u64>,
+    /// Letters selected but not sent because the DLQ processor already replayed them.
+    pub already_replayed: u64,
     /// Seconds from the first letter sent to the last acknowledgement.
     pub send_seconds: f64,
 }
 
 /// The headers a letter replays with: its original headers (the failure context
-/// removed) with `eventbus.replay.id` set and `eventbus.replay.count` incremented.
-pub fn replayed_headers(letter_headers: &Headers, replay_count: u32, id: &str) -> Headers {
+/// removed) with `eventbus.replay.id` set, `eventbus.replay.count` incremented, and,
+/// with `group`, `eventbus.replay.group`: only that consumer group's eventbus jobs
+/// process the record; every other group's take it as done.
+pub fn replayed_headers(
+    letter_headers: &Headers,
+    replay_count: u32,
+    id: &str,
+    group: Option<&str>,
+) -> Headers {
     let mut headers: Headers = letter_headers
         .iter()
-        .filter(|h| !is_context_header(&h.key) && h.key != REPLAY_ID && h.key != REPLAY_COUNT)
+        .filter(|h| {
+            !is_context_header(&h.key)
+                && h.key != REPLAY_ID
+                && h.key != REPLAY_COUNT
+                && h.key != REPLAY_GROUP
+        })
         .cloned()
         .collect();
     headers.push(REPLAY_ID, Some(Bytes::copy_from_slice(id.as_bytes())));
     let count = (replay_count + 1).to_string();
     headers.push(REPLAY_COUNT, Some(Bytes::from(count)));
+    if let Some(g) = group {
+        headers.push(REPLAY_GROUP, Some(Bytes::copy_from_slice(g.as_bytes())));
+    }
     headers
 }
 
@@ -235,9 +272,34 @@ pub fn replay(
         }
         Ok(())
     };
+    // Where the DLQ processor's group stands: the letters below it that the processor
+    // replays on its own were replayed already.
+    let auto_replayed: BTreeMap<i32, i64> = match (&opts.processor, opts.force) {
+        (Some(proc), false) => {
+            let reader = consumer(props, &proc.group)?;
+            let tps: Vec<eventbus_runtime::TopicPartition> = ends
+                .keys()
+                .map(|p| eventbus_runtime::TopicPartition::new(opts.dlq_topic.as_str(), *p))
+                .collect();
+            eventbus_runtime::kafka::committed(&reader, &tps, Duration::from_secs(15))?
+                .into_iter()
+                .map(|(tp, o)| (tp.partition, o))
+                .collect()
+        }
+        _ => BTreeMap::new(),
+    };
     let read_to = read(props, &opts.dlq_topic, &start, classifier, |l| {
         report.scanned += 1;
-        if opts.filter.matches(&l) {
+        let replayed_by_processor = opts.processor.as_ref().is_some_and(|proc| {
+            proc.categories.contains(&l.category)
+                && l.context.replay_count < proc.max_replays
+                && auto_replayed
+                    .get(&l.dlq_partition)
+                    .is_some_and(|c| l.dlq_offset < *c)
+        });
+        if opts.filter.matches(&l) && replayed_by_processor {
+            report.already_replayed += 1;
+        } else if opts.filter.matches(&l) {
             let target = target_of(&l, opts.to.as_deref())?;
             report.selected += 1;
             if let Some(p) = &producer {
@@ -247,7 +309,10 @@ pub fn replay(
                     }
                 }
                 first_send.get_or_insert_with(Instant::now);
-                send(p, &l, &target, &id)?;
+                let group = (!opts.all_groups)
+                    .then_some(l.context.group.as_deref())
+                    .flatten();
+                send(p, &l, &target, &id, group)?;
                 report.sent += 1;
                 *report.by_target.entry(target.clone()).or_default() += 1;
             }
@@ -283,8 +348,9 @@ fn send(
     l: &StoredLetter,
     target: &str,
     id: &str,
+    group: Option<&str>,
 ) -> Result<(), DlqError> {
-    let headers = replayed_headers(&l.headers, l.context.replay_count, id);
+    let headers = replayed_headers(&l.headers, l.context.replay_count, id, group);
     let owned = headers.to_kafka();
     let mut record = BaseRecord::to(target).payload(&l.value[..]).headers(owned);
     if let Some(k) = l.key.as_deref() {

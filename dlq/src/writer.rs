@@ -41,7 +41,8 @@ pub struct DlqConfig {
     pub max_attempts: u32,
     /// Pause between tries, in milliseconds. Default 1000.
     pub retry_backoff_ms: u64,
-    /// The consumer group named in `kafka_dlt-original-consumer-group`.
+    /// The consumer group named in `kafka_dlt-original-consumer-group` (default: the one
+    /// the job's source reads as). Replays go to this group only.
     pub group: Option<String>,
 }
 
@@ -263,7 +264,14 @@ impl DeadLetterQueue for KafkaDeadLetters {
                 origin = %letter.record.origin(), class = %letter.class, stage = %letter.stage,
                 attempts = letter.attempts, error = %message, "record dead-lettered"
             );
-            let record = letter_record(&letter, self.inner.config.group.as_deref(), &message);
+            // The configured group, else the one the job's source reads as.
+            let group = self
+                .inner
+                .config
+                .group
+                .as_deref()
+                .or(letter.group.as_deref());
+            let record = letter_record(&letter, group, &message);
             let pending = Box::new(Pending {
                 queue: self.clone(),
                 letter: record,

@@ -287,7 +287,13 @@ impl ProcessorSink {
         while let Err(not_until) = self.limiter.check() {
             tokio::time::sleep(not_until.wait_time_from(clock.now())).await;
         }
-        let headers = replayed_headers(&record.headers, context.replay_count, &self.replay_id);
+        // For the failing group only: other groups reading the topic take it as done.
+        let headers = replayed_headers(
+            &record.headers,
+            context.replay_count,
+            &self.replay_id,
+            context.group.as_deref(),
+        );
         self.count(&topic, &category, |c| c.replayed += 1);
         self.produce(&topic, &record, &headers, ack).await;
     }

@@ -43,6 +43,9 @@ pub struct DeadLetter {
     pub first_failure_ms: i64,
     /// The job that failed it.
     pub job: String,
+    /// The consumer group the job reads as, when its source has one: replays of the
+    /// letter go to this group only.
+    pub group: Option<String>,
 }
 
 /// Writes dead letters durably.

@@ -75,7 +75,7 @@ pub use executor::{Dispatch, Flow, JobReport, JobStats};
 pub use job::{Job, JobSpec, Pipeline, RunnableJob};
 pub use kafka::KafkaSource;
 pub use operator::{Operator, Outcome};
-pub use record::{Header, Headers, Origin, Record, TopicPartition};
+pub use record::{Header, Headers, Origin, REPLAY_GROUP, Record, TopicPartition};
 pub use sink::{Ack, Acks, Sink};
 pub use source::Source;
 pub use tracker::OffsetTracker;

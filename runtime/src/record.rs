@@ -225,6 +225,19 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Header naming the consumer group a replayed record is for: the group whose job failed
+/// it. Every other group's eventbus job takes such a record as done without processing
+/// it, so a replay reaches only the group that failed.
+pub const REPLAY_GROUP: &str = "eventbus.replay.group";
+
+impl Headers {
+    /// Whether the record is a replay for a consumer group other than `group`.
+    pub fn is_replay_for_another_group(&self, group: &str) -> bool {
+        self.get(REPLAY_GROUP)
+            .is_some_and(|g| g != group.as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,10 +296,12 @@ pub async fn a_letter_is_parked_after_the_maximum_replays_and_nothing_loops(
     sink.down.store(true, Ordering::Relaxed);
     let job_topic = topic.clone();
     let job_brokers = brokers.to_owned();
+    let group = unique("g");
+    let job_group = group.clone();
     let job = tokio::spawn(async move {
         run_job(JobSetup {
             brokers: &job_brokers,
-            group: &unique("g"),
+            group: &job_group,
             topic: &job_topic,
             dlq: DlqConfig::default(),
             retry: Some(RetryPolicy {
@@ -342,6 +344,95 @@ pub async fn a_letter_is_parked_after_the_maximum_replays_and_nothing_loops(
     let table: BTreeMap<_, _> = counts.lock().unwrap().clone();
     let c = table[&(topic.clone(), "downstream_unavailable".to_owned())];
     assert_eq!((c.letters, c.replayed, c.parked), (15, 10, 5), "{table:?}");
+
+    // The replays are for the failing group only: they name it, and another group's job
+    // reading the same topic takes them as done without processing them.
+    let records = read_records(brokers, &topic);
+    for (_, _, headers, _) in &records[5..] {
+        assert_eq!(
+            headers.get(eventbus_runtime::REPLAY_GROUP),
+            Some(group.as_bytes()),
+            "a replay names the group that failed it"
+        );
+    }
+    let bystander = TestSink::new();
+    let run = run_job(JobSetup {
+        brokers,
+        group: &unique("bystander"),
+        topic: &topic,
+        dlq: DlqConfig::default(),
+        retry: None,
+        sink: bystander.clone(),
+        kafka: vec![],
+        until_committed: 15,
+        timeout: Duration::from_secs(60),
+    })
+    .await;
+    run.result.expect("the bystander ends cleanly");
+    assert_eq!(
+        bystander.collected.records().len(),
+        5,
+        "another group processes the 5 records, not the 10 replays"
+    );
+
+    // By hand, with the processor's config: what it replayed on its own is not sent
+    // again; the parked letters (replayed twice already) are.
+    let target = unique("by-hand");
+    create_topics(mock, brokers, &[(&target, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("processor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{}",
+            file_text_of_processor(&file)
+        ),
+    )
+    .unwrap();
+    let replay_args = |extra: &[&str]| {
+        let mut a = vec![
+            "dlq",
+            "replay",
+            "--topic",
+            dlq.as_str(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--to",
+            target.as_str(),
+            "--yes",
+        ];
+        a.extend_from_slice(extra);
+        eventbus(&a)
+    };
+    let (ok, out, err) = replay_args(&[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sent 5 of 15"), "{out}");
+    assert!(
+        out.contains("10 letters the DLQ processor already replayed"),
+        "{out}"
+    );
+    let (ok, out, err) = replay_args(&["--force", "--id", "forced"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sent 15 of 15"), "{out}");
+    assert_eq!(read_records(brokers, &target).len(), 20);
+}
+
+/// The processor's job file as text (its [source] and [dlq_processor]), for the CLI.
+fn file_text_of_processor(file: &JobFile) -> String {
+    let source = file.source().unwrap();
+    let p = file.dlq_processor.clone().unwrap_or_default();
+    format!(
+        "[source]\ngroup_id = \"{}\"\ntopics = [{}]\n[dlq_processor]\ncool_off_ms = {}\nmax_replays = {}\n",
+        source.group_id,
+        source
+            .topics
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        p.cool_off_ms,
+        p.max_replays
+    )
 }
 
 /// See the test of the same name.

@@ -162,6 +162,16 @@ pub enum DlqCommand {
         /// The replay's id (default: derived from the topic, --to and the filters).
         #[arg(long)]
         id: Option<String>,
+        /// Send each letter to every consumer group of its topic. By default a replayed
+        /// record carries eventbus.replay.group (the group named in the letter), and the
+        /// eventbus jobs of every other group take it as done without processing it.
+        #[arg(long)]
+        all_groups: bool,
+        /// Also send letters the DLQ processor already replayed. They are skipped when
+        /// the --config file is the processor's ([dlq_processor] and its [source] group):
+        /// letters of its automatic categories that its group committed past.
+        #[arg(long)]
+        force: bool,
     },
     /// Write the selected letters to stdout as JSON lines: values as JSON where the
     /// schema is known (base64 otherwise), with headers and failure context. PII fields
@@ -205,6 +215,8 @@ pub(super) struct Context2 {
     decoder: Decoder<Arc<dyn SchemaRegistry>>,
     /// PII fields per original topic: the catalog's and the config's `[dlq] pii`.
     pii: std::collections::HashMap<String, Vec<String>>,
+    /// What the DLQ processor replays on its own, when the config is the processor's.
+    processor: Option<eventbus_dlq::ProcessorReplays>,
 }
 
 impl Context2 {
@@ -260,7 +272,16 @@ fn context(c: &Connection) -> anyhow::Result<Context2> {
         .unwrap_or_default()
         .with_catalog(&catalog)
         .pii;
+    let processor = match (&file.dlq_processor, file.source()) {
+        (Some(p), Ok(source)) => Some(eventbus_dlq::ProcessorReplays {
+            group: source.group_id,
+            categories: p.automatic.clone(),
+            max_replays: p.max_replays,
+        }),
+        _ => None,
+    };
     Ok(Context2 {
+        processor,
         kafka: file.kafka,
         classifier,
         decoder: Decoder::new(registry),
@@ -309,7 +330,10 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
             dry_run,
             yes,
             id,
+            all_groups,
+            force,
         } => {
+            let ctx = context(&connection)?;
             let opts = ReplayOptions {
                 dlq_topic: topic,
                 to,
@@ -317,8 +341,11 @@ pub fn run(command: DlqCommand) -> anyhow::Result<()> {
                 rate: rate.as_deref().map(parse_rate).transpose()?,
                 dry_run,
                 id,
+                all_groups,
+                processor: ctx.processor.clone(),
+                force,
             };
-            run_replay(&opts, &context(&connection)?, yes)
+            run_replay(&opts, &ctx, yes)
         }
         DlqCommand::Export {
             topic,
@@ -421,6 +448,12 @@ fn run_replay(opts: &ReplayOptions, ctx: &Context2, yes: bool) -> anyhow::Result
             "dry run of replay {id}: {} of {} letters selected; nothing sent",
             report.selected, report.scanned
         );
+        if report.already_replayed > 0 {
+            println!(
+                "  {} more the DLQ processor already replayed would not be sent (--force sends them)",
+                report.already_replayed
+            );
+        }
     } else {
         let rate = if report.send_seconds > 0.0 {
             format!(
@@ -435,6 +468,12 @@ fn run_replay(opts: &ReplayOptions, ctx: &Context2, yes: bool) -> anyhow::Result
             "replay {id}: sent {} of {} letters read{rate}; {} were covered by an earlier run",
             report.sent, report.scanned, report.covered_before
         );
+        if report.already_replayed > 0 {
+            println!(
+                "  {} letters the DLQ processor already replayed were not sent again (--force sends them)",
+                report.already_replayed
+            );
+        }
         for (t, n) in &report.by_target {
             println!("  {n:>8} to {t}");
         }

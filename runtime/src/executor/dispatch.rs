@@ -117,6 +117,12 @@ impl<T: Send + 'static> Dispatch<T> {
         self.inner.job.stopping().await
     }
 
+    /// Says which consumer group the source reads as. Records replayed for another group
+    /// (header `eventbus.replay.group`) are then taken as done without being processed.
+    pub fn consumer_group(&self, group: &str) {
+        self.inner.job.set_group(group);
+    }
+
     /// Hands records of one partition, in partition order, to the executor. The partition's
     /// task starts on its first batch. Their size counts as nothing against
     /// `max_in_flight_bytes`; see [`Dispatch::deliver_sized`].

@@ -18,6 +18,8 @@ pub(crate) struct JobShared {
     failed: AtomicBool,
     stop: watch::Sender<bool>,
     error: Mutex<Option<(RuntimeError, bool)>>,
+    /// The source's consumer group, once it said: replays for other groups are skipped.
+    group: std::sync::OnceLock<String>,
 }
 
 impl JobShared {
@@ -28,7 +30,18 @@ impl JobShared {
             failed: AtomicBool::new(false),
             stop: watch::Sender::new(false),
             error: Mutex::new(None),
+            group: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the source's consumer group (once).
+    pub(crate) fn set_group(&self, group: &str) {
+        let _ = self.group.set(group.to_owned());
+    }
+
+    /// The source's consumer group, if it said.
+    pub(crate) fn group(&self) -> Option<&str> {
+        self.group.get().map(String::as_str)
     }
 
     pub(crate) fn name(&self) -> &str {

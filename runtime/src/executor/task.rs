@@ -78,6 +78,13 @@ async fn run_partition<T, Op, K>(
                 part.resolve(offset, Resolution::Failed);
                 continue;
             }
+            // A replay for another consumer group is that group's business.
+            if let Some(group) = part.job().group()
+                && record.headers.is_replay_for_another_group(group)
+            {
+                collected.push(offset, Resolution::Filtered);
+                continue;
+            }
             // With a dead-letter queue, the original travels with the record (its bytes
             // are shared, not copied) until the record is settled.
             let original = chain.letters.as_ref().map(|l| (l.original)(&record));
@@ -106,6 +113,7 @@ async fn run_partition<T, Op, K>(
                             attempts: 1,
                             first_failure_ms: now_ms(),
                             job: part.job().name().to_owned(),
+                            group: part.job().group().map(str::to_owned),
                         };
                         let ack = Ack::new(part.clone(), offset, None);
                         letters.queue.send(letter, ack).await;
@@ -170,6 +178,7 @@ impl FailureHook for QueueHook {
             attempts: failure.attempts,
             first_failure_ms: failure.first_failure_ms.unwrap_or_else(now_ms),
             job: part.job().name().to_owned(),
+            group: part.job().group().map(str::to_owned),
         };
         let ack = Ack::new(part, offset, None);
         let queue = self.queue.clone();

@@ -89,6 +89,7 @@ impl Source for KafkaSource {
 
     async fn run(self, dispatch: Dispatch<Bytes>) -> Result<(), RuntimeError> {
         self.config.validate()?;
+        dispatch.consumer_group(&self.config.group_id);
         let runtime = Handle::current();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
