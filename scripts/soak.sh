@@ -3,8 +3,9 @@
 #
 #   scripts/soak.sh [RECORDS]      default 1,000,000
 #
-# Loads RECORDS VehicleState records into vehicle.state.v1 (50 partitions) on a tansu of
-# its own, then runs the warehouse job into a table on moto's S3 server while it
+# Produces RECORDS VehicleState records into vehicle.state.v1 (50 partitions) on a tansu
+# of its own, spread over the first minutes, and meanwhile runs the warehouse job into a
+# table on moto's S3 server while it
 #   - SIGKILLs the job 20 times (SOAK_KILLS), at random moments 3-12 s into each run;
 #   - restarts tansu 3 times on its own data (after kills 5, 10 and 15);
 #   - stops the S3 server for 30 s once (SIGSTOP/SIGCONT, after kill 8), while a job runs;
@@ -56,6 +57,7 @@ S3_PID="$(scripts/test-s3.sh pid)"
 JOB_PID=""
 cleanup() {
   [ -n "$JOB_PID" ] && kill -9 "$JOB_PID" 2>/dev/null || true
+  [ -n "${GEN_PID:-}" ] && kill -9 "$GEN_PID" 2>/dev/null || true
   kill -CONT "$S3_PID" 2>/dev/null || true
   stop_tansu
   scripts/test-s3.sh stop || true
@@ -65,8 +67,13 @@ start_tansu
 log "tansu on $BROKERS, S3 on $S3"
 
 "$BIN" topics apply --brokers "$BROKERS" --replication-factor 1 >"$WORK/topics.log" 2>&1
-log "producing $RECORDS records"
-"$BIN" generate --brokers "$BROKERS" --topic vehicle.state.v1 --count "$RECORDS" >"$WORK/generate.log" 2>&1
+# The records arrive while the faults happen: produced at a rate that spreads them over
+# the first SOAK_LOAD_S seconds (default 150) of the run.
+LOAD_S="${SOAK_LOAD_S:-150}"
+log "producing $RECORDS records over about $LOAD_S s, while the faults happen"
+"$BIN" generate --brokers "$BROKERS" --topic vehicle.state.v1 --count "$RECORDS" \
+  --rate "$(( RECORDS / LOAD_S ))" >"$WORK/generate.log" 2>&1 &
+GEN_PID=$!
 
 PREFIX="soak-$(date +%s)"
 cat >"$WORK/job.toml" <<EOF
@@ -116,7 +123,11 @@ for n in $(seq 1 "$KILLS"); do
   fi
 done
 
-log "running the job to the end"
+if ! wait "$GEN_PID"; then
+  log "the producer failed; see $WORK/generate.log"
+  exit 1
+fi
+log "all $RECORDS records produced; running the job to the end"
 finished=""
 for try in 1 2 3; do
   sleep 7 # tansu's group coordinator lets go of the killed members
@@ -132,6 +143,7 @@ for try in 1 2 3; do
   log "final run $try failed; see $WORK/job-final$try.log"
 done
 [ -n "$finished" ] || { log "the job never finished"; exit 1; }
+log "the final run: $(grep -ho 'consumed[^ ]*=[^ ]*' "$WORK"/job-final*.log | tail -1)"
 
 log "reading the table back with pyarrow"
 "$PY" - "$BROKERS" "$S3" "eventbus-test/$PREFIX/vehicle.state.v1" <<'PY'
