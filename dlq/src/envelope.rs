@@ -84,9 +84,28 @@ pub fn is_context_header(key: &[u8]) -> bool {
     CONTEXT.iter().any(|c| c.as_bytes() == key)
 }
 
+/// The error message in a letter's headers is cut at this many bytes.
+pub const MESSAGE_CAP: usize = 16 * 1024;
+
+/// Header of a letter written without its value, which was too big for the DLQ topic:
+/// the value's size in bytes. The record is still at its coordinates in the source topic.
+pub const VALUE_OMITTED: &str = "eventbus.value.omitted";
+
+/// `text` cut to at most `cap` bytes at a character boundary, saying how much was cut.
+fn capped(text: &str, cap: usize) -> String {
+    if text.len() <= cap {
+        return text.to_owned();
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &text[..end], text.len() - end)
+}
+
 /// The letter for `letter`: original key, value and timestamp, original headers (less
 /// any earlier failure context) followed by the context headers. `message` is the error
-/// message as it may be shown (already redacted).
+/// message as it may be shown (already redacted), cut at [`MESSAGE_CAP`] bytes.
 pub fn letter_record(letter: &DeadLetter, group: Option<&str>, message: &str) -> Record<Bytes> {
     let r = &letter.record;
     // Not the replay's group either: the letter is read by the DLQ processor's group, and
@@ -118,6 +137,8 @@ pub fn letter_record(letter: &DeadLetter, group: Option<&str>, message: &str) ->
     if let Some(group) = group {
         text(&mut headers, DLT_GROUP, group);
     }
+    // Bounded, so a letter is never much bigger than its record.
+    let message = &capped(message, MESSAGE_CAP);
     text(&mut headers, DLT_EXCEPTION, &letter.error_type);
     text(&mut headers, DLT_MESSAGE, message);
     text(&mut headers, CONNECT_TOPIC, &r.topic);

@@ -104,6 +104,8 @@ pub struct ReplayReport {
     pub by_target: BTreeMap<String, u64>,
     /// Letters selected but not sent because the DLQ processor already replayed them.
     pub already_replayed: u64,
+    /// Letters selected but not sent because they were written without their value.
+    pub without_value: u64,
     /// Seconds from the first letter sent to the last acknowledgement.
     pub send_seconds: f64,
 }
@@ -297,8 +299,19 @@ pub fn replay(
                     .get(&l.dlq_partition)
                     .is_some_and(|c| l.dlq_offset < *c)
         });
+        let without_value = l.headers.get(crate::envelope::VALUE_OMITTED).is_some();
         if opts.filter.matches(&l) && replayed_by_processor {
             report.already_replayed += 1;
+        } else if opts.filter.matches(&l) && without_value {
+            // Sending it would send an empty record: its value is only at its origin.
+            tracing::warn!(
+                dlq = %l.dlq_topic, partition = l.dlq_partition, offset = l.dlq_offset,
+                origin_topic = ?l.context.topic, origin_partition = ?l.context.partition,
+                origin_offset = ?l.context.offset,
+                "this letter was written without its value (too large for the DLQ); not replayed: \
+                 the record is at its origin in the source topic"
+            );
+            report.without_value += 1;
         } else if opts.filter.matches(&l) {
             let target = target_of(&l, opts.to.as_deref())?;
             report.selected += 1;

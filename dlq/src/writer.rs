@@ -20,11 +20,14 @@ use eventbus_runtime::{
 use eventbus_schemas::{FileRegistry, SchemaRegistry};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use tokio::runtime::Handle;
 
-use crate::envelope::letter_record;
+use crate::envelope::{VALUE_OMITTED, letter_record};
+
+/// The dead-letter producer's `message.max.bytes` unless set: 2 MiB and 64 KiB.
+const LETTER_MAX_BYTES: usize = (2 << 20) + (64 << 10);
 use crate::pii::PiiRedactor;
 
 /// Settings of a [`KafkaDeadLetters`].
@@ -141,6 +144,12 @@ impl KafkaDeadLetters {
         if properties.get("message.timeout.ms").is_none() {
             cfg.set("message.timeout.ms", "30000");
         }
+        // A letter is its record plus headers: room for a record as large as a broker
+        // accepts by default (1 MiB) and the context. librdkafka's default (1,000,000)
+        // would refuse such a letter.
+        if properties.get("message.max.bytes").is_none() {
+            cfg.set("message.max.bytes", LETTER_MAX_BYTES.to_string());
+        }
         // librdkafka checks every property here, without creating a client.
         cfg.create_native_config().map_err(|e| match e {
             KafkaError::ClientConfig(_, reason, key, value) => {
@@ -216,12 +225,52 @@ impl KafkaDeadLetters {
             }
         };
         if let Err((e, back)) = eventbus_runtime::kafka::send(producer, out).await {
-            back.delivery_opaque.failed(e.to_string());
+            if too_large(&e) {
+                back.delivery_opaque.without_value();
+            } else {
+                back.delivery_opaque.failed(e.to_string());
+            }
         }
     }
 }
 
+/// Whether librdkafka or the broker refused a message for its size.
+fn too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge)
+    )
+}
+
 impl Pending {
+    /// The letter is larger than the producer or the DLQ topic accepts: it is written
+    /// again without its value, saying the value's size, so the job goes on instead of
+    /// stopping at every start. The record itself is still at its coordinates in the
+    /// source topic; the error log says where.
+    fn without_value(mut self: Box<Self>) {
+        if self.letter.value.is_empty() {
+            // Too large even without the value: the headers are; nothing smaller to try.
+            self.failed("the letter is too large even without its value".into());
+            return;
+        }
+        let size = self.letter.value.len();
+        tracing::error!(
+            dlq = %self.dlq_topic, origin = %self.ack.origin(), value_bytes = size,
+            "the dead letter is larger than the DLQ accepts: writing it without its value; \
+             the record is still at its origin in the source topic (raise message.max.bytes \
+             of the producer and the DLQ topic to keep such values)"
+        );
+        self.letter.value = Bytes::new();
+        self.letter
+            .headers
+            .push(VALUE_OMITTED, Some(Bytes::from(size.to_string())));
+        let runtime = self.runtime.clone();
+        runtime.spawn(async move {
+            let queue = self.queue.clone();
+            queue.produce(self).await;
+        });
+    }
+
     /// One try failed: try again after the backoff, or fail the record's ack (Fatal).
     fn failed(mut self: Box<Self>, reason: String) {
         let cfg = &self.queue.inner.config;
@@ -296,6 +345,7 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
         match result {
             Ok(_) => pending.ack.done(),
+            Err((e, _)) if too_large(e) => pending.without_value(),
             Err((e, _)) => pending.failed(e.to_string()),
         }
     }

@@ -220,11 +220,16 @@ impl Sink<Bytes> for ProcessorSink {
             ack.done();
             return Ok(());
         }
-        if context.replay_count >= self.config.max_replays {
+        let without_value = record
+            .headers
+            .get(eventbus_dlq::envelope::VALUE_OMITTED)
+            .is_some();
+        if context.replay_count >= self.config.max_replays || without_value {
             let parked = format!("{}.parked", record.topic);
             tracing::warn!(
                 origin = %record.origin(), replays = context.replay_count, %parked,
-                "letter replayed too often; parking it"
+                without_value,
+                "letter replayed too often, or written without its value; parking it"
             );
             self.count(&topic, &category, |c| c.parked += 1);
             self.produce(&parked, &record, &record.headers, ack).await;

@@ -474,6 +474,13 @@ fn run_replay(opts: &ReplayOptions, ctx: &Context2, yes: bool) -> anyhow::Result
                 report.already_replayed
             );
         }
+        if report.without_value > 0 {
+            println!(
+                "  {} letters were written without their value (too large for the DLQ) and were not sent: \
+                 their records are at their origin in the source topic",
+                report.without_value
+            );
+        }
         for (t, n) in &report.by_target {
             println!("  {n:>8} to {t}");
         }
