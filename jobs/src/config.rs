@@ -61,7 +61,7 @@ pub struct JobFile {
     pub mirror: Option<MirrorConfig>,
     /// Settings of the `warehouse` job.
     #[serde(default)]
-    pub warehouse: Option<crate::warehouse::WarehouseConfig>,
+    pub warehouse: Option<eventbus_operators::ParquetSinkConfig>,
     /// Settings of the `dlq-processor` job, and the category rules `eventbus dlq` uses.
     #[serde(default)]
     pub dlq_processor: Option<crate::dlq_processor::ProcessorConfig>,
@@ -278,5 +278,35 @@ mod tests {
             JobFile::parse("[source]\ngroup_id = \"g\"\ntopics = [\"t\"]\ncommit_every = 1\n")
                 .expect_err("typo");
         assert!(format!("{err:#}").contains("commit_every"), "{err:#}");
+    }
+
+    #[test]
+    fn the_warehouse_section_is_the_sinks_own_configuration() {
+        let file = JobFile::parse(
+            "[warehouse]\ntable_root = \"s3://b/p\"\nroll_rows = 10\nroll_bytes = 20\n\
+             max_age_ms = 1500\nrow_group_rows = 30\nzstd_level = 3\ndead_letters = false\n\
+             assume_single_writer = true\n[warehouse.event_time]\n\"t.v1\" = \"ts\"\n\
+             [warehouse.s3]\nendpoint = \"http://127.0.0.1:9000\"\n",
+        )
+        .expect("parses");
+        let wh = file.warehouse.expect("[warehouse]");
+        assert_eq!(wh.table_root, "s3://b/p");
+        assert_eq!(
+            (wh.roll_rows, wh.roll_bytes, wh.row_group_rows),
+            (10, 20, 30)
+        );
+        assert_eq!(wh.max_age, std::time::Duration::from_millis(1500));
+        assert_eq!(wh.zstd_level, 3);
+        assert!(!wh.dead_letters && wh.assume_single_writer);
+        assert_eq!(wh.event_time_fields["t.v1"], "ts");
+        assert_eq!(wh.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        // Every key optional; unknown ones named.
+        let empty = JobFile::parse("[warehouse]\n").expect("parses");
+        assert_eq!(
+            empty.warehouse.expect("[warehouse]"),
+            eventbus_operators::ParquetSinkConfig::default()
+        );
+        let err = JobFile::parse("[warehouse]\nmax_age = 3\n").expect_err("typo");
+        assert!(format!("{err:#}").contains("max_age"), "{err:#}");
     }
 }

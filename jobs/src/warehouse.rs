@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use eventbus_dlq::KafkaDeadLetters;
-use eventbus_operators::{ParquetSink, ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};
+use eventbus_operators::{ParquetSink, ParquetSinkConfig, PartitionEnds, SchemaLookup};
 use eventbus_runtime::operator::Identity;
 use eventbus_runtime::{
     JobReport, JobStats, KafkaProperties, KafkaSource, RunnableJob, RuntimeConfig, SourceConfig,
@@ -35,53 +35,11 @@ use eventbus_runtime::{
 use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use serde::Deserialize;
 
 use crate::config::JobFile;
 
 /// Default consumer group of the warehouse job.
 pub const DEFAULT_GROUP: &str = "eventbus-warehouse";
-/// Default table root.
-pub const DEFAULT_ROOT: &str = "data/warehouse";
-
-/// The `[warehouse]` section. Every key is optional.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WarehouseConfig {
-    /// Table root: a path, `file:///path` or `s3://bucket/prefix`. Default
-    /// `data/warehouse`.
-    pub table_root: Option<String>,
-    /// Roll a partition's file at this many rows. Default and maximum:
-    /// `runtime.max_in_flight_per_partition` (200,000 for this job unless `[runtime]`
-    /// is set). All partitions publish together when their rows reach three quarters
-    /// of `runtime.max_in_flight` (1,000,000 for this job unless set).
-    pub roll_rows: Option<usize>,
-    /// Roll at this many bytes of input. Default 128 MiB.
-    pub roll_bytes: Option<usize>,
-    /// Publish a partition's rows once the oldest is this old. Default 60,000.
-    pub max_age_ms: Option<u64>,
-    /// Rows per Parquet row group. Default 131,072.
-    pub row_group_rows: Option<usize>,
-    /// zstd level. Default 1.
-    pub zstd_level: Option<i32>,
-    /// Per topic, the event-time field that picks the `dt=/hour=` folder. Catalog topics
-    /// not listed use the field named `event_time` when their schema has one; all others
-    /// the Kafka timestamp.
-    #[serde(default)]
-    pub event_time: HashMap<String, String>,
-    /// S3 settings (else the AWS environment variables).
-    #[serde(default)]
-    pub s3: Option<S3Config>,
-    /// Records that cannot be decoded (not the wire format, an unknown schema id, a body
-    /// that does not match its schema) go to the topic's DLQ with their context, and the
-    /// partition goes on. Default true. With false, such a record stops the job, and
-    /// nothing is committed past it.
-    pub dead_letters: Option<bool>,
-    /// Run on an object store that does not honour conditional puts, which the job
-    /// otherwise refuses at start. Exact only while one writer at a time writes each
-    /// partition. Default false.
-    pub assume_single_writer: Option<bool>,
-}
 
 /// Command-line settings of `eventbus run warehouse`.
 #[derive(Debug, Clone, Default)]
@@ -156,7 +114,7 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     // The schema ids checked up front (each must map to Arrow, or the job does not start);
     // any other id is looked up, and checked, when a record names it.
     let mut ids = Vec::new();
-    let mut event_time = wh.event_time.clone();
+    let mut event_time = wh.event_time_fields.clone();
     for topic in &source.topics {
         let Some(spec) = catalog.topic(topic) else {
             // Any registered schema may arrive on a topic outside the catalog: with the
@@ -211,13 +169,12 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     }
     ids.sort_unstable();
     ids.dedup();
-    let table_root = args
-        .table_root
-        .clone()
-        .or(wh.table_root.clone())
-        .unwrap_or_else(|| DEFAULT_ROOT.to_owned());
-    let mut config = ParquetSinkConfig::new(table_root.clone());
-    config.assume_single_writer = wh.assume_single_writer.unwrap_or(false);
+    let defaults = ParquetSinkConfig::default();
+    let mut config = wh.clone();
+    if let Some(root) = &args.table_root {
+        config.table_root = root.clone();
+    }
+    let table_root = config.table_root.clone();
     // Buffered rows are in flight until their file is published, so files are sized by
     // the runtime's bounds. Left at the runtime's defaults, the bounds grow to the
     // warehouse's own (bigger files); set [runtime] to choose.
@@ -234,25 +191,25 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     } else {
         file.runtime.clone()
     };
+    // A value left at the sink's default yields to the runtime's bound without a word.
     let bound = runtime.max_in_flight_per_partition;
-    config.roll_rows = wh.roll_rows.unwrap_or(bound).clamp(1, bound);
-    if wh.roll_rows.is_some_and(|v| v > bound) {
+    let rows_set = wh.roll_rows != defaults.roll_rows;
+    if rows_set && wh.roll_rows > bound {
         tracing::warn!(
             roll_rows = wh.roll_rows,
             max_in_flight_per_partition = bound,
             "warehouse.roll_rows is above runtime.max_in_flight_per_partition; files roll at the latter"
         );
     }
+    config.roll_rows = if rows_set { wh.roll_rows } else { bound }.clamp(1, bound);
     config.max_buffered_rows = (runtime.max_in_flight / 4 * 3).max(1);
-    if let Some(v) = wh.roll_bytes {
-        config.roll_bytes = v.max(1);
-    }
+    config.roll_bytes = config.roll_bytes.max(1);
     // Likewise for bytes: a partition paused for size before its file rolls would wait
     // for the maximum age. The runtime counts keys and headers too, which roll_bytes
     // does not: a quarter of headroom.
     let byte_bound = (runtime.max_in_flight_bytes_per_partition / 4 * 3).max(1);
     if config.roll_bytes > byte_bound {
-        if wh.roll_bytes.is_some() {
+        if wh.roll_bytes != defaults.roll_bytes {
             tracing::warn!(
                 roll_bytes = config.roll_bytes,
                 max_in_flight_bytes_per_partition = byte_bound,
@@ -261,17 +218,8 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
         }
         config.roll_bytes = byte_bound;
     }
-    if let Some(v) = wh.max_age_ms {
-        config.max_age = Duration::from_millis(v.max(1));
-    }
-    if let Some(v) = wh.row_group_rows {
-        config.row_group_rows = v.max(1);
-    }
-    if let Some(v) = wh.zstd_level {
-        config.zstd_level = v;
-    }
+    config.row_group_rows = config.row_group_rows.max(1);
     config.event_time_fields = event_time;
-    config.s3 = wh.s3.clone().unwrap_or_default();
     let registry: Arc<dyn SchemaRegistry> = match http {
         Some(h) => Arc::new(h),
         None => files,
@@ -280,7 +228,7 @@ pub fn job(file: &JobFile, args: &WarehouseArgs) -> anyhow::Result<Warehouse> {
     let sink = ParquetSink::new(config, lookup(registry), &ids)
         .with_context(|| format!("opening the tables under {table_root}"))?;
     sink.set_partition_ends(partition_ends(&file.kafka)?);
-    let dead_letters = wh.dead_letters.unwrap_or(true);
+    let dead_letters = wh.dead_letters;
     // One view of the cluster serves batch mode (which needs it, and the group, to read
     // committed offsets) and the DLQ-topic check (which can do without it: the job's own
     // start-up check names an unreachable cluster).

@@ -14,11 +14,13 @@ pub type SchemaLookup = Arc<dyn Fn(u32) -> Result<Option<String>, String> + Send
 pub type PartitionEnds =
     Arc<dyn Fn(&str) -> Result<std::collections::BTreeMap<i32, (i64, i64)>, String> + Send + Sync>;
 
-/// Where and how the sink writes.
-#[derive(Debug, Clone)]
+/// Where and how the sink writes: the `[warehouse]` section of a job file, every key
+/// optional (`max_age` is `max_age_ms` there, `event_time_fields` is `event_time`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ParquetSinkConfig {
     /// Table root: a local path or `file:///path` (the default store), or
-    /// `s3://bucket/prefix`.
+    /// `s3://bucket/prefix`. Default `data/warehouse`.
     pub table_root: String,
     /// Roll a partition's file at this many rows. Default 500,000. Keep it at or below
     /// the runtime's `max_in_flight_per_partition`: rows wait unacknowledged in the
@@ -26,12 +28,15 @@ pub struct ParquetSinkConfig {
     /// maximum age.
     pub roll_rows: usize,
     /// Publish every partition once all of them together hold this many rows. Default
-    /// 1,000,000. Keep it below the runtime's `max_in_flight`, for the same reason.
+    /// 1,000,000. Keep it below the runtime's `max_in_flight`, for the same reason (the
+    /// warehouse job derives it from there; not read from a job file).
+    #[serde(skip)]
     pub max_buffered_rows: usize,
     /// Roll at this many bytes of encoded input. Default 128 MiB.
     pub roll_bytes: usize,
     /// Publish whatever a partition holds once its oldest row is this old, even when no
     /// new record arrives. Default 60 s.
+    #[serde(rename = "max_age_ms", deserialize_with = "millis")]
     pub max_age: Duration,
     /// Rows per Parquet row group. Default 128 Ki.
     pub row_group_rows: usize,
@@ -40,6 +45,7 @@ pub struct ParquetSinkConfig {
     /// Per topic, the field giving each row's event time (a timestamp or a long of
     /// milliseconds) for the `dt=/hour=` folders; topics not listed use the Kafka
     /// timestamp.
+    #[serde(rename = "event_time")]
     pub event_time_fields: HashMap<String, String>,
     /// S3 settings for `s3://` roots.
     pub s3: S3Config,
@@ -49,6 +55,24 @@ pub struct ParquetSinkConfig {
     /// writes each partition: a consumer-group member that lost its session but still
     /// writes can publish the same rows as the partition's new owner. Default false.
     pub assume_single_writer: bool,
+    /// A record that cannot be decoded goes to the job's dead-letter queue and its
+    /// partition goes on. With false, such a record stops the job (a Fatal error), and
+    /// nothing is committed past it. Default true.
+    pub dead_letters: bool,
+}
+
+impl Default for ParquetSinkConfig {
+    fn default() -> Self {
+        Self::new(DEFAULT_TABLE_ROOT)
+    }
+}
+
+/// The table root when none is given.
+pub const DEFAULT_TABLE_ROOT: &str = "data/warehouse";
+
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let ms = <u64 as serde::Deserialize>::deserialize(d)?;
+    Ok(Duration::from_millis(ms.max(1)))
 }
 
 impl ParquetSinkConfig {
@@ -65,6 +89,7 @@ impl ParquetSinkConfig {
             event_time_fields: HashMap::new(),
             s3: S3Config::default(),
             assume_single_writer: false,
+            dead_letters: true,
         }
     }
 }

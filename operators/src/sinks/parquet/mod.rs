@@ -100,7 +100,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use tokio::sync::Mutex;
 
-pub use config::{ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};
+pub use config::{DEFAULT_TABLE_ROOT, ParquetSinkConfig, PartitionEnds, S3Config, SchemaLookup};
 pub use decode::{arrow_schema_of, wire_to_parquet};
 use encode::RowMeta;
 pub use encode::{COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC};
@@ -465,13 +465,19 @@ impl Sink<Bytes> for ParquetSink {
         p.seen = Some(p.seen.map_or(record.offset, |s| s.max(record.offset)));
         // Fails a record to the dead-letter queue; its origin is built only then, not for
         // every record.
+        // Without dead letters, such a record stops the job.
+        let class = if self.inner.config.dead_letters {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Fatal
+        };
         let bad = |ack: Ack, reason: String| {
             let origin = ack.origin();
             ack.fail(SinkError::Delivery {
                 sink: SINK,
                 origin,
                 reason,
-                class: ErrorClass::Permanent,
+                class,
             });
         };
         // The rare paths (recovery, reading the commit chain, publishing) are boxed: their
