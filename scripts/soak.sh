@@ -143,7 +143,7 @@ for try in 1 2 3; do
   log "final run $try failed; see $WORK/job-final$try.log"
 done
 [ -n "$finished" ] || { log "the job never finished"; exit 1; }
-log "the final run: $(grep -ho 'consumed[^ ]*=[^ ]*' "$WORK"/job-final*.log | tail -1)"
+log "the final run: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK"/job-final*.log | grep -o 'consumed=[0-9]*' | tail -1)"
 
 log "reading the table back with pyarrow"
 "$PY" - "$BROKERS" "$S3" "eventbus-test/$PREFIX/vehicle.state.v1" <<'PY'
