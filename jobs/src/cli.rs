@@ -350,14 +350,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn install_redactor(file: &crate::config::JobFile) -> anyhow::Result<()> {
     use std::sync::Arc;
 
-    use eventbus_schemas::{Catalog, FileRegistry, SchemaRegistry};
-    let catalog = Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
-    let pii = file
-        .dlq
-        .clone()
-        .unwrap_or_default()
-        .with_catalog(&catalog)
-        .pii;
+    use eventbus_schemas::{FileRegistry, SchemaRegistry};
+    let pii = file.pii()?;
     let registry: Arc<dyn SchemaRegistry> = match file.registry.http()? {
         Some(http) => Arc::new(http),
         None => Arc::new(FileRegistry::embedded()?),

@@ -127,6 +127,21 @@ pub struct Overrides {
 }
 
 impl JobFile {
+    /// The personal-data fields per topic: the catalog's, and those `[dlq] pii` adds.
+    ///
+    /// # Errors
+    /// The catalog cannot be read.
+    pub fn pii(&self) -> anyhow::Result<std::collections::HashMap<String, Vec<String>>> {
+        let catalog =
+            eventbus_schemas::Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
+        Ok(self
+            .dlq
+            .clone()
+            .unwrap_or_default()
+            .with_catalog(&catalog)
+            .pii)
+    }
+
     /// Reads and parses a job file, then applies the environment and the overrides.
     ///
     /// # Errors

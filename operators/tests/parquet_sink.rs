@@ -138,15 +138,7 @@ async fn run(
         .insert("t.v1".into(), "ts_ms".into());
     let ids: Vec<u32> = schemas.iter().map(|(k, _)| *k).collect();
     let sink = ParquetSink::new(config, lookup(schemas), &ids).map_err(|e| e.to_string())?;
-    Job::builder("t")
-        .source(MemorySource::new(records))
-        .sink(sink)
-        .build()
-        .map_err(|e| e.to_string())?
-        .run(std::future::pending())
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    run_sink(sink, records).await
 }
 
 /// Every published file, read back, by path.

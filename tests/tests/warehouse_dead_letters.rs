@@ -14,6 +14,32 @@ use object_store::path::Path as StorePath;
 
 const READ: Duration = Duration::from_secs(180);
 
+/// A (partition, offset).
+type Position = (i32, i64);
+
+/// Where each produced record landed: the positions of those whose key is in `bad`, with
+/// the key, and the positions of all others.
+fn positions(
+    produced: &[rdkafka::message::OwnedMessage],
+    bad: &std::collections::BTreeSet<String>,
+) -> (
+    std::collections::BTreeMap<Position, String>,
+    std::collections::BTreeSet<Position>,
+) {
+    use rdkafka::Message;
+    let mut bad_at = std::collections::BTreeMap::new();
+    let mut good_at = std::collections::BTreeSet::new();
+    for m in produced {
+        let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
+        if bad.contains(&key) {
+            bad_at.insert((m.partition(), m.offset()), key);
+        } else {
+            good_at.insert((m.partition(), m.offset()));
+        }
+    }
+    (bad_at, good_at)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_that_cannot_be_decoded_go_to_the_dlq_across_a_crash_and_the_table_stays_exact() {
     use eventbus_tests::dlq::{poison_stream, read_letters};
@@ -36,17 +62,7 @@ async fn records_that_cannot_be_decoded_go_to_the_dlq_across_a_crash_and_the_tab
     let produced =
         eventbus_tests::produce_and_read_back(&brokers, &topic, stream.records.clone(), READ).await;
     // Where each record landed, and which positions hold undecodable ones.
-    let mut bad_at = std::collections::BTreeMap::new();
-    let mut good_at = std::collections::BTreeSet::new();
-    for m in &produced {
-        use rdkafka::Message;
-        let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
-        if undecodable.contains(&key) {
-            bad_at.insert((m.partition(), m.offset()), key);
-        } else {
-            good_at.insert((m.partition(), m.offset()));
-        }
-    }
+    let (bad_at, good_at) = positions(&produced, &undecodable);
     assert_eq!(bad_at.len(), 120);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -257,17 +273,7 @@ mod malformed {
             }
         }
         let produced = eventbus_tests::produce_and_read_back(&brokers, &topic, records, READ).await;
-        let mut bad_at = std::collections::BTreeMap::new();
-        let mut good_at = std::collections::BTreeSet::new();
-        for m in &produced {
-            use rdkafka::Message;
-            let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
-            if bad_keys.contains(&key) {
-                bad_at.insert((m.partition(), m.offset()), key);
-            } else {
-                good_at.insert((m.partition(), m.offset()));
-            }
-        }
+        let (bad_at, good_at) = positions(&produced, &bad_keys);
         assert_eq!(bad_at.len(), 40);
 
         let dir = tempfile::tempdir().expect("tempdir");

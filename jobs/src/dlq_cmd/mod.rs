@@ -264,14 +264,7 @@ fn context(c: &Connection) -> anyhow::Result<Context2> {
         (None, Some(http)) => Arc::new(http),
         (None, None) => Arc::new(FileRegistry::embedded()?),
     };
-    let catalog =
-        eventbus_schemas::Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
-    let pii = file
-        .dlq
-        .clone()
-        .unwrap_or_default()
-        .with_catalog(&catalog)
-        .pii;
+    let pii = file.pii()?;
     let processor = match (&file.dlq_processor, file.source()) {
         (Some(p), Ok(source)) => Some(eventbus_dlq::ProcessorReplays {
             group: source.group_id,

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::ParquetError;
@@ -36,22 +35,10 @@ impl Table {
     /// place. Writing it twice (a writer and the one that rolled its entry forward)
     /// writes the same entry.
     pub(crate) async fn mark_published(&self, entry: &CommitEntry) -> StoreResult<()> {
-        let path = self.path(&published_key(entry.partition, entry.start_offset));
-        let body = PutPayload::from(serde_json::to_vec_pretty(entry).unwrap_or_default());
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self.store.put_opts(&path, body.clone(), opts).await {
-            Ok(_)
-            | Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(()),
-            // A store without conditional puts, run with `assume_single_writer`.
-            Err(object_store::Error::NotImplemented) => {
-                self.store.put(&path, body).await.map(|_| ())
-            }
-            Err(e) => Err(e),
-        }
+        let key = published_key(entry.partition, entry.start_offset);
+        self.create(&key, serde_json::to_vec_pretty(entry).unwrap_or_default())
+            .await
+            .map(|_| ())
     }
 }
 

@@ -299,26 +299,25 @@ impl Table {
         Ok(())
     }
 
-    /// Writes the commit entry unless one exists for the same start offset.
-    pub(crate) async fn commit(&self, entry: &CommitEntry) -> StoreResult<Committed> {
-        let key = Self::commit_key(entry.partition, entry.start_offset);
-        let path = self.path(&key);
-        let body = serde_json::to_vec_pretty(entry).unwrap_or_default();
+    /// Creates `relative` unless it exists: with a conditional put, or, on a store that
+    /// cannot put conditionally (run with `assume_single_writer`), check-then-put.
+    pub(crate) async fn create(&self, relative: &str, body: Vec<u8>) -> StoreResult<Committed> {
+        let path = self.path(relative);
         if self.conditional.load(Ordering::Relaxed) {
             let opts = PutOptions {
                 mode: PutMode::Create,
                 ..PutOptions::default()
             };
-            match self
+            return match self
                 .store
-                .put_opts(&path, PutPayload::from(body.clone()), opts)
+                .put_opts(&path, PutPayload::from(body), opts)
                 .await
             {
-                Ok(_) => return Ok(Committed::Yes),
+                Ok(_) => Ok(Committed::Yes),
                 Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => return Ok(Committed::Conflict),
-                Err(e) => return Err(e),
-            }
+                | Err(object_store::Error::Precondition { .. }) => Ok(Committed::Conflict),
+                Err(e) => Err(e),
+            };
         }
         match self.store.head(&path).await {
             Ok(_) => return Ok(Committed::Conflict),
@@ -329,28 +328,19 @@ impl Table {
         Ok(Committed::Yes)
     }
 
+    /// Writes the commit entry unless one exists for the same start offset.
+    pub(crate) async fn commit(&self, entry: &CommitEntry) -> StoreResult<Committed> {
+        let key = Self::commit_key(entry.partition, entry.start_offset);
+        self.create(&key, serde_json::to_vec_pretty(entry).unwrap_or_default())
+            .await
+    }
+
     pub(crate) async fn write_progress(&self, progress: &Progress) -> StoreResult<()> {
         let key = Self::progress_key(progress.partition, progress.next_offset);
-        let body = serde_json::to_vec(progress).unwrap_or_default();
-        if self.conditional.load(Ordering::Relaxed) {
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..PutOptions::default()
-            };
-            match self
-                .store
-                .put_opts(&self.path(&key), PutPayload::from(body), opts)
-                .await
-            {
-                // The same range's record, written by its other writer: the same content.
-                Ok(_)
-                | Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        } else {
-            self.put(&key, body).await?;
-        }
+        // Already there: the same range's record, written by its other writer, with the
+        // same content.
+        self.create(&key, serde_json::to_vec(progress).unwrap_or_default())
+            .await?;
         // Older records are superseded. Only names below ours go, so the newest record
         // always stays, whoever prunes.
         let dir = self.path(&Self::progress_dir(progress.partition));
