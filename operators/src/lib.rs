@@ -26,6 +26,7 @@
 
 pub mod retry;
 pub mod sinks;
+pub mod window;
 
 pub use retry::{Retry, RetryPolicy};
 pub use sinks::discard::DiscardSink;

@@ -55,6 +55,7 @@
 pub mod config;
 pub mod dead_letter;
 pub mod error;
+pub mod event_time;
 pub mod executor;
 mod job;
 pub mod kafka;
