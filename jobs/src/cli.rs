@@ -273,6 +273,10 @@ pub struct GenerateArgs {
     /// Seed: the same seed gives the same records.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Move each event time back by up to this many ms at random, so the events of one
+    /// vehicle arrive out of order by up to that much (vehicle.state.v1 only).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub disorder_ms: u64,
     // clap would print a doc comment here as help text.
     #[allow(missing_docs)]
     #[command(flatten)]

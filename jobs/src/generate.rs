@@ -33,6 +33,9 @@ pub struct GenerateOptions {
     pub rate: u64,
     /// Seed: the same seed gives the same records.
     pub seed: u64,
+    /// Event times moved back by up to this many ms at random (vehicle.state.v1), so
+    /// each vehicle's events arrive out of order by up to that much.
+    pub disorder_ms: u64,
     /// Hide the progress bar.
     pub quiet: bool,
 }
@@ -56,7 +59,7 @@ pub fn run(
     let (id, schema) = registry
         .latest_of(&spec.subject)
         .with_context(|| format!("subject {} is not registered", spec.subject))?;
-    let records = records(&opts.topic, opts.seed, id, &schema)?;
+    let records = records_with_disorder(&opts.topic, opts.seed, id, &schema, opts.disorder_ms)?;
     let bar = progress::bar(opts.count, "produced", opts.quiet);
     let started = Instant::now();
     let rate = opts.rate;
@@ -90,12 +93,34 @@ pub type Records = Box<dyn Iterator<Item = anyhow::Result<(String, Vec<u8>)>>>;
 /// # Errors
 /// The topic has no generator.
 pub fn records(topic: &str, seed: u64, id: u32, schema: &Schema) -> anyhow::Result<Records> {
+    records_with_disorder(topic, seed, id, schema, 0)
+}
+
+/// Like [`records`], with each event time moved back by up to `disorder_ms` at random
+/// (seeded too), so the events of one key arrive out of order by up to that much.
+///
+/// # Errors
+/// The topic has no generator, or disorder is asked of one without event times.
+pub fn records_with_disorder(
+    topic: &str,
+    seed: u64,
+    id: u32,
+    schema: &Schema,
+    disorder_ms: u64,
+) -> anyhow::Result<Records> {
     let schema = schema.clone();
+    if disorder_ms > 0 && topic != "vehicle.state.v1" {
+        bail!("--disorder-ms applies to vehicle.state.v1 only, not {topic}");
+    }
+    let max_shift = i64::try_from(disorder_ms).unwrap_or(i64::MAX);
+    let mut jitter = SmallRng::seed_from_u64(seed ^ 0x5eed_d150);
     Ok(match topic {
-        "vehicle.state.v1" => Box::new(
-            FleetGenerator::new(400, seed)
-                .map(move |e| Ok((e.vehicle_id.clone(), encode(id, &schema, &e)?))),
-        ),
+        "vehicle.state.v1" => Box::new(FleetGenerator::new(400, seed).map(move |mut e| {
+            if max_shift > 0 {
+                e.event_time -= jitter.random_range(0..=max_shift);
+            }
+            Ok((e.vehicle_id.clone(), encode(id, &schema, &e)?))
+        })),
         "fleet.operations.v1" => by_value(seed, id, schema, fleet_operation),
         "safety.emergency.v1" => by_value(seed, id, schema, emergency),
         "vehicle.commands.v1" => by_value(seed, id, schema, command),
@@ -438,6 +463,7 @@ pub async fn cli_command(args: crate::cli::GenerateArgs) -> anyhow::Result<()> {
         count: args.count,
         rate: args.rate,
         seed: args.seed,
+        disorder_ms: args.disorder_ms,
         quiet: false,
     };
     let brokers = args.brokers;
@@ -455,6 +481,43 @@ pub async fn cli_command(args: crate::cli::GenerateArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use eventbus_schemas::Decoder;
+
+    #[test]
+    fn disorder_moves_event_times_back_within_the_bound_and_only_where_asked() {
+        use eventbus_schemas::events::VehicleState;
+        let registry = FileRegistry::embedded().expect("registry");
+        let (id, schema) = registry
+            .latest_of("vehicle.state.v1-value")
+            .expect("subject");
+        let decoder = Decoder::new(registry.clone());
+        let times = |disorder| -> Vec<(String, i64)> {
+            records_with_disorder("vehicle.state.v1", 7, id, &schema, disorder)
+                .expect("generator")
+                .take(2_000)
+                .map(|r| {
+                    let (_, v) = r.expect("record");
+                    let e: VehicleState = decoder.decode_typed(&v, None).expect("decodes");
+                    (e.vehicle_id, e.event_time)
+                })
+                .collect()
+        };
+        let ordered = times(0);
+        let shuffled = times(2_000);
+        let mut out_of_order = 0;
+        let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+        for ((v, t0), (_, t)) in ordered.iter().zip(&shuffled) {
+            assert!((0..=2_000).contains(&(t0 - t)), "moved back by at most 2 s");
+            if last.get(v.as_str()).is_some_and(|prev| t < prev) {
+                out_of_order += 1;
+            }
+            last.insert(v, *t);
+        }
+        assert!(
+            out_of_order > 0,
+            "some events of a vehicle come out of order"
+        );
+        assert!(records_with_disorder("fleet.operations.v1", 7, id, &schema, 5).is_err());
+    }
 
     #[test]
     fn every_generator_makes_records_its_schema_decodes() {

@@ -186,6 +186,7 @@ async fn generate_produces_decodable_events_and_counts_them_per_partition() {
         count: 2_000,
         rate: 0,
         seed: 3,
+        disorder_ms: 0,
         quiet: true,
     };
     let b = brokers.clone();

@@ -413,6 +413,7 @@ async fn generate_to_a_missing_topic_names_it_and_the_command_that_creates_it() 
         count: 10,
         rate: 0,
         seed: 3,
+        disorder_ms: 0,
         quiet: true,
     };
     let brokers = tansu.brokers.clone();
