@@ -77,6 +77,6 @@ pub use job::{Job, JobSpec, Pipeline, RunnableJob};
 pub use kafka::KafkaSource;
 pub use operator::{Operator, Outcome};
 pub use record::{Header, Headers, Origin, REPLAY_GROUP, Record, TopicPartition};
-pub use sink::{Ack, Acks, Sink};
+pub use sink::{Ack, Acks, Sink, StateHold};
 pub use source::Source;
 pub use tracker::OffsetTracker;

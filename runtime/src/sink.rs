@@ -86,6 +86,9 @@ pub(crate) trait Settle: Send + Sync + fmt::Debug {
     fn dropped(&self, origin: Origin);
     /// Pauses or lets resume the partition at the consumer.
     fn hold(&self, hold: bool);
+    /// Adds (`true`) or removes one state hold on `offset`: nothing is committed past a
+    /// held record.
+    fn state_hold(&self, offset: i64, hold: bool);
     /// Hands the record that failed at `offset` to the job's dead-letter queue, whose
     /// ack then settles the offset. Gives the error back when the job has no queue.
     fn dead_letter(
@@ -169,6 +172,31 @@ impl Ack {
                     let _ = tx.send(Ok(()));
                 }
             }
+        }
+    }
+
+    /// The record is kept in an operator's state (a window, a pending alert): it no
+    /// longer counts as in flight, so it does not hold back the partition the way an
+    /// unfinished record does, but nothing is committed past it until the returned hold
+    /// is released, once what the state emits for it is durable. After a crash the
+    /// record is read again, and the state rebuilt from it.
+    pub fn into_state_hold(self) -> StateHold {
+        match &self.target {
+            Target::Partition { part, offset } => {
+                let (part, offset) = (part.clone(), *offset);
+                // The hold first: the commit point never passes the record between the
+                // two.
+                part.state_hold(offset, true);
+                self.done();
+                StateHold {
+                    target: HoldTarget::Partition { part, offset },
+                    released: false,
+                }
+            }
+            Target::Channel { .. } => StateHold {
+                target: HoldTarget::Channel(Arc::new(std::sync::Mutex::new(Some(self)))),
+                released: false,
+            },
         }
     }
 
@@ -376,6 +404,114 @@ impl Drop for Ack {
                     let _ = tx.send(Err(SinkError::AckDropped { origin }));
                 }
             }
+        }
+    }
+}
+/// A record kept in an operator's state; see [`Ack::into_state_hold`]. Release it once
+/// what the state emits for the record is durable. Dropping it unreleased stops the job
+/// (unless its partition was revoked): a hold lost silently would keep the partition's
+/// commit point back for good.
+#[derive(Debug)]
+pub struct StateHold {
+    target: HoldTarget,
+    released: bool,
+}
+
+#[derive(Debug)]
+enum HoldTarget {
+    Partition {
+        part: Arc<dyn Settle>,
+        offset: i64,
+    },
+    /// A channel ack (under a wrapping sink), settled when the last hold on it goes.
+    Channel(Arc<std::sync::Mutex<Option<Ack>>>),
+}
+
+impl StateHold {
+    /// Another hold on the same record, for state that keeps it twice (a record in two
+    /// overlapping windows). The record is committed past once every hold is released.
+    pub fn split(&self) -> Self {
+        let target = match &self.target {
+            HoldTarget::Partition { part, offset } => {
+                part.state_hold(*offset, true);
+                HoldTarget::Partition {
+                    part: part.clone(),
+                    offset: *offset,
+                }
+            }
+            HoldTarget::Channel(ack) => HoldTarget::Channel(ack.clone()),
+        };
+        Self {
+            target,
+            released: false,
+        }
+    }
+
+    /// What the state emitted for the record is durable: it may be committed past.
+    pub fn release(mut self) {
+        self.released = true;
+        match &self.target {
+            HoldTarget::Partition { part, offset } => part.state_hold(*offset, false),
+            HoldTarget::Channel(ack) => {
+                if Arc::strong_count(ack) == 1
+                    && let Some(ack) = ack.lock().unwrap_or_else(|p| p.into_inner()).take()
+                {
+                    ack.done();
+                }
+            }
+        }
+    }
+
+    /// What the state emitted for the record could not be made durable: the record is
+    /// never committed past and the job stops.
+    pub fn fail(mut self, error: SinkError) {
+        self.released = true;
+        match &self.target {
+            // The hold stays: nothing is committed past the record.
+            HoldTarget::Partition { part, .. } => part.fail_job(error.into()),
+            HoldTarget::Channel(ack) => {
+                if let Some(ack) = ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    ack.fail(error);
+                }
+            }
+        }
+    }
+
+    /// Where the held record came from.
+    pub fn origin(&self) -> Origin {
+        match &self.target {
+            HoldTarget::Partition { part, offset } => Origin {
+                topic: part.tp().topic.clone(),
+                partition: part.tp().partition,
+                offset: *offset,
+            },
+            HoldTarget::Channel(ack) => ack
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(Ack::origin)
+                .unwrap_or_else(|| Origin {
+                    topic: "".into(),
+                    partition: -1,
+                    offset: -1,
+                }),
+        }
+    }
+}
+
+impl Drop for StateHold {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        match &self.target {
+            HoldTarget::Partition { part, offset } => part.dropped(Origin {
+                topic: part.tp().topic.clone(),
+                partition: part.tp().partition,
+                offset: *offset,
+            }),
+            // The channel ack drops with the last hold, and reports itself.
+            HoldTarget::Channel(_) => {}
         }
     }
 }

@@ -232,8 +232,22 @@ impl PartitionState {
         collected.0.clear();
     }
 
+    /// The offset to commit: past the done prefix, but never past a record an operator
+    /// still holds in its state (see [`crate::sink::StateHold`]).
     pub(crate) fn committable(&self) -> Option<i64> {
-        self.tracker().offsets.committable()
+        let t = self.tracker();
+        let done = t.offsets.committable();
+        match (done, t.holds.keys().next()) {
+            (Some(next), Some(&held)) => Some(next.min(held)),
+            (None, Some(_)) => None,
+            (done, None) => done,
+        }
+    }
+
+    /// Records held in operators' state.
+    #[cfg(test)]
+    pub(crate) fn state_holds(&self) -> usize {
+        self.tracker().holds.values().sum()
     }
 
     pub(crate) fn held(&self) -> usize {
@@ -352,6 +366,18 @@ impl Settle for PartitionState {
         self.held_back.store(hold, Ordering::Relaxed);
     }
 
+    fn state_hold(&self, offset: i64, hold: bool) {
+        let mut t = self.tracker();
+        if hold {
+            *t.holds.entry(offset).or_default() += 1;
+        } else if let Some(n) = t.holds.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                t.holds.remove(&offset);
+            }
+        }
+    }
+
     fn dead_letter(
         self: Arc<Self>,
         offset: i64,
@@ -376,6 +402,9 @@ struct Tracked {
     batches: VecDeque<(i64, usize)>,
     /// The sum of `batches`' sizes.
     bytes: usize,
+    /// Records done for the tracker but held in an operator's state, with how many
+    /// holds each: nothing is committed past the oldest.
+    holds: std::collections::BTreeMap<i64, usize>,
 }
 
 impl Tracked {
@@ -416,6 +445,55 @@ mod tests {
 
     fn ack(p: &Arc<PartitionState>, offset: i64) -> Ack {
         Ack::new(p.clone(), offset, None)
+    }
+
+    #[test]
+    fn a_record_held_in_state_is_not_in_flight_but_is_never_committed_past() {
+        let stats = Arc::new(JobStats::default());
+        let job = Arc::new(JobShared::new("test".to_owned(), stats));
+        let p = partition(&job, 0, 0..5);
+        let mut holds = Vec::new();
+        for o in 0..5 {
+            if o == 2 {
+                let hold = ack(&p, o).into_state_hold();
+                holds.push(hold.split());
+                holds.push(hold);
+            } else {
+                ack(&p, o).done();
+            }
+        }
+        assert_eq!(p.pending(), 0, "a held record is not in flight");
+        assert_eq!(p.state_holds(), 2);
+        assert_eq!(p.committable(), Some(2), "nothing past the held record");
+        holds.pop().expect("hold").release();
+        assert_eq!(p.committable(), Some(2), "one of its two holds is left");
+        holds.pop().expect("hold").release();
+        assert_eq!(p.committable(), Some(5));
+        assert!(!job.has_failed());
+    }
+
+    #[test]
+    fn a_state_hold_dropped_unreleased_stops_the_job_unless_revoked() {
+        let stats = Arc::new(JobStats::default());
+        let job = Arc::new(JobShared::new("test".to_owned(), stats));
+        let p = partition(&job, 0, 0..2);
+        let hold = ack(&p, 0).into_state_hold();
+        p.mark_revoked();
+        drop(hold);
+        assert!(!job.has_failed(), "a revoked partition's state is let go");
+        let q = partition(&job, 1, 0..2);
+        drop(ack(&q, 0).into_state_hold());
+        assert!(
+            job.has_failed(),
+            "a hold lost silently would stall the partition"
+        );
+        // A revoke that gives up lets the holds go with everything else.
+        let r = partition(&job, 2, 0..2);
+        let kept = ack(&r, 0).into_state_hold();
+        r.release();
+        assert_eq!((r.committable(), r.state_holds()), (None, 0));
+        r.mark_revoked();
+        kept.release();
     }
 
     #[test]
