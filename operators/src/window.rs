@@ -196,57 +196,47 @@ impl Aggregate for Sum {
     }
 }
 
+/// One of two optional values by `pick`, or whichever there is.
+fn either(a: Option<f64>, b: Option<f64>, pick: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(pick(x, y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
 /// The smallest value, `None` when there was none.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Min;
-
-impl Aggregate for Min {
-    type In = f64;
-    type Acc = Option<f64>;
-    type Out = Option<f64>;
-    fn create(&self) -> Option<f64> {
-        None
-    }
-    fn add(&self, acc: &mut Option<f64>, v: &f64) {
-        *acc = Some(acc.map_or(*v, |a| a.min(*v)));
-    }
-    fn merge(&self, a: Option<f64>, b: Option<f64>) -> Option<f64> {
-        match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, None) => x,
-            (None, y) => y,
-        }
-    }
-    fn finish(&self, acc: &Option<f64>) -> Option<f64> {
-        *acc
-    }
-}
 
 /// The largest value, `None` when there was none.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Max;
 
-impl Aggregate for Max {
-    type In = f64;
-    type Acc = Option<f64>;
-    type Out = Option<f64>;
-    fn create(&self) -> Option<f64> {
-        None
-    }
-    fn add(&self, acc: &mut Option<f64>, v: &f64) {
-        *acc = Some(acc.map_or(*v, |a| a.max(*v)));
-    }
-    fn merge(&self, a: Option<f64>, b: Option<f64>) -> Option<f64> {
-        match (a, b) {
-            (Some(x), Some(y)) => Some(x.max(y)),
-            (x, None) => x,
-            (None, y) => y,
+macro_rules! extreme {
+    ($agg:ty, $pick:expr) => {
+        impl Aggregate for $agg {
+            type In = f64;
+            type Acc = Option<f64>;
+            type Out = Option<f64>;
+            fn create(&self) -> Option<f64> {
+                None
+            }
+            fn add(&self, acc: &mut Option<f64>, v: &f64) {
+                *acc = either(*acc, Some(*v), $pick);
+            }
+            fn merge(&self, a: Option<f64>, b: Option<f64>) -> Option<f64> {
+                either(a, b, $pick)
+            }
+            fn finish(&self, acc: &Option<f64>) -> Option<f64> {
+                *acc
+            }
         }
-    }
-    fn finish(&self, acc: &Option<f64>) -> Option<f64> {
-        *acc
-    }
+    };
 }
+
+extreme!(Min, f64::min);
+extreme!(Max, f64::max);
 
 /// The mean, `None` when there was no value. The sum is kept with compensation (Kahan
 /// and Neumaier), so the order values arrive in changes the result by no more than the
