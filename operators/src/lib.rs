@@ -27,6 +27,7 @@
 pub mod retry;
 pub mod sinks;
 pub mod window;
+pub mod windowed;
 
 pub use retry::{Retry, RetryPolicy};
 pub use sinks::discard::DiscardSink;

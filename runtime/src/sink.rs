@@ -477,6 +477,13 @@ impl StateHold {
         }
     }
 
+    /// The state is given up because its partition is being revoked: the hold stays
+    /// where it is, so the final commit point stays at or before the record (whose next
+    /// owner reads it again), and goes when the revoke lets the partition go.
+    pub fn abandon(mut self) {
+        self.released = true;
+    }
+
     /// Where the held record came from.
     pub fn origin(&self) -> Origin {
         match &self.target {

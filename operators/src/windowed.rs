@@ -1,0 +1,277 @@
+//! A keyed aggregation over event-time windows, as a sink in front of the sink its
+//! results go to.
+//!
+//! Each record is added to the windows of its event time, under its key, per source
+//! partition. The partition's watermark is its largest event time less the allowed
+//! out-of-orderness; a window is emitted once the watermark passes its end plus the
+//! allowed lateness. A record behind that for every window it belongs to is late: it is
+//! counted ([`Windowed::late`]) and taken as done.
+//!
+//! **Delivery.** A record added to a window is held in state ([`StateHold`]): it no
+//! longer counts as in flight, so a long window over a busy partition never stalls
+//! backpressure, but nothing is committed past it until the result of every window it
+//! is in has been acknowledged by the result sink. After a crash the partition is read
+//! again from its oldest held record.
+//!
+//! Not yet: the job-wide watermark across partitions (this one is per partition), a
+//! byte bound on the state, and a restart that keeps already-emitted windows closed
+//! (see issue 18's closing note).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use eventbus_runtime::event_time::EventTime;
+use eventbus_runtime::{Ack, Record, Sink, SinkError, StateHold, TopicPartition};
+
+use crate::window::{Aggregate, Window, Windows};
+
+/// One window's result for one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult<K, O> {
+    /// The key.
+    pub key: K,
+    /// The window.
+    pub window: Window,
+    /// The aggregate.
+    pub value: O,
+}
+
+/// Settings of a [`Windowed`].
+#[derive(Debug, Clone, Copy)]
+pub struct WindowSettings {
+    /// The windows.
+    pub windows: Windows,
+    /// How far behind the largest event time a record may arrive on time, ms.
+    pub out_of_orderness_ms: i64,
+    /// How long after its end a window still takes records, ms.
+    pub lateness_ms: i64,
+}
+
+type Open<K, Acc> = BTreeMap<Window, HashMap<K, (Acc, Vec<StateHold>)>>;
+
+struct Part<K, Acc> {
+    max_event: Option<i64>,
+    open: Open<K, Acc>,
+}
+
+impl<K, Acc> Default for Part<K, Acc> {
+    fn default() -> Self {
+        Self {
+            max_event: None,
+            open: BTreeMap::new(),
+        }
+    }
+}
+
+type Closed<K, Acc> = Vec<(Window, K, Acc, Vec<StateHold>)>;
+
+/// A function of a record's value.
+type Field<T, U> = Box<dyn Fn(&T) -> U + Send + Sync>;
+
+/// The keyed windowed aggregation; see the module docs.
+pub struct Windowed<T, K, A: Aggregate, S> {
+    inner: Arc<Inner<T, K, A, S>>,
+}
+
+struct Inner<T, K, A: Aggregate, S> {
+    settings: WindowSettings,
+    event_time: EventTime<T>,
+    key: Field<T, K>,
+    value: Field<T, A::In>,
+    agg: A,
+    out: S,
+    parts: Mutex<HashMap<TopicPartition, Part<K, A::Acc>>>,
+    late: AtomicU64,
+}
+
+impl<T, K, A: Aggregate, S> Clone for Windowed<T, K, A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T, K, A: Aggregate, S> std::fmt::Debug for Windowed<T, K, A, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Windowed")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, K, A, S> Windowed<T, K, A, S>
+where
+    T: Send + Sync + 'static,
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    A: Aggregate,
+    A::Acc: Sync,
+    S: Sink<WindowResult<K, A::Out>>,
+{
+    /// Aggregates `value` of each record under `key` with `agg`, and sends each
+    /// window's result to `out`.
+    pub fn new(
+        settings: WindowSettings,
+        event_time: EventTime<T>,
+        key: impl Fn(&T) -> K + Send + Sync + 'static,
+        value: impl Fn(&T) -> A::In + Send + Sync + 'static,
+        agg: A,
+        out: S,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                event_time,
+                key: Box::new(key),
+                value: Box::new(value),
+                agg,
+                out,
+                parts: Mutex::new(HashMap::new()),
+                late: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Records that came too late for every window they belong to (or had no event
+    /// time), counted and taken as done.
+    pub fn late(&self) -> u64 {
+        self.inner.late.load(Ordering::Relaxed)
+    }
+
+    /// Adds a record to its windows; returns the windows the watermark closed.
+    fn add(&self, record: &Record<T>, ack: Ack) -> Closed<K, A::Acc> {
+        let s = &self.inner.settings;
+        let Some(t) = self.inner.event_time.of(record) else {
+            self.inner.late.fetch_add(1, Ordering::Relaxed);
+            ack.done();
+            return Vec::new();
+        };
+        let mut parts = self.inner.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let part = parts.entry(record.topic_partition()).or_default();
+        let watermark = |p: &Part<K, A::Acc>| {
+            p.max_event
+                .map_or(i64::MIN, |m| m.saturating_sub(s.out_of_orderness_ms))
+        };
+        let before = watermark(part);
+        let targets: Vec<Window> = s
+            .windows
+            .assign(t)
+            .into_iter()
+            .filter(|w| w.end.saturating_add(s.lateness_ms) > before)
+            .collect();
+        if targets.is_empty() {
+            self.inner.late.fetch_add(1, Ordering::Relaxed);
+            ack.done();
+            return Vec::new();
+        }
+        let key = (self.inner.key)(&record.value);
+        let value = (self.inner.value)(&record.value);
+        let hold = ack.into_state_hold();
+        let last = targets.len() - 1;
+        let mut hold = Some(hold);
+        for (i, w) in targets.into_iter().enumerate() {
+            let this = if i == last {
+                hold.take()
+            } else {
+                hold.as_ref().map(StateHold::split)
+            };
+            let slot = part
+                .open
+                .entry(w)
+                .or_default()
+                .entry(key.clone())
+                .or_insert_with(|| (self.inner.agg.create(), Vec::new()));
+            self.inner.agg.add(&mut slot.0, &value);
+            slot.1.extend(this);
+        }
+        part.max_event = Some(part.max_event.map_or(t, |m| m.max(t)));
+        let now = watermark(part);
+        let mut closed = Vec::new();
+        while let Some(entry) = part.open.first_entry() {
+            if entry.key().end.saturating_add(s.lateness_ms) > now {
+                break;
+            }
+            let (w, keys) = entry.remove_entry();
+            closed.extend(keys.into_iter().map(|(k, (acc, holds))| (w, k, acc, holds)));
+        }
+        closed
+    }
+
+    /// Sends one window's result; its records' holds go once the result sink
+    /// acknowledged it.
+    async fn emit(
+        &self,
+        tp: &TopicPartition,
+        (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
+    ) -> Result<(), SinkError> {
+        let offset = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
+        let result = WindowResult {
+            key,
+            window,
+            value: self.inner.agg.finish(&acc),
+        };
+        let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
+        let (ack, outcome) = Ack::channel(record.origin());
+        self.inner.out.send(record, ack).await?;
+        tokio::spawn(async move {
+            match outcome.await {
+                Ok(Ok(())) => holds.into_iter().for_each(StateHold::release),
+                Ok(Err(e)) => {
+                    let mut holds = holds.into_iter();
+                    if let Some(first) = holds.next() {
+                        first.fail(e);
+                    }
+                    // The job stops with the first; nothing is committed past any.
+                    holds.for_each(StateHold::abandon);
+                }
+                Err(_) => holds.into_iter().for_each(StateHold::abandon),
+            }
+        });
+        Ok(())
+    }
+}
+
+impl<T, K, A, S> Sink<T> for Windowed<T, K, A, S>
+where
+    T: Send + Sync + 'static,
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    A: Aggregate,
+    A::Acc: Sync,
+    A::Out: Send,
+    S: Sink<WindowResult<K, A::Out>>,
+{
+    async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
+        let tp = record.topic_partition();
+        let closed = self.add(&record, ack);
+        for window in closed {
+            self.emit(&tp, window).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        self.inner.out.flush().await
+    }
+
+    /// Open windows of revoked partitions are given up: their records were never
+    /// committed past, and the partitions' next owner reads them again.
+    async fn partitions_revoked(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
+        let dropped: Vec<Part<K, A::Acc>> = {
+            let mut parts = self.inner.parts.lock().unwrap_or_else(|p| p.into_inner());
+            partitions
+                .iter()
+                .filter_map(|tp| parts.remove(tp))
+                .collect()
+        };
+        for part in dropped {
+            for (_, keys) in part.open {
+                for (_, (_, holds)) in keys {
+                    holds.into_iter().for_each(StateHold::abandon);
+                }
+            }
+        }
+        self.inner.out.partitions_revoked(partitions).await
+    }
+}
