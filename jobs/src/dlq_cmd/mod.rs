@@ -134,9 +134,11 @@ pub enum DlqCommand {
         show_pii: bool,
     },
     /// Produce the selected letters again to their original topic (or --to), keeping
-    /// key, value and original headers, adding eventbus.replay.id and incrementing
-    /// eventbus.replay.count. Running the same replay again sends nothing twice: its
-    /// progress is the consumer group eventbus-replay-<id>.
+    /// key, value and original headers, adding eventbus.replay.id and
+    /// eventbus.replay.group (the group that failed the record: other groups' eventbus
+    /// jobs take it as done unprocessed) and incrementing eventbus.replay.count. Running
+    /// the same replay again sends nothing twice: its progress is the consumer group
+    /// eventbus-replay-<id>.
     Replay {
         /// The DLQ topic.
         #[arg(long)]
