@@ -11,6 +11,7 @@
 //!
 //! Imports run one way: `task` → `dispatch` → `partition` → `state`.
 
+mod collect;
 mod dispatch;
 mod partition;
 mod state;

@@ -1,7 +1,6 @@
 //! The executor's view of one assigned partition: its tracker, its counters and its
 //! flow control. Acks reach it through [`Settle`].
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub(crate) use super::collect::Collected;
 use super::state::{JobShared, Settled};
 use crate::error::{RuntimeError, SinkError};
 use crate::record::{Origin, Record, TopicPartition};
@@ -29,60 +29,6 @@ pub(crate) trait FailureHook: Send + Sync {
         original: Record<Bytes>,
         failure: SinkFailure,
     );
-}
-
-/// A partition's address and the settlements collected for it.
-type Collector = (usize, Vec<(i64, Resolution)>);
-
-thread_local! {
-    /// The settlements a partition task collects while it polls its sink on this
-    /// thread: the partition's address and the offsets settled so far. An ack settled
-    /// synchronously inside that poll lands here instead of taking the tracker's lock;
-    /// the task applies the whole batch under one lock. Acks settled anywhere else
-    /// (another thread, another partition's poll) go to the tracker as usual.
-    static COLLECTING: RefCell<Option<Collector>> = const { RefCell::new(None) };
-}
-
-/// What a partition task collected while polling: applied with [`PartitionState::apply`].
-#[derive(Debug, Default)]
-pub(crate) struct Collected(Vec<(i64, Resolution)>);
-
-impl Collected {
-    /// Runs `f` with this thread collecting `part`'s settlements into `self`.
-    pub(crate) fn during<R>(&mut self, part: &PartitionState, f: impl FnOnce() -> R) -> R {
-        /// Puts the thread back as it was, even when `f` panics: a collector left
-        /// behind would swallow the settlements of a later partition state.
-        struct Restore<'a> {
-            collected: &'a mut Collected,
-            outer: Option<Collector>,
-        }
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                let outer = self.outer.take();
-                let mine = COLLECTING.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
-                if let Some((_, buffer)) = mine {
-                    self.collected.0 = buffer;
-                }
-            }
-        }
-        let addr = std::ptr::from_ref(part) as usize;
-        let buffer = std::mem::take(&mut self.0);
-        let outer = COLLECTING.with(|c| c.borrow_mut().replace((addr, buffer)));
-        let _restore = Restore {
-            collected: self,
-            outer,
-        };
-        f()
-    }
-
-    /// Collects a settlement made by the task itself.
-    pub(crate) fn push(&mut self, offset: i64, how: Resolution) {
-        self.0.push((offset, how));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Shared state of one partition between the source, its task and the sink's acks.
@@ -211,25 +157,19 @@ impl PartitionState {
         if collected.is_empty() {
             return;
         }
-        let mut offsets = Vec::with_capacity(collected.0.len());
+        let mut offsets = Vec::with_capacity(collected.len());
         for how in [
             Resolution::Delivered,
             Resolution::Filtered,
             Resolution::Failed,
         ] {
             offsets.clear();
-            offsets.extend(
-                collected
-                    .0
-                    .iter()
-                    .filter(|(_, h)| *h == how)
-                    .map(|(o, _)| *o),
-            );
+            offsets.extend(collected.offsets(how));
             if !offsets.is_empty() {
                 self.resolve_many(&offsets, how);
             }
         }
-        collected.0.clear();
+        collected.clear();
     }
 
     /// The offset to commit: past the done prefix, but never past a record an operator
@@ -329,15 +269,7 @@ impl Settle for PartitionState {
     }
 
     fn settle(&self, offsets: &[i64], how: Resolution) {
-        let addr = std::ptr::from_ref(self) as usize;
-        let collected = COLLECTING.with(|c| match &mut *c.borrow_mut() {
-            Some((mine, buffer)) if *mine == addr => {
-                buffer.extend(offsets.iter().map(|&o| (o, how)));
-                true
-            }
-            _ => false,
-        });
-        if !collected {
+        if !super::collect::collect_if_polling(self, offsets, how) {
             self.resolve_many(offsets, how);
         }
     }
