@@ -132,8 +132,7 @@ impl JobFile {
     /// # Errors
     /// The catalog cannot be read.
     pub fn pii(&self) -> anyhow::Result<std::collections::HashMap<String, Vec<String>>> {
-        let catalog =
-            eventbus_schemas::Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
+        let catalog = crate::load_catalog(None)?;
         Ok(self
             .dlq
             .clone()
