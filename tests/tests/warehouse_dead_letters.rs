@@ -388,6 +388,81 @@ max_age_ms = 500
         .await;
     }
 
+    /// Tombstones (a null value, as compacted topics and other clients write them) and
+    /// empty values: dead-lettered as not in the wire format, and the rest loads once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tombstones_and_empty_values() {
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+        let brokers = shared_brokers();
+        let topic = unique("wh-tombstone");
+        let dlq = format!("{topic}.dlq");
+        topic_io::create_topics(&brokers, &[(&topic, 2), (&dlq, 1)])
+            .await
+            .expect("create topics");
+        let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("producer");
+        let mut bad_keys = std::collections::BTreeSet::new();
+        for (i, g) in good_values(500).iter().enumerate() {
+            let key = format!("k{i}");
+            let record = BaseRecord::<str, [u8]>::to(&topic).key(key.as_str());
+            let record = match i % 25 {
+                24 => record,                  // a tombstone: no value at all
+                12 => record.payload(&[][..]), // an empty value
+                _ => record.payload(g.bytes.as_slice()),
+            };
+            if i % 25 == 24 || i % 25 == 12 {
+                bad_keys.insert(key.clone());
+            }
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+        let produced = topic_io::read_all(&brokers, &topic, READ).expect("read back");
+        assert_eq!(produced.len(), 500);
+        let (bad_at, good_at) = positions(&produced, &bad_keys);
+        assert_eq!(bad_at.len(), 40);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("tables");
+        let cfg = dir.path().join("job.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n\"session.timeout.ms\" = \"6000\"\n\
+                 [source]\ngroup_id = \"{}\"\ntopics = [\"{topic}\"]\ncommit_interval_ms = 200\n\
+                 [warehouse]\ntable_root = \"{}\"\nmax_age_ms = 500\n",
+                unique("g"),
+                root.display()
+            ),
+        )
+        .expect("write config");
+        let logs = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            JobProcess::finish_warehouse(&cfg, &logs, "tombstones")
+        })
+        .await
+        .expect("join");
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root).expect("store");
+        let rows = read_table(&store, &StorePath::from(topic.as_str())).await;
+        assert_eq!(table_duplicates(&rows), (0, good_at.len()));
+        let letters = tokio::task::spawn_blocking(move || read_letters(&brokers, &dlq))
+            .await
+            .expect("join");
+        let mut quarantined = std::collections::BTreeSet::new();
+        for l in &letters {
+            let at = (
+                l.context.partition.expect("partition"),
+                l.context.offset.expect("offset"),
+            );
+            assert_eq!(bad_at.get(&at), Some(&l.key), "the letter for {at:?}");
+            let reason = l.context.message.as_deref().unwrap_or_default();
+            assert!(reason.contains("not in the wire format"), "{reason:?}");
+            quarantined.insert(at);
+        }
+        assert_eq!(quarantined.len(), bad_at.len(), "every one is in the DLQ");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn other_foreign_bytes() {
         bad_records_go_to_the_dlq_and_the_rest_loads_once("foreign", |g, _, n| {
