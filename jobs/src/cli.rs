@@ -195,6 +195,8 @@ pub enum JobName {
     Warehouse,
     /// Dead letters classified, counted, replayed or parked.
     DlqProcessor,
+    /// Per-fleet minute aggregates of vehicle.state.v1, in two stages through Kafka.
+    Analytics,
 }
 
 /// Arguments of `eventbus demo`.
@@ -250,7 +252,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub table_root: Option<String>,
     /// warehouse: stop once every partition has reached the end offset it had at
-    /// start, publish, commit and exit 0 (batch loading).
+    /// start, publish, commit and exit 0 (batch loading). analytics: the same end
+    /// closes every open window; every fleet-minute is emitted before it exits 0.
     #[arg(long)]
     pub until_caught_up: bool,
 }
@@ -345,6 +348,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         JobName::Warehouse => crate::warehouse::command(file, &overrides, args).await,
         JobName::DlqProcessor => crate::dlq_processor::command(file, &overrides, args).await,
         JobName::Mirror => crate::mirror::command(&file).await,
+        JobName::Analytics => crate::analytics::command(file, &overrides, args).await,
     }
 }
 

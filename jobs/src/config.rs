@@ -62,6 +62,9 @@ pub struct JobFile {
     /// Settings of the `warehouse` job.
     #[serde(default)]
     pub warehouse: Option<eventbus_operators::ParquetSinkConfig>,
+    /// Settings of the `analytics` job.
+    #[serde(default)]
+    pub analytics: Option<crate::analytics::AnalyticsConfig>,
     /// Settings of the `dlq-processor` job, and the category rules `eventbus dlq` uses.
     #[serde(default)]
     pub dlq_processor: Option<crate::dlq_processor::ProcessorConfig>,

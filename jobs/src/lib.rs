@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 mod alter_configs;
+pub mod analytics;
 pub mod bench;
 pub mod cli;
 pub mod config;

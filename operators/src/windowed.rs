@@ -13,9 +13,15 @@
 //! is in has been acknowledged by the result sink. After a crash the partition is read
 //! again from its oldest held record.
 //!
+//! **Progress.** [`Windowed::progress`] tells, per partition, through which window end
+//! every result has been acknowledged; [`Windowed::finish`] closes every open window of
+//! some partitions at the end of input. The analytics job publishes the first as its
+//! watermark (see `eventbus_jobs::analytics`).
+//!
 //! Not yet: the job-wide watermark across partitions (this one is per partition), a
-//! byte bound on the state, and a restart that keeps already-emitted windows closed
-//! (see issue 18's closing note).
+//! byte bound on the state, and a restart that keeps already-emitted windows closed:
+//! after a crash a window whose result was acknowledged may be emitted again with only
+//! the records read again; the analytics job's final stage drops those.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -54,15 +60,57 @@ type Open<K, Acc> = BTreeMap<Window, HashMap<K, (Acc, Vec<StateHold>)>>;
 struct Part<K, Acc> {
     max_event: Option<i64>,
     open: Open<K, Acc>,
+    /// Results sent and not yet acknowledged, by window end.
+    pending: BTreeMap<i64, usize>,
+    /// Records taken (on time or late).
+    records: u64,
+    /// Offset of the last record taken.
+    last_offset: i64,
+    /// Every window is closed: the end of input.
+    finished: bool,
+    /// Tells this partition state from one after a revoke and re-assign.
+    generation: u64,
 }
 
-impl<K, Acc> Default for Part<K, Acc> {
-    fn default() -> Self {
+impl<K, Acc> Part<K, Acc> {
+    fn new(generation: u64) -> Self {
         Self {
             max_event: None,
             open: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            records: 0,
+            last_offset: -1,
+            finished: false,
+            generation,
         }
     }
+
+    /// Moves windows out of the open set into the pending one.
+    fn close(&mut self, windows: impl IntoIterator<Item = Window>) -> Closed<K, Acc> {
+        let mut closed = Vec::new();
+        for w in windows {
+            if let Some(keys) = self.open.remove(&w) {
+                *self.pending.entry(w.end).or_default() += keys.len();
+                closed.extend(keys.into_iter().map(|(k, (acc, holds))| (w, k, acc, holds)));
+            }
+        }
+        closed
+    }
+}
+
+/// How far one partition's windows are done; see [`Windowed::progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The source partition.
+    pub partition: TopicPartition,
+    /// Every window of this partition ending at or before this has had its result
+    /// acknowledged (or had no records); `i64::MIN` before the first record, `i64::MAX`
+    /// once [`Windowed::finish`] closed them all.
+    pub closed_through: i64,
+    /// Records taken so far from this partition.
+    pub records: u64,
+    /// Offset of the last record taken; -1 before the first.
+    pub last_offset: i64,
 }
 
 type Closed<K, Acc> = Vec<(Window, K, Acc, Vec<StateHold>)>;
@@ -83,6 +131,7 @@ struct Inner<T, K, A: Aggregate, S> {
     agg: A,
     out: S,
     parts: Mutex<HashMap<TopicPartition, Part<K, A::Acc>>>,
+    generations: AtomicU64,
     late: AtomicU64,
 }
 
@@ -129,6 +178,7 @@ where
                 agg,
                 out,
                 parts: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
                 late: AtomicU64::new(0),
             }),
         }
@@ -140,16 +190,22 @@ where
         self.inner.late.load(Ordering::Relaxed)
     }
 
-    /// Adds a record to its windows; returns the windows the watermark closed.
-    fn add(&self, record: &Record<T>, ack: Ack) -> Closed<K, A::Acc> {
+    /// Adds a record to its windows; returns the windows the watermark closed, with the
+    /// partition state's generation.
+    fn add(&self, record: &Record<T>, ack: Ack) -> (u64, Closed<K, A::Acc>) {
         let s = &self.inner.settings;
-        let Some(t) = self.inner.event_time.of(record) else {
+        let time = self.inner.event_time.of(record);
+        let mut parts = self.parts();
+        let part = parts
+            .entry(record.topic_partition())
+            .or_insert_with(|| Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed)));
+        part.records += 1;
+        part.last_offset = part.last_offset.max(record.offset);
+        let Some(t) = time else {
             self.inner.late.fetch_add(1, Ordering::Relaxed);
             ack.done();
-            return Vec::new();
+            return (part.generation, Vec::new());
         };
-        let mut parts = self.inner.parts.lock().unwrap_or_else(|p| p.into_inner());
-        let part = parts.entry(record.topic_partition()).or_default();
         let watermark = |p: &Part<K, A::Acc>| {
             p.max_event
                 .map_or(i64::MIN, |m| m.saturating_sub(s.out_of_orderness_ms))
@@ -164,7 +220,7 @@ where
         if targets.is_empty() {
             self.inner.late.fetch_add(1, Ordering::Relaxed);
             ack.done();
-            return Vec::new();
+            return (part.generation, Vec::new());
         }
         let key = (self.inner.key)(&record.value);
         let value = (self.inner.value)(&record.value);
@@ -188,15 +244,80 @@ where
         }
         part.max_event = Some(part.max_event.map_or(t, |m| m.max(t)));
         let now = watermark(part);
-        let mut closed = Vec::new();
-        while let Some(entry) = part.open.first_entry() {
-            if entry.key().end.saturating_add(s.lateness_ms) > now {
-                break;
+        let due: Vec<Window> = part
+            .open
+            .keys()
+            .take_while(|w| w.end.saturating_add(s.lateness_ms) <= now)
+            .copied()
+            .collect();
+        (part.generation, part.close(due))
+    }
+
+    fn parts(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, Part<K, A::Acc>>> {
+        self.inner.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Per partition that has had a record: through which window end every result is
+    /// acknowledged. A consumer of the results that has this from every source
+    /// partition has every result of the windows ending there.
+    pub fn progress(&self) -> Vec<PartitionProgress> {
+        let s = &self.inner.settings;
+        self.parts()
+            .iter()
+            .map(|(tp, part)| {
+                let closed_through = if part.finished && part.pending.is_empty() {
+                    i64::MAX
+                } else {
+                    let watermark = part.max_event.map_or(i64::MIN, |m| {
+                        m.saturating_sub(s.out_of_orderness_ms)
+                            .saturating_sub(s.lateness_ms)
+                    });
+                    let unacked = part.pending.keys().next().map_or(i64::MAX, |e| e - 1);
+                    watermark.min(unacked)
+                };
+                PartitionProgress {
+                    partition: tp.clone(),
+                    closed_through,
+                    records: part.records,
+                    last_offset: part.last_offset,
+                }
+            })
+            .collect()
+    }
+
+    /// The end of input for `partitions`: closes every open window, sends the results,
+    /// and returns once the result sink has acknowledged them all. Their
+    /// [`PartitionProgress::closed_through`] is then `i64::MAX`.
+    ///
+    /// # Errors
+    /// The result sink refused a result.
+    pub async fn finish(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
+        for tp in partitions {
+            let closed = {
+                let mut parts = self.parts();
+                let part = parts.entry(tp.clone()).or_insert_with(|| {
+                    Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed))
+                });
+                part.finished = true;
+                let all: Vec<Window> = part.open.keys().copied().collect();
+                (part.generation, part.close(all))
+            };
+            for window in closed.1 {
+                self.emit(tp, closed.0, window).await?;
             }
-            let (w, keys) = entry.remove_entry();
-            closed.extend(keys.into_iter().map(|(k, (acc, holds))| (w, k, acc, holds)));
         }
-        closed
+        loop {
+            let waiting = {
+                let parts = self.parts();
+                partitions
+                    .iter()
+                    .any(|tp| parts.get(tp).is_some_and(|p| !p.pending.is_empty()))
+            };
+            if !waiting {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Sends one window's result; its records' holds go once the result sink
@@ -204,6 +325,7 @@ where
     async fn emit(
         &self,
         tp: &TopicPartition,
+        generation: u64,
         (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
     ) -> Result<(), SinkError> {
         let offset = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
@@ -215,8 +337,20 @@ where
         let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
         let (ack, outcome) = Ack::channel(record.origin());
         self.inner.out.send(record, ack).await?;
+        let this = self.clone();
+        let tp = tp.clone();
         tokio::spawn(async move {
-            match outcome.await {
+            let result = outcome.await;
+            if let Some(part) = this.parts().get_mut(&tp)
+                && part.generation == generation
+                && let Some(n) = part.pending.get_mut(&window.end)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    part.pending.remove(&window.end);
+                }
+            }
+            match result {
                 Ok(Ok(())) => holds.into_iter().for_each(StateHold::release),
                 Ok(Err(e)) => {
                     let mut holds = holds.into_iter();
@@ -244,9 +378,9 @@ where
 {
     async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
         let tp = record.topic_partition();
-        let closed = self.add(&record, ack);
+        let (generation, closed) = self.add(&record, ack);
         for window in closed {
-            self.emit(&tp, window).await?;
+            self.emit(&tp, generation, window).await?;
         }
         Ok(())
     }
@@ -259,7 +393,7 @@ where
     /// committed past, and the partitions' next owner reads them again.
     async fn partitions_revoked(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
         let dropped: Vec<Part<K, A::Acc>> = {
-            let mut parts = self.inner.parts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut parts = self.parts();
             partitions
                 .iter()
                 .filter_map(|tp| parts.remove(tp))

@@ -352,3 +352,48 @@ pub struct FleetMinute {
     /// Events per vehicle status.
     pub status_counts: HashMap<String, i64>,
 }
+
+/// What a [`FleetMinutePartial`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PartialKind {
+    /// The aggregates of one fleet-minute over one source partition.
+    Partial,
+    /// Every window of the source partition ending at or before `watermark` is delivered.
+    Watermark,
+    /// The final stage has delivered every fleet-minute ending at or before `watermark`.
+    Progress,
+}
+
+/// The analytics job's internal record (`com.atlasmesh.fleet.FleetMinutePartial`, topics
+/// `analytics.fleet_minute_partials.v1` and `analytics.fleet_minute_progress.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetMinutePartial {
+    /// What this record is.
+    pub kind: PartialKind,
+    /// Partition of `vehicle.state.v1` (partials, watermarks) or of the partials topic
+    /// (progress).
+    pub source_partition: i32,
+    /// How many partitions `vehicle.state.v1` has.
+    pub source_partitions: i32,
+    /// The fleet (partials); also the Kafka key.
+    pub fleet_id: String,
+    /// Start of the minute, ms since the epoch (partials).
+    pub minute: i64,
+    /// See [`PartialKind`]; `i64::MAX` at the end of input.
+    pub watermark: i64,
+    /// The source partition has had nothing new for the idle timeout (watermarks).
+    pub idle: bool,
+    /// Events in the fleet-minute.
+    pub events: i64,
+    /// Distinct vehicles, sorted.
+    pub vehicles: Vec<String>,
+    /// Events with status `DRIVING`.
+    pub driving_events: i64,
+    /// Sum of `speed_kph` over `DRIVING` events.
+    pub driving_speed_sum: f64,
+    /// Lowest `battery_pct`.
+    pub min_battery_pct: f64,
+    /// Events per vehicle status.
+    pub status_counts: HashMap<String, i64>,
+}

@@ -232,6 +232,10 @@ const EMBEDDED: &[(&str, &str)] = &[
     ),
     ("Alert.avsc", include_str!("../Alert.avsc")),
     ("FleetMinute.avsc", include_str!("../FleetMinute.avsc")),
+    (
+        "FleetMinutePartial.avsc",
+        include_str!("../FleetMinutePartial.avsc"),
+    ),
 ];
 
 /// The folder of this crate's committed schemas, for tests, the demo and the generator.

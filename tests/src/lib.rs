@@ -252,6 +252,11 @@ impl JobProcess {
     /// must keep out every record it already holds. Returns the group of the try that
     /// finished, when it is not the config's.
     pub fn finish_warehouse(config: &Path, log_dir: &Path, name: &str) -> Option<String> {
+        Self::finish("warehouse", config, log_dir, name)
+    }
+
+    /// [`Self::finish_warehouse`] for any job with `--until-caught-up`.
+    pub fn finish(job: &str, config: &Path, log_dir: &Path, name: &str) -> Option<String> {
         let tries = 3;
         for n in 1..=tries {
             std::thread::sleep(Duration::from_secs(7));
@@ -260,7 +265,7 @@ impl JobProcess {
             if n > 1 {
                 args.extend(["--group", group.as_str()]);
             }
-            let mut run = Self::warehouse(config, log_dir, &format!("{name}-try{n}"), &args);
+            let mut run = Self::run(job, config, log_dir, &format!("{name}-try{n}"), &args);
             let started = Instant::now();
             let mut assigned = false;
             while started.elapsed() < Duration::from_secs(100) {
@@ -297,6 +302,30 @@ impl JobProcess {
     pub fn kill(&mut self) {
         self.signal("KILL");
         self.wait(Duration::from_secs(10));
+    }
+
+    /// How many times `needle` occurs in the process log so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        fs::read_to_string(&self.log).map_or(0, |log| log.matches(needle).count())
+    }
+
+    /// Waits until `needle` occurs `times` times in the log, at most `timeout`; panics
+    /// with the log's tail if the process exits or the time runs out.
+    pub fn wait_log(&mut self, needle: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_count(needle) < times {
+            assert!(
+                self.exited().is_none(),
+                "eventbus exited before logging `{needle}`:\n{}",
+                self.log_tail()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` not logged {times} times within {timeout:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The last lines of the process log.

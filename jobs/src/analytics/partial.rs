@@ -1,0 +1,314 @@
+//! The first stage: per source partition, each fleet-minute's partial aggregates, and the
+//! records that carry them (and the partition's watermark) to the partials topic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use eventbus_operators::KafkaSink;
+use eventbus_operators::window::Aggregate;
+use eventbus_operators::windowed::WindowResult;
+use eventbus_runtime::{Ack, Record, Sink, SinkError};
+use eventbus_schemas::events::{FleetMinute, FleetMinutePartial, PartialKind, VehicleState};
+
+/// What one vehicle-state event adds to its fleet-minute.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// The vehicle.
+    pub vehicle_id: String,
+    /// `speed_kph`.
+    pub speed_kph: f32,
+    /// `battery_pct`.
+    pub battery_pct: f32,
+    /// The status symbol.
+    pub status: &'static str,
+}
+
+impl Reading {
+    /// The parts of `event` the aggregates need.
+    pub fn of(event: &VehicleState) -> Self {
+        Self {
+            vehicle_id: event.vehicle_id.clone(),
+            speed_kph: event.speed_kph,
+            battery_pct: event.battery_pct,
+            status: status_symbol(event),
+        }
+    }
+}
+
+fn status_symbol(event: &VehicleState) -> &'static str {
+    use eventbus_schemas::events::VehicleStatus as S;
+    match event.status {
+        S::Driving => "DRIVING",
+        S::Idle => "IDLE",
+        S::Charging => "CHARGING",
+        S::Maintenance => "MAINTENANCE",
+        S::Offline => "OFFLINE",
+    }
+}
+
+/// The running aggregates of a fleet-minute, over some of its events.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FleetAcc {
+    /// Events.
+    pub events: i64,
+    /// Distinct vehicles.
+    pub vehicles: BTreeSet<String>,
+    /// Events with status DRIVING.
+    pub driving_events: i64,
+    /// Sum of their speeds.
+    pub driving_speed_sum: f64,
+    /// Lowest battery seen; +inf before the first event.
+    pub min_battery_pct: f64,
+    /// Events per status.
+    pub status_counts: BTreeMap<String, i64>,
+}
+
+impl FleetAcc {
+    /// The aggregates of no event.
+    pub fn empty() -> Self {
+        Self {
+            min_battery_pct: f64::INFINITY,
+            ..Self::default()
+        }
+    }
+
+    /// Adds the aggregates of other events. Every field but the speed sum is exact in
+    /// any order; the sum is a double, and the final stage merges in partition order.
+    pub fn merge(&mut self, other: &Self) {
+        self.events += other.events;
+        self.vehicles.extend(other.vehicles.iter().cloned());
+        self.driving_events += other.driving_events;
+        self.driving_speed_sum += other.driving_speed_sum;
+        self.min_battery_pct = self.min_battery_pct.min(other.min_battery_pct);
+        for (status, n) in &other.status_counts {
+            *self.status_counts.entry(status.clone()).or_default() += n;
+        }
+    }
+
+    /// The partial record of this accumulator.
+    pub fn to_partial(
+        &self,
+        fleet_id: &str,
+        minute: i64,
+        source_partition: i32,
+        source_partitions: i32,
+    ) -> FleetMinutePartial {
+        FleetMinutePartial {
+            kind: PartialKind::Partial,
+            source_partition,
+            source_partitions,
+            fleet_id: fleet_id.to_owned(),
+            minute,
+            watermark: 0,
+            idle: false,
+            events: self.events,
+            vehicles: self.vehicles.iter().cloned().collect(),
+            driving_events: self.driving_events,
+            driving_speed_sum: self.driving_speed_sum,
+            min_battery_pct: self.min_battery_pct,
+            status_counts: self
+                .status_counts
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+
+    /// The accumulator a partial record carries.
+    pub fn from_partial(p: &FleetMinutePartial) -> Self {
+        Self {
+            events: p.events,
+            vehicles: p.vehicles.iter().cloned().collect(),
+            driving_events: p.driving_events,
+            driving_speed_sum: p.driving_speed_sum,
+            min_battery_pct: p.min_battery_pct,
+            status_counts: p
+                .status_counts
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+
+    /// The published result.
+    pub fn finish(&self, fleet_id: &str, minute: i64) -> FleetMinute {
+        FleetMinute {
+            fleet_id: fleet_id.to_owned(),
+            minute,
+            vehicles_active: i32::try_from(self.vehicles.len()).unwrap_or(i32::MAX),
+            events: self.events,
+            avg_speed_kph: if self.driving_events > 0 {
+                self.driving_speed_sum / self.driving_events as f64
+            } else {
+                0.0
+            },
+            min_battery_pct: if self.events > 0 {
+                self.min_battery_pct
+            } else {
+                0.0
+            },
+            status_counts: self
+                .status_counts
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+}
+
+/// The fleet-minute aggregate, for [`eventbus_operators::windowed::Windowed`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FleetAggregate;
+
+impl Aggregate for FleetAggregate {
+    type In = Reading;
+    type Acc = FleetAcc;
+    type Out = FleetAcc;
+
+    fn create(&self) -> FleetAcc {
+        FleetAcc::empty()
+    }
+
+    fn add(&self, acc: &mut FleetAcc, r: &Reading) {
+        acc.events += 1;
+        if !acc.vehicles.contains(&r.vehicle_id) {
+            acc.vehicles.insert(r.vehicle_id.clone());
+        }
+        if r.status == "DRIVING" {
+            acc.driving_events += 1;
+            acc.driving_speed_sum += f64::from(r.speed_kph);
+        }
+        acc.min_battery_pct = acc.min_battery_pct.min(f64::from(r.battery_pct));
+        *acc.status_counts.entry(r.status.to_owned()).or_default() += 1;
+    }
+
+    fn merge(&self, mut a: FleetAcc, b: FleetAcc) -> FleetAcc {
+        a.merge(&b);
+        a
+    }
+
+    fn finish(&self, acc: &FleetAcc) -> FleetAcc {
+        acc.clone()
+    }
+}
+
+/// The partials topic's partition of a fleet: the same for every process and run, so a
+/// fleet's partials and the final stage's state of it meet in one partition.
+pub fn partition_of(fleet_id: &str, partitions: i32) -> i32 {
+    // FNV-1a: stable across builds and platforms, unlike the std hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in fleet_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    i32::try_from(h % partitions.max(1).unsigned_abs()).unwrap_or(0)
+}
+
+/// Writes [`FleetMinutePartial`]s to the partials topic (wire format).
+#[derive(Clone)]
+pub struct PartialWriter {
+    /// The producer, partitioning by the record's partition number.
+    pub sink: KafkaSink,
+    /// Registry id of the partials subject.
+    pub id: u32,
+    /// The schema.
+    pub schema: Arc<Schema>,
+    /// Partitions of the partials topic.
+    pub partitions: i32,
+    /// Partitions of the input topic.
+    pub source_partitions: i32,
+}
+
+impl std::fmt::Debug for PartialWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartialWriter")
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialWriter {
+    /// Sends `value` to partition `partition`, keyed by `key`; `ack` settles with its
+    /// delivery.
+    pub async fn send(
+        &self,
+        partition: i32,
+        key: &str,
+        value: &FleetMinutePartial,
+        ack: Ack,
+    ) -> Result<(), SinkError> {
+        let bytes = match eventbus_schemas::encode(self.id, &self.schema, value) {
+            Ok(b) => b,
+            Err(e) => {
+                let origin = ack.origin();
+                ack.fail(SinkError::Delivery {
+                    sink: "analytics partials",
+                    origin,
+                    reason: format!("cannot encode a FleetMinutePartial: {e}"),
+                    class: eventbus_runtime::ErrorClass::Permanent,
+                });
+                return Ok(());
+            }
+        };
+        let mut record = Record::new(
+            Arc::<str>::from(""),
+            partition,
+            -1,
+            bytes::Bytes::from(bytes),
+        );
+        record.key = Some(bytes::Bytes::copy_from_slice(key.as_bytes()));
+        self.sink.send(record, ack).await
+    }
+
+    /// A watermark record of `source_partition` for every partials partition.
+    pub async fn watermark(
+        &self,
+        source_partition: i32,
+        closed_through: i64,
+        idle: bool,
+    ) -> Vec<eventbus_runtime::sink::AckOutcome> {
+        let mut value =
+            FleetAcc::empty().to_partial("", 0, source_partition, self.source_partitions);
+        value.kind = PartialKind::Watermark;
+        value.watermark = closed_through;
+        value.idle = idle;
+        value.min_battery_pct = 0.0;
+        let mut outcomes = Vec::new();
+        for r in 0..self.partitions {
+            let origin = eventbus_runtime::Origin {
+                topic: Arc::from("analytics watermark"),
+                partition: source_partition,
+                offset: -1,
+            };
+            let (ack, outcome) = Ack::channel(origin);
+            if let Err(e) = self.send(r, "", &value, ack).await {
+                tracing::warn!(error = %e, "cannot send a watermark");
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+}
+
+impl Sink<WindowResult<String, FleetAcc>> for PartialWriter {
+    async fn send(
+        &self,
+        record: Record<WindowResult<String, FleetAcc>>,
+        ack: Ack,
+    ) -> Result<(), SinkError> {
+        let r = &record.value;
+        let value = r.value.to_partial(
+            &r.key,
+            r.window.start,
+            record.partition,
+            self.source_partitions,
+        );
+        let partition = partition_of(&r.key, self.partitions);
+        PartialWriter::send(self, partition, &r.key, &value, ack).await
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        <KafkaSink as Sink<bytes::Bytes>>::flush(&self.sink).await
+    }
+}

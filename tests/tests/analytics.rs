@@ -1,0 +1,235 @@
+//! The analytics job against the real broker (tansu): SIGKILLs at random moments, two
+//! members with one killed, and late records. The output is read back by Python's
+//! confluent-kafka and fastavro, deduplicated by (fleet_id, minute) keeping the last, and
+//! compared with a GROUP BY that DuckDB computes over the produced input
+//! (`tests/python/fleet_minute_check.py`). `make test` starts tansu.
+#![cfg(feature = "real-broker")]
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use eventbus_jobs::topic_io;
+use eventbus_tests::{JobProcess, eventbus_bin, run_python, shared_brokers, unique};
+use rand::Rng;
+
+const CHECK: &str = include_str!("../python/fleet_minute_check.py");
+
+/// Topics of one test, a job file naming them, and a folder for logs.
+struct Fixture {
+    input: String,
+    output: String,
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+}
+
+impl Fixture {
+    /// Creates the four topics and produces `count` vehicle states whose event times are
+    /// moved back by up to `disorder_ms` within each vehicle.
+    async fn new(partitions: i32, count: usize, disorder_ms: u64) -> Self {
+        let brokers = shared_brokers();
+        let (input, output) = (unique("an_in"), unique("an_out"));
+        let (partials, progress) = (unique("an_partials"), unique("an_progress"));
+        topic_io::create_topics(
+            &brokers,
+            &[
+                (&input, partitions),
+                (&output, 4),
+                (&partials, 4),
+                (&progress, 4),
+                (&format!("{input}.dlq"), 1),
+            ],
+        )
+        .await
+        .expect("create topics");
+        let (id, schema) = eventbus_tests::vehicle_state_schema();
+        let records: Vec<(String, Vec<u8>)> = eventbus_jobs::generate::records_with_disorder(
+            "vehicle.state.v1",
+            11,
+            id,
+            &schema,
+            disorder_ms,
+        )
+        .expect("generator")
+        .take(count)
+        .collect::<anyhow::Result<_>>()
+        .expect("encode");
+        let (b, t) = (brokers.clone(), input.clone());
+        let produced =
+            tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, records, |_| {}))
+                .await
+                .expect("join")
+                .expect("produce");
+        assert_eq!(produced, count as u64);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let group = unique("an_g");
+        let cfg = dir.path().join(format!("{group}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[kafka]
+"bootstrap.servers" = "{brokers}"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"max.poll.interval.ms" = "20000"
+[source]
+group_id = "{group}"
+topics = []
+[analytics]
+input = "{input}"
+output = "{output}"
+partials = "{partials}"
+progress = "{progress}"
+[dlq.topics]
+"{input}" = "{input}.dlq"
+"#
+            ),
+        )
+        .expect("write config");
+        Self {
+            input,
+            output,
+            dir,
+            cfg,
+        }
+    }
+
+    fn logs(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The independent check: prints its summary, fails the test on any mismatch.
+    fn check(&self) -> serde_json::Value {
+        let schemas = eventbus_schemas::bundled_dir();
+        let out = run_python(
+            CHECK,
+            &[
+                shared_brokers().as_str(),
+                self.input.as_str(),
+                self.output.as_str(),
+                schemas.to_str().expect("utf-8 path"),
+            ],
+        );
+        eprintln!("fleet-minute check: {out}");
+        serde_json::from_str(&out).expect("json")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_five_times_then_the_output_equals_a_group_by_over_the_input() {
+    let fx = Fixture::new(12, 200_000, 2_000).await;
+    let (cfg, logs, output) = (fx.cfg.clone(), fx.logs().to_owned(), fx.output.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut rng = rand::rng();
+        for n in 0..5 {
+            let mut job = JobProcess::run("analytics", &cfg, &logs, &format!("run{n}"), &[]);
+            // Both stages joined their groups (after the killed member's session ran
+            // out), then a random moment of work.
+            job.wait_log("partitions assigned", 2, Duration::from_secs(90));
+            std::thread::sleep(Duration::from_millis(rng.random_range(500..4_000)));
+            assert!(
+                job.exited().is_none(),
+                "the job stopped:\n{}",
+                job.log_tail()
+            );
+            job.kill();
+        }
+        // The killed runs did part of the work: the final run starts mid-way.
+        let before = topic_io::available(&shared_brokers(), &output).expect("output size");
+        eprintln!("fleet-minutes emitted before the final run: {before}");
+        assert!(before > 0, "the killed runs emitted nothing");
+        JobProcess::finish("analytics", &cfg, &logs, "final");
+    })
+    .await
+    .expect("join");
+    let summary = fx.check();
+    assert_eq!(summary["input"], 200_000);
+    assert_eq!(summary["mismatches"], 0, "{summary}");
+    assert!(
+        summary["fleet_minutes"].as_u64().unwrap() > 100,
+        "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_one_killed_mid_run_give_the_same_exact_result() {
+    let fx = Fixture::new(6, 60_000, 2_000).await;
+    let (cfg, logs, output) = (fx.cfg.clone(), fx.logs().to_owned(), fx.output.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut a = JobProcess::run("analytics", &cfg, &logs, "a", &[]);
+        let mut b = JobProcess::run("analytics", &cfg, &logs, "b", &[]);
+        // Both members have partitions of both stages, then a does some work.
+        a.wait_log("partitions assigned", 2, Duration::from_secs(90));
+        b.wait_log("partitions assigned", 2, Duration::from_secs(90));
+        std::thread::sleep(Duration::from_millis(1_500));
+        a.kill();
+        // b takes a's partitions after the session timeout and goes on with them.
+        std::thread::sleep(Duration::from_secs(15));
+        assert!(b.exited().is_none(), "b stopped:\n{}", b.log_tail());
+        b.signal("TERM");
+        let status = b.wait(Duration::from_secs(60));
+        assert!(status.success(), "{}", b.log_tail());
+        let before = topic_io::available(&shared_brokers(), &output).expect("output size");
+        eprintln!("fleet-minutes emitted before the final run: {before}");
+        assert!(before > 0, "the two members emitted nothing");
+        JobProcess::finish("analytics", &cfg, &logs, "final");
+    })
+    .await
+    .expect("join");
+    let summary = fx.check();
+    assert_eq!(summary["input"], 60_000);
+    assert_eq!(summary["mismatches"], 0, "{summary}");
+}
+
+/// Records far behind their partition's watermark are counted as late, not dropped
+/// silently and not added to a window that was already emitted: the job's closing log
+/// line says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_beyond_the_allowance_are_counted() {
+    let fx = Fixture::new(1, 3_000, 0).await;
+    // 37 more records, each an hour behind the latest event time of the partition.
+    let (id, schema) = eventbus_tests::vehicle_state_schema();
+    let late: Vec<(String, Vec<u8>)> =
+        eventbus_jobs::generate::records("vehicle.state.v1", 5, id, &schema)
+            .expect("generator")
+            .take(37)
+            .map(|r| {
+                let (key, bytes) = r.expect("encode");
+                let mut v: eventbus_schemas::events::VehicleState =
+                    eventbus_schemas::Decoder::new(std::sync::Arc::new(
+                        eventbus_schemas::FileRegistry::embedded().expect("registry"),
+                    ))
+                    .decode_typed(&bytes, None)
+                    .expect("decode");
+                v.event_time -= 3_600_000;
+                (
+                    key,
+                    eventbus_schemas::encode(id, &schema, &v).expect("encode"),
+                )
+            })
+            .collect();
+    let (b, t) = (shared_brokers(), fx.input.clone());
+    tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, late, |_| {}))
+        .await
+        .expect("join")
+        .expect("produce");
+    let out = std::process::Command::new(eventbus_bin())
+        .args(["run", "analytics", "--until-caught-up", "--config"])
+        .arg(&fx.cfg)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .args(["--log-format", "json"])
+        .output()
+        .expect("run");
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}");
+    let finished = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "analytics job finished")
+        .unwrap_or_else(|| panic!("no closing line in:\n{log}"));
+    assert_eq!(finished["fields"]["late"], 37, "{finished}");
+    assert_eq!(finished["fields"]["consumed"], 3_037, "{finished}");
+}
