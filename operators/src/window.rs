@@ -150,6 +150,13 @@ pub trait Aggregate: Send + Sync + 'static {
     fn merge(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
     /// The result of a state.
     fn finish(&self, acc: &Self::Acc) -> Self::Out;
+    /// About how many bytes a state takes, heap included: what the window state's byte
+    /// bound counts. The default is the inline size; aggregates whose state grows (a
+    /// distinct set) say more.
+    fn size(&self, acc: &Self::Acc) -> usize {
+        let _ = acc;
+        std::mem::size_of::<Self::Acc>()
+    }
 }
 
 /// How many values.
@@ -311,6 +318,10 @@ impl Aggregate for DistinctCount {
     }
     fn finish(&self, acc: &BTreeSet<String>) -> u64 {
         acc.len() as u64
+    }
+    /// An estimate: a tree node's share and a short string per value.
+    fn size(&self, acc: &BTreeSet<String>) -> usize {
+        std::mem::size_of::<BTreeSet<String>>() + acc.len() * 64
     }
 }
 

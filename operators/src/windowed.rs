@@ -53,6 +53,17 @@ pub struct WindowSettings {
     pub out_of_orderness_ms: i64,
     /// How long after its end a window still takes records, ms.
     pub lateness_ms: i64,
+    /// Bound on the open windows' state, in bytes (keys, aggregates, held records): a
+    /// record that would take it over stops the job with an error naming the bound,
+    /// instead of growing until the process is killed.
+    pub max_state_bytes: usize,
+}
+
+/// Bytes a held record costs in the state, beside its aggregate.
+const HOLD_BYTES: usize = std::mem::size_of::<StateHold>();
+/// Bytes a (window, key) slot costs beside its aggregate: the key and the map entry.
+fn slot_bytes<K>() -> usize {
+    std::mem::size_of::<K>() + 48
 }
 
 type Open<K, Acc> = BTreeMap<Window, HashMap<K, (Acc, Vec<StateHold>)>>;
@@ -115,6 +126,24 @@ pub struct PartitionProgress {
 
 type Closed<K, Acc> = Vec<(Window, K, Acc, Vec<StateHold>)>;
 
+/// What adding a record did: the windows it closed (with the partition state's
+/// generation), or nothing, the record being late.
+enum Added<K, Acc> {
+    Windows(u64, Closed<K, Acc>),
+    Late(Ack),
+}
+
+/// Where late records go, when somewhere: a sink's `send`, boxed.
+type LateOutput<T> = Arc<
+    dyn Fn(
+            Record<T>,
+            Ack,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A function of a record's value.
 type Field<T, U> = Box<dyn Fn(&T) -> U + Send + Sync>;
 
@@ -133,6 +162,9 @@ struct Inner<T, K, A: Aggregate, S> {
     parts: Mutex<HashMap<TopicPartition, Part<K, A::Acc>>>,
     generations: AtomicU64,
     late: AtomicU64,
+    state_bytes: std::sync::atomic::AtomicUsize,
+    late_logged: Mutex<Option<std::time::Instant>>,
+    late_output: Option<LateOutput<T>>,
 }
 
 impl<T, K, A: Aggregate, S> Clone for Windowed<T, K, A, S> {
@@ -180,8 +212,28 @@ where
                 parts: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
                 late: AtomicU64::new(0),
+                state_bytes: std::sync::atomic::AtomicUsize::new(0),
+                late_logged: Mutex::new(None),
+                late_output: None,
             }),
         }
+    }
+
+    /// Sends late records to `out` (a side output) as well as counting them; each is
+    /// done once `out` has it. Call before the job starts.
+    ///
+    /// # Panics
+    /// When the aggregation is already shared (cloned), which a running job does.
+    #[must_use]
+    pub fn with_late_output<L: Sink<T> + Clone>(mut self, out: L) -> Self {
+        #[allow(clippy::expect_used)]
+        let inner = Arc::get_mut(&mut self.inner)
+            .expect("with_late_output is called before the aggregation is shared");
+        inner.late_output = Some(Arc::new(move |record, ack| {
+            let out = out.clone();
+            Box::pin(async move { out.send(record, ack).await })
+        }));
+        self
     }
 
     /// Records that came too late for every window they belong to (or had no event
@@ -192,7 +244,7 @@ where
 
     /// Adds a record to its windows; returns the windows the watermark closed, with the
     /// partition state's generation.
-    fn add(&self, record: &Record<T>, ack: Ack) -> (u64, Closed<K, A::Acc>) {
+    fn add(&self, record: &Record<T>, ack: Ack) -> Added<K, A::Acc> {
         let s = &self.inner.settings;
         let time = self.inner.event_time.of(record);
         let mut parts = self.parts();
@@ -202,9 +254,8 @@ where
         part.records += 1;
         part.last_offset = part.last_offset.max(record.offset);
         let Some(t) = time else {
-            self.inner.late.fetch_add(1, Ordering::Relaxed);
-            ack.done();
-            return (part.generation, Vec::new());
+            self.count_late(record);
+            return Added::Late(ack);
         };
         let watermark = |p: &Part<K, A::Acc>| {
             p.max_event
@@ -218,12 +269,29 @@ where
             .filter(|w| w.end.saturating_add(s.lateness_ms) > before)
             .collect();
         if targets.is_empty() {
-            self.inner.late.fetch_add(1, Ordering::Relaxed);
-            ack.done();
-            return (part.generation, Vec::new());
+            self.count_late(record);
+            return Added::Late(ack);
         }
         let key = (self.inner.key)(&record.value);
         let value = (self.inner.value)(&record.value);
+        // The bound, checked with what this record adds at most: a new slot per window.
+        let held = self.inner.state_bytes.load(Ordering::Relaxed);
+        let adds = targets.len() * (HOLD_BYTES + slot_bytes::<K>() + std::mem::size_of::<A::Acc>());
+        if held.saturating_add(adds) > s.max_state_bytes {
+            let origin = ack.origin();
+            ack.fail(SinkError::Delivery {
+                sink: "windowed",
+                origin,
+                reason: format!(
+                    "the open windows' state holds {held} bytes and this record would take it \
+                     over its bound of {} bytes (max_state_bytes): raise the bound, or use \
+                     shorter windows or fewer keys",
+                    s.max_state_bytes
+                ),
+                class: eventbus_runtime::ErrorClass::Fatal,
+            });
+            return Added::Windows(part.generation, Vec::new());
+        }
         let hold = ack.into_state_hold();
         let last = targets.len() - 1;
         let mut hold = Some(hold);
@@ -233,14 +301,23 @@ where
             } else {
                 hold.as_ref().map(StateHold::split)
             };
-            let slot = part
-                .open
-                .entry(w)
-                .or_default()
-                .entry(key.clone())
-                .or_insert_with(|| (self.inner.agg.create(), Vec::new()));
+            let keys = part.open.entry(w).or_default();
+            let (before, slot) = match keys.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let slot = e.into_mut();
+                    (self.inner.agg.size(&slot.0), slot)
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let slot = e.insert((self.inner.agg.create(), Vec::new()));
+                    (0usize.wrapping_sub(slot_bytes::<K>()), slot)
+                }
+            };
             self.inner.agg.add(&mut slot.0, &value);
             slot.1.extend(this);
+            let after = self.inner.agg.size(&slot.0) + HOLD_BYTES;
+            self.inner
+                .state_bytes
+                .fetch_add(after.wrapping_sub(before), Ordering::Relaxed);
         }
         part.max_event = Some(part.max_event.map_or(t, |m| m.max(t)));
         let now = watermark(part);
@@ -250,7 +327,51 @@ where
             .take_while(|w| w.end.saturating_add(s.lateness_ms) <= now)
             .copied()
             .collect();
-        (part.generation, part.close(due))
+        let closed = part.close(due);
+        self.forget(closed.iter().map(|(_, _, acc, holds)| (acc, holds.len())));
+        Added::Windows(part.generation, closed)
+    }
+
+    /// Takes slots that left the open windows off the state's byte count.
+    fn forget<'a>(&self, slots: impl Iterator<Item = (&'a A::Acc, usize)>)
+    where
+        A::Acc: 'a,
+    {
+        let bytes: usize = slots
+            .map(|(acc, holds)| self.inner.agg.size(acc) + holds * HOLD_BYTES + slot_bytes::<K>())
+            .sum();
+        let _ = self
+            .inner
+            .state_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(bytes))
+            });
+    }
+
+    /// Counts a late record, and says so in the log at most every 10 s.
+    fn count_late(&self, record: &Record<T>) {
+        let n = self.inner.late.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut logged = self
+            .inner
+            .late_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+            *logged = Some(std::time::Instant::now());
+            tracing::warn!(
+                late_total = n,
+                topic = %record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                "a record came too late for every window it belongs to (or has no event \
+                 time): counted, not aggregated"
+            );
+        }
+    }
+
+    /// About how many bytes the open windows hold (keys, aggregates, held records).
+    pub fn state_bytes(&self) -> usize {
+        self.inner.state_bytes.load(Ordering::Relaxed)
     }
 
     fn parts(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, Part<K, A::Acc>>> {
@@ -302,6 +423,7 @@ where
                 let all: Vec<Window> = part.open.keys().copied().collect();
                 (part.generation, part.close(all))
             };
+            self.forget(closed.1.iter().map(|(_, _, acc, holds)| (acc, holds.len())));
             for window in closed.1 {
                 self.emit(tp, closed.0, window).await?;
             }
@@ -378,7 +500,18 @@ where
 {
     async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
         let tp = record.topic_partition();
-        let (generation, closed) = self.add(&record, ack);
+        let (generation, closed) = match self.add(&record, ack) {
+            Added::Windows(generation, closed) => (generation, closed),
+            Added::Late(ack) => {
+                return match &self.inner.late_output {
+                    Some(out) => out(record, ack).await,
+                    None => {
+                        ack.done();
+                        Ok(())
+                    }
+                };
+            }
+        };
         for window in closed {
             self.emit(&tp, generation, window).await?;
         }
@@ -400,6 +533,11 @@ where
                 .collect()
         };
         for part in dropped {
+            self.forget(
+                part.open
+                    .values()
+                    .flat_map(|keys| keys.values().map(|(acc, holds)| (acc, holds.len()))),
+            );
             for (_, keys) in part.open {
                 for (_, (_, holds)) in keys {
                     holds.into_iter().for_each(StateHold::abandon);

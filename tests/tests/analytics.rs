@@ -38,6 +38,7 @@ impl Fixture {
                 (&partials, 4),
                 (&progress, 4),
                 (&format!("{input}.dlq"), 1),
+                (&format!("{input}.late"), 1),
             ],
         )
         .await
@@ -81,6 +82,7 @@ input = "{input}"
 output = "{output}"
 partials = "{partials}"
 progress = "{progress}"
+late_topic = "{input}.late"
 [dlq.topics]
 "{input}" = "{input}.dlq"
 "#
@@ -232,4 +234,8 @@ async fn late_records_beyond_the_allowance_are_counted() {
         .unwrap_or_else(|| panic!("no closing line in:\n{log}"));
     assert_eq!(finished["fields"]["late"], 37, "{finished}");
     assert_eq!(finished["fields"]["consumed"], 3_037, "{finished}");
+    // ... and each is in the side output.
+    let late_topic = format!("{}.late", fx.input);
+    let late_out = topic_io::available(&shared_brokers(), &late_topic).expect("late topic");
+    assert_eq!(late_out, 37);
 }

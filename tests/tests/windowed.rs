@@ -43,11 +43,19 @@ fn produce(brokers: &str, topic: &str, records: &[(&str, i64)]) {
 type Results = CollectSink<WindowResult<String, u64>>;
 
 fn counting(results: Results) -> Windowed<Bytes, String, Count, Results> {
+    counting_within(results, usize::MAX)
+}
+
+fn counting_within(
+    results: Results,
+    max_state_bytes: usize,
+) -> Windowed<Bytes, String, Count, Results> {
     Windowed::new(
         WindowSettings {
             windows: Windows::Tumbling { size_ms: MINUTE },
             out_of_orderness_ms: 0,
             lateness_ms: 0,
+            max_state_bytes,
         },
         EventTime::Kafka,
         |v: &Bytes| String::from_utf8_lossy(v).into_owned(),
@@ -166,4 +174,45 @@ async fn a_window_longer_than_the_in_flight_bound_does_not_stall_the_partition()
     assert_eq!(report.consumed, 500);
     assert!(results.records().is_empty(), "the minute is still open");
     assert_eq!(committed, 0, "nothing committed past the open window");
+}
+
+/// Window state over its byte bound stops the job with an error naming the bound, before
+/// the state grows past it; nothing is committed past the open window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_over_its_byte_bound_stops_the_job_with_an_error_naming_it() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("wide");
+    cluster.create_topic(&topic, 1, 1).expect("topic");
+    // 2,000 keys in one minute: far more state than 16 KiB.
+    let keys: Vec<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+    let records: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), T0 + 1)).collect();
+    produce(&brokers, &topic, &records);
+    let sink = counting_within(Results::new(), 16 << 10);
+    let mut kafka = KafkaProperties::new();
+    kafka.set("bootstrap.servers", brokers.as_str());
+    let group = unique("g");
+    let mut source = SourceConfig::new(group, [topic.as_str()]);
+    source.commit_interval_ms = 100;
+    let job = Job::builder("windowed")
+        .source(KafkaSource::new(kafka, source))
+        .sink(sink.clone())
+        .build()
+        .expect("job");
+    let stats = job.stats();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        job.run(std::future::pending::<()>()),
+    )
+    .await
+    .expect("the job stops by itself");
+    let error = outcome.expect_err("the bound stops the job").to_string();
+    assert!(error.contains("max_state_bytes"), "{error}");
+    assert!(error.contains("16384"), "{error}");
+    assert!(
+        sink.state_bytes() <= 16 << 10,
+        "{} bytes held",
+        sink.state_bytes()
+    );
+    assert_eq!(stats.committed().values().sum::<i64>(), 0);
 }

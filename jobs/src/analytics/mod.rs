@@ -54,7 +54,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
 pub use final_stage::{FinalSettings, FinalStage, ProgressReader};
-pub use partial::{FleetAcc, FleetAggregate, PartialWriter, Reading, partition_of};
+pub use partial::{FleetAcc, FleetAggregate, LateWriter, PartialWriter, Reading, partition_of};
 
 use crate::config::JobFile;
 
@@ -83,6 +83,13 @@ pub struct AnalyticsConfig {
     /// An input partition with nothing new for this long stops holding results back,
     /// ms. Default 30000.
     pub idle_timeout_ms: u64,
+    /// A topic for input records too late for their window (encoded again with the
+    /// catalog's VehicleState schema, key and headers kept). Default none: they are
+    /// counted and logged at a low rate only.
+    pub late_topic: Option<String>,
+    /// Bound on the first stage's open windows, bytes (see
+    /// [`WindowSettings::max_state_bytes`]). Default 268435456 (256 MiB).
+    pub max_state_bytes: usize,
     /// Quarantine input records that cannot be decoded in the input's DLQ (`[dlq]`).
     /// Default true; false stops the job on one.
     pub dead_letters: bool,
@@ -99,6 +106,8 @@ impl Default for AnalyticsConfig {
             out_of_orderness_ms: 5_000,
             lateness_ms: 0,
             idle_timeout_ms: 30_000,
+            late_topic: None,
+            max_state_bytes: 256 << 20,
             dead_letters: true,
         }
     }
@@ -261,6 +270,9 @@ pub async fn run(
         let partials = ends(&client, &kafka, &config.partials)?.len();
         ends(&client, &kafka, &config.progress)?;
         ends(&client, &kafka, &config.output)?;
+        if let Some(late) = &config.late_topic {
+            ends(&client, &kafka, late)?;
+        }
         anyhow::Ok((input_ends, partials))
     })?;
     let source_partitions = i32::try_from(input_ends.len()).unwrap_or(i32::MAX);
@@ -288,6 +300,7 @@ pub async fn run(
             },
             out_of_orderness_ms: config.out_of_orderness_ms,
             lateness_ms: config.lateness_ms,
+            max_state_bytes: config.max_state_bytes,
         },
         EventTime::Extract(Arc::new(|r: &eventbus_runtime::Record<VehicleState>| {
             Some(r.value.event_time)
@@ -297,6 +310,13 @@ pub async fn run(
         FleetAggregate,
         writer.clone(),
     );
+    let windowed = match &config.late_topic {
+        Some(topic) => windowed.with_late_output(LateWriter {
+            sink: KafkaSink::new(&kafka, KafkaSinkConfig::new(topic.clone()))?,
+            schema: subject("vehicle.state.v1-value")?,
+        }),
+        None => windowed,
+    };
     let decoder = VehicleStateDecoder::new(registry.clone());
     let mut first = SourceConfig::new(group.clone(), [config.input.clone()]);
     first.commit_interval_ms = 1000;
