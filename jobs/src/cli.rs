@@ -48,7 +48,10 @@ pub enum Command {
     /// settings in [warehouse]); dlq-processor (the DLQ topics, default
     /// every catalog topic's: letters classified and counted, automatic categories
     /// replayed after a cool-off, letters replayed too often parked; settings in
-    /// [dlq_processor]). On the first signal the job stops
+    /// [dlq_processor]); analytics (vehicle.state.v1 into per-fleet minute aggregates on
+    /// analytics.fleet_minute.v1, in two stages through
+    /// analytics.fleet_minute_partials.v1; settings in [analytics]). On the first signal
+    /// the job stops
     /// fetching, drains in-flight records, flushes and commits, then exits 0; a second
     /// signal exits at once.
     Run(RunArgs),
@@ -289,9 +292,10 @@ pub struct GenerateArgs {
 /// Arguments of `eventbus bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The job measured against the bare consumer: discard (the runtime's own cost)
-    /// or warehouse (VehicleState records into Parquet tables, published and
-    /// committed).
+    /// The job measured: discard (the runtime's own cost) or warehouse (VehicleState
+    /// records into Parquet tables, published and committed), against the bare
+    /// consumer; analytics (VehicleState records into per-fleet minute aggregates,
+    /// both stages), against the discard job on the same topic.
     #[arg(long, value_enum, default_value = "discard")]
     pub job: crate::bench::BenchJob,
     /// A real broker to measure on instead of the in-process mock cluster (a fresh

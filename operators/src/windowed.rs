@@ -302,16 +302,17 @@ where
                 hold.as_ref().map(StateHold::split)
             };
             let keys = part.open.entry(w).or_default();
-            let (before, slot) = match keys.entry(key.clone()) {
-                std::collections::hash_map::Entry::Occupied(e) => {
-                    let slot = e.into_mut();
-                    (self.inner.agg.size(&slot.0), slot)
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let slot = e.insert((self.inner.agg.create(), Vec::new()));
-                    (0usize.wrapping_sub(slot_bytes::<K>()), slot)
-                }
+            // The key is cloned only for a new slot.
+            if !keys.contains_key(&key) {
+                keys.insert(key.clone(), (self.inner.agg.create(), Vec::new()));
+                self.inner
+                    .state_bytes
+                    .fetch_add(slot_bytes::<K>(), Ordering::Relaxed);
+            }
+            let Some(slot) = keys.get_mut(&key) else {
+                continue;
             };
+            let before = self.inner.agg.size(&slot.0);
             self.inner.agg.add(&mut slot.0, &value);
             slot.1.extend(this);
             let after = self.inner.agg.size(&slot.0) + HOLD_BYTES;

@@ -180,7 +180,12 @@ impl Aggregate for FleetAggregate {
             acc.driving_speed_sum += f64::from(r.speed_kph);
         }
         acc.min_battery_pct = acc.min_battery_pct.min(f64::from(r.battery_pct));
-        *acc.status_counts.entry(r.status.to_owned()).or_default() += 1;
+        match acc.status_counts.get_mut(r.status) {
+            Some(n) => *n += 1,
+            None => {
+                acc.status_counts.insert(r.status.to_owned(), 1);
+            }
+        }
     }
 
     fn merge(&self, mut a: FleetAcc, b: FleetAcc) -> FleetAcc {
@@ -244,7 +249,7 @@ impl PartialWriter {
         ack: Ack,
     ) -> Result<(), SinkError> {
         let bytes = match eventbus_schemas::encode(self.id, &self.schema, value) {
-            Ok(b) => b,
+            Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 let origin = ack.origin();
                 ack.fail(SinkError::Delivery {
@@ -256,12 +261,17 @@ impl PartialWriter {
                 return Ok(());
             }
         };
-        let mut record = Record::new(
-            Arc::<str>::from(""),
-            partition,
-            -1,
-            bytes::Bytes::from(bytes),
-        );
+        self.send_bytes(partition, key, bytes, ack).await
+    }
+
+    async fn send_bytes(
+        &self,
+        partition: i32,
+        key: &str,
+        bytes: bytes::Bytes,
+        ack: Ack,
+    ) -> Result<(), SinkError> {
+        let mut record = Record::new(Arc::<str>::from(""), partition, -1, bytes);
         record.key = Some(bytes::Bytes::copy_from_slice(key.as_bytes()));
         self.sink.send(record, ack).await
     }
@@ -280,6 +290,13 @@ impl PartialWriter {
         value.idle = idle;
         value.min_battery_pct = 0.0;
         let mut outcomes = Vec::new();
+        let bytes = match eventbus_schemas::encode(self.id, &self.schema, &value) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode a watermark");
+                return outcomes;
+            }
+        };
         for r in 0..self.partitions {
             let origin = eventbus_runtime::Origin {
                 topic: Arc::from("analytics watermark"),
@@ -287,7 +304,7 @@ impl PartialWriter {
                 offset: -1,
             };
             let (ack, outcome) = Ack::channel(origin);
-            if let Err(e) = self.send(r, "", &value, ack).await {
+            if let Err(e) = self.send_bytes(r, "", bytes.clone(), ack).await {
                 tracing::warn!(error = %e, "cannot send a watermark");
             }
             outcomes.push(outcome);
