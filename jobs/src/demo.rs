@@ -54,6 +54,8 @@ pub struct DemoOptions {
     pub warehouse_root: Option<std::path::PathBuf>,
     /// Records for the dead-letter stage (0 skips it).
     pub dead_letter_records: usize,
+    /// Run the analytics job over the vehicle states.
+    pub analytics: bool,
 }
 
 impl Default for DemoOptions {
@@ -65,6 +67,7 @@ impl Default for DemoOptions {
             quiet: false,
             warehouse_root: Some("data/warehouse".into()),
             dead_letter_records: 20_000,
+            analytics: true,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct DemoSummary {
     pub vehicle_states: u64,
     /// The dead-letter stage, if it ran.
     pub dead_letters: Option<crate::demo_dlq::DlqSummary>,
+    /// The analytics stage, if it ran.
+    pub analytics: Option<crate::demo_analytics::AnalyticsSummary>,
 }
 
 /// Runs the demo.
@@ -190,6 +195,11 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         }
         None => (None, 0),
     };
+    let analytics = if opts.analytics {
+        Some(crate::demo_analytics::run(&cluster, INPUT, opts.quiet).await?)
+    } else {
+        None
+    };
     let dead_letters = if opts.dead_letter_records > 0 {
         Some(
             crate::demo_dlq::run(&cluster, opts.dead_letter_records, opts.partitions.min(8))
@@ -201,6 +211,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     drop(cluster);
     Ok(DemoSummary {
         dead_letters,
+        analytics,
         warehouse_table,
         warehouse_rows,
         vehicle_states: opts.messages,
@@ -363,6 +374,11 @@ impl DemoSummary {
             }
         ) + &self.render_warehouse()
             + &self
+                .analytics
+                .as_ref()
+                .map(crate::demo_analytics::AnalyticsSummary::render)
+                .unwrap_or_default()
+            + &self
                 .dead_letters
                 .as_ref()
                 .map(crate::demo_dlq::DlqSummary::render)
@@ -411,6 +427,16 @@ pub async fn command(args: crate::cli::DemoArgs) -> anyhow::Result<()> {
     }
     if summary.lost > 0 {
         anyhow::bail!("{} records were lost", summary.lost);
+    }
+    if let Some(a) = &summary.analytics
+        && u64::try_from(a.events).unwrap_or(0) + a.late != a.input_records
+    {
+        anyhow::bail!(
+            "the analytics stage counted {} events and {} late records of {} read",
+            a.events,
+            a.late,
+            a.input_records
+        );
     }
     if let Some(d) = &summary.dead_letters
         && d.delivered != d.good + d.fixed

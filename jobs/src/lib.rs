@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod demo_analytics;
 pub mod demo_dlq;
 pub mod dlq_cmd;
 pub mod dlq_processor;
