@@ -137,6 +137,28 @@ pub fn encode_value(id: u32, schema: &Schema, value: Value) -> Result<Vec<u8>, S
     Ok(wire::frame(id, &body))
 }
 
+/// Encodes a typed event in the wire format with schema `id`, serializing straight into
+/// the schema (apache-avro's schema-aware serializer) instead of through a [`Value`]:
+/// several times faster than [`encode`], for schemas without named-type references
+/// (each named type defined inline, as in every committed schema).
+///
+/// # Errors
+/// [`SchemaError::Encode`] when the event does not fit the schema.
+pub fn encode_direct<T: Serialize>(
+    id: u32,
+    schema: &Schema,
+    event: &T,
+) -> Result<Vec<u8>, SchemaError> {
+    let mut body = Vec::with_capacity(128);
+    apache_avro::write_avro_datum_ref(schema, event, &mut body).map_err(|e| {
+        SchemaError::Encode {
+            schema: schema_name(schema),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(wire::frame(id, &body))
+}
+
 /// Encodes a typed event in the wire format with schema `id`.
 ///
 /// # Errors

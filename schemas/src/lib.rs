@@ -48,6 +48,6 @@ pub mod validate;
 pub mod wire;
 
 pub use catalog::{Catalog, Compatibility, TopicSpec};
-pub use codec::{Decoder, encode, encode_value};
+pub use codec::{Decoder, encode, encode_direct, encode_value};
 pub use error::{DecodeError, SchemaError};
 pub use registry::{FileRegistry, SchemaRegistry, bundled_dir};

@@ -315,7 +315,7 @@ impl FinalStage {
                 offset: -1,
             };
             let (ack, outcome) = Ack::channel(origin.clone());
-            let bytes = eventbus_schemas::encode(*id, schema, &result).map_err(|e| {
+            let bytes = eventbus_schemas::encode_direct(*id, schema, &result).map_err(|e| {
                 SinkError::Delivery {
                     sink: "analytics final stage",
                     origin,

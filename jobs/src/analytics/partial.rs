@@ -248,7 +248,7 @@ impl PartialWriter {
         value: &FleetMinutePartial,
         ack: Ack,
     ) -> Result<(), SinkError> {
-        let bytes = match eventbus_schemas::encode(self.id, &self.schema, value) {
+        let bytes = match eventbus_schemas::encode_direct(self.id, &self.schema, value) {
             Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 let origin = ack.origin();
@@ -290,7 +290,7 @@ impl PartialWriter {
         value.idle = idle;
         value.min_battery_pct = 0.0;
         let mut outcomes = Vec::new();
-        let bytes = match eventbus_schemas::encode(self.id, &self.schema, &value) {
+        let bytes = match eventbus_schemas::encode_direct(self.id, &self.schema, &value) {
             Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode a watermark");
