@@ -44,6 +44,12 @@ impl Fixture {
         .await
         .expect("create topics");
         let (id, schema) = eventbus_tests::vehicle_state_schema();
+        let decoder = eventbus_schemas::Decoder::new(std::sync::Arc::new(
+            eventbus_schemas::FileRegistry::embedded().expect("registry"),
+        ));
+        // The generator's clock moves 20 ms per event on average; 60 ms more per event
+        // spreads 200,000 events over about four and a half hours of event time,
+        // without adding disorder (each event moves later than the one before it).
         let records: Vec<(String, Vec<u8>)> = eventbus_jobs::generate::records_with_disorder(
             "vehicle.state.v1",
             11,
@@ -53,8 +59,18 @@ impl Fixture {
         )
         .expect("generator")
         .take(count)
-        .collect::<anyhow::Result<_>>()
-        .expect("encode");
+        .enumerate()
+        .map(|(i, r)| {
+            let (key, bytes) = r.expect("encode");
+            let mut v: eventbus_schemas::events::VehicleState =
+                decoder.decode_typed(&bytes, None).expect("decode");
+            v.event_time += i64::try_from(i).expect("index") * 60;
+            (
+                key,
+                eventbus_schemas::encode(id, &schema, &v).expect("encode"),
+            )
+        })
+        .collect();
         let (b, t) = (brokers.clone(), input.clone());
         let produced =
             tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, records, |_| {}))
