@@ -24,7 +24,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod avro_time;
 pub mod retry;
+pub mod sessions;
 pub mod sinks;
 pub mod window;
 pub mod windowed;

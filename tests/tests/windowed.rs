@@ -216,3 +216,78 @@ async fn window_state_over_its_byte_bound_stops_the_job_with_an_error_naming_it(
     );
     assert_eq!(stats.committed().values().sum::<i64>(), 0);
 }
+
+/// Session windows by key: a gap of 30 s closes a session; its result is the records of
+/// the run, and the open session holds the commit point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_close_after_the_gap_and_count_each_run_of_a_key() {
+    use eventbus_operators::sessions::{SessionSettings, SessionWindowed};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("sessions");
+    cluster.create_topic(&topic, 1, 1).expect("topic");
+    const S: i64 = 1_000;
+    produce(
+        &brokers,
+        &topic,
+        &[
+            ("a", T0),
+            ("b", T0 + 5 * S),
+            ("a", T0 + 20 * S),
+            ("a", T0 + 10 * S), // out of order, inside a's first session
+            ("a", T0 + 120 * S),
+            // Offset 5: its watermark closes every session above; its own stays open.
+            ("c", T0 + 300 * S),
+            ("b", T0 + S), // late: b's session [T0+1s, T0+31s) would be closed
+        ],
+    );
+    let results = Results::new();
+    let sink = SessionWindowed::new(
+        SessionSettings {
+            gap_ms: 30 * S,
+            out_of_orderness_ms: 0,
+            lateness_ms: 0,
+            max_state_bytes: usize::MAX,
+        },
+        EventTime::Kafka,
+        |v: &Bytes| String::from_utf8_lossy(v).into_owned(),
+        |_| (),
+        Count,
+        results.clone(),
+    );
+    let mut kafka = KafkaProperties::new();
+    kafka.set("bootstrap.servers", brokers.as_str());
+    let mut source = SourceConfig::new(unique("g"), [topic.as_str()]);
+    source.commit_interval_ms = 100;
+    let job = Job::builder("sessions")
+        .source(KafkaSource::new(kafka, source))
+        .sink(sink.clone())
+        .build()
+        .expect("job");
+    let running = Running::start(job);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while results.records().len() < 3 || sink.late() < 1 {
+        assert!(Instant::now() < deadline, "results: {:?}", results.values());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let committed: i64 = running.stats.committed().values().sum();
+    let report = running.stop().await;
+    assert_eq!(report.consumed, 7);
+    let mut got: Vec<(String, i64, i64, u64)> = results
+        .values()
+        .into_iter()
+        .map(|r| (r.key, r.window.start - T0, r.window.end - T0, r.value))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a".to_owned(), 0, 50 * S, 3),
+            ("a".to_owned(), 120 * S, 150 * S, 1),
+            ("b".to_owned(), 5 * S, 35 * S, 1),
+        ]
+    );
+    assert_eq!(sink.late(), 1);
+    assert_eq!(committed, 5, "committed up to the open session's record");
+}
