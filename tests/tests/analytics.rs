@@ -202,7 +202,8 @@ async fn two_members_one_killed_mid_run_give_the_same_exact_result() {
 
 /// Records far behind their partition's watermark are counted as late, not dropped
 /// silently and not added to a window that was already emitted: the job's closing log
-/// line says how many.
+/// line says how many, and they are in the side output. Foreign bytes at the end of the
+/// input go to the DLQ without stopping the batch run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_records_beyond_the_allowance_are_counted() {
     let fx = Fixture::new(1, 3_000, 0).await;
@@ -227,6 +228,11 @@ async fn late_records_beyond_the_allowance_are_counted() {
                 )
             })
             .collect();
+    // And two records no producer of ours writes: they go to the DLQ, and the partition
+    // goes on.
+    let mut late = late;
+    late.push(("veh-x".to_owned(), b"not avro at all".to_vec()));
+    late.push(("veh-y".to_owned(), vec![0, 0, 0, 0, 1, 0xff, 0xff]));
     let (b, t) = (shared_brokers(), fx.input.clone());
     tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, late, |_| {}))
         .await
@@ -249,7 +255,13 @@ async fn late_records_beyond_the_allowance_are_counted() {
         .find(|v| v["fields"]["message"] == "analytics job finished")
         .unwrap_or_else(|| panic!("no closing line in:\n{log}"));
     assert_eq!(finished["fields"]["late"], 37, "{finished}");
-    assert_eq!(finished["fields"]["consumed"], 3_037, "{finished}");
+    assert_eq!(finished["fields"]["consumed"], 3_039, "{finished}");
+    let dlq = format!("{}.dlq", fx.input);
+    assert_eq!(
+        topic_io::available(&shared_brokers(), &dlq).expect("dlq"),
+        2,
+        "the two foreign records are dead-lettered"
+    );
     // ... and each is in the side output.
     let late_topic = format!("{}.late", fx.input);
     let late_out = topic_io::available(&shared_brokers(), &late_topic).expect("late topic");
