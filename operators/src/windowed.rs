@@ -379,8 +379,8 @@ where
         self.inner.parts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Per partition that has had a record: through which window end every result is
-    /// acknowledged. A consumer of the results that has this from every source
+    /// Per assigned partition (and any that has had a record): through which window end
+    /// every result is acknowledged. A consumer of the results that has this from every source
     /// partition has every result of the windows ending there.
     pub fn progress(&self) -> Vec<PartitionProgress> {
         let s = &self.inner.settings;
@@ -521,6 +521,17 @@ where
 
     async fn flush(&self) -> Result<(), SinkError> {
         self.inner.out.flush().await
+    }
+
+    /// Assigned partitions are known before their first record, so
+    /// [`Windowed::progress`] covers an empty one too.
+    fn partitions_assigned(&self, partitions: &[TopicPartition]) {
+        let mut parts = self.parts();
+        for tp in partitions {
+            parts.entry(tp.clone()).or_insert_with(|| {
+                Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed))
+            });
+        }
     }
 
     /// Open windows of revoked partitions are given up: their records were never

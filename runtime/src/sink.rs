@@ -52,6 +52,13 @@ pub trait Sink<T>: Send + Sync + 'static {
         let _ = partitions;
         self.flush()
     }
+
+    /// The partitions were assigned to the job; their records may follow (or not, for an
+    /// empty partition). Called on the source's thread during the rebalance: keep it
+    /// short and never block. Defaults to nothing.
+    fn partitions_assigned(&self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
 }
 
 /// How a record was settled.

@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use eventbus_operators::KafkaSink;
@@ -43,8 +42,6 @@ pub struct FinalSettings {
     pub progress_reader: ProgressReader,
     /// Window length, ms.
     pub window_ms: i64,
-    /// A source partition never heard from for this long stops holding results back.
-    pub idle_timeout: Duration,
 }
 
 /// The final stage, as the sink of the job that reads the partials topic.
@@ -83,7 +80,6 @@ struct Mark {
 
 struct Part {
     generation: u64,
-    created: Instant,
     /// Every minute ending at or before this is delivered (and recorded as progress).
     acked_through: i64,
     /// Every minute ending at or before this has been emitted.
@@ -101,7 +97,6 @@ impl Part {
     fn new(generation: u64, progress: i64) -> Self {
         Self {
             generation,
-            created: Instant::now(),
             acked_through: progress,
             emitted_through: progress,
             source_partitions: 0,
@@ -112,17 +107,18 @@ impl Part {
     }
 
     /// The minimum watermark over the source partitions that are not idle.
-    fn watermark(&self, idle_timeout: Duration) -> Option<i64> {
+    fn watermark(&self) -> Option<i64> {
         if self.source_partitions == 0 {
             return None;
         }
-        let silent_long = self.created.elapsed() >= idle_timeout;
+        // A source partition not heard from holds results back: its owner (which says
+        // so, idle or not, for every partition it is assigned, records or none) may be
+        // down, and its partials still to come.
         let mut min = None::<i64>;
         for p in 0..self.source_partitions {
             let at = match self.marks.get(&p) {
                 Some(m) if m.idle => continue,
                 Some(m) => m.closed_through,
-                None if silent_long => continue,
                 None => i64::MIN,
             };
             min = Some(min.map_or(at, |m| m.min(at)));
@@ -131,8 +127,8 @@ impl Part {
     }
 
     /// Takes the minutes the watermark has passed out of the open set.
-    fn due(&mut self, idle_timeout: Duration) -> Vec<Ready> {
-        let Some(watermark) = self.watermark(idle_timeout) else {
+    fn due(&mut self) -> Vec<Ready> {
+        let Some(watermark) = self.watermark() else {
             return Vec::new();
         };
         let mut ready = Vec::new();
@@ -297,7 +293,7 @@ impl FinalStage {
             }
             PartialKind::Progress => ack.done(),
         }
-        Some((part.generation, part.due(self.inner.settings.idle_timeout)))
+        Some((part.generation, part.due()))
     }
 
     async fn emit(

@@ -80,8 +80,9 @@ pub struct AnalyticsConfig {
     pub out_of_orderness_ms: i64,
     /// How long after its end a window still takes records, ms. Default 0.
     pub lateness_ms: i64,
-    /// An input partition with nothing new for this long stops holding results back,
-    /// ms. Default 30000.
+    /// An input partition with nothing new for this long (an empty one included) stops
+    /// holding results back, ms. Default 30000. A partition whose owner is down holds
+    /// them back until its next owner says otherwise.
     pub idle_timeout_ms: u64,
     /// A topic for input records too late for their window (encoded again with the
     /// catalog's VehicleState schema, key and headers kept). Default none: they are
@@ -358,7 +359,6 @@ pub async fn run(
         progress: partial_sink(&progress_schema, &config.progress)?,
         progress_reader: progress_reader(&kafka, &config.progress)?,
         window_ms: config.window_ms,
-        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
     });
     let mut second = SourceConfig::new(format!("{group}-final"), [config.partials.clone()]);
     second.commit_interval_ms = 1000;

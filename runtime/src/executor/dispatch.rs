@@ -32,6 +32,8 @@ pub(crate) trait Pipeline<T>: Send + Sync + 'static {
         &'a self,
         partitions: &'a [TopicPartition],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Tells the sink which partitions were assigned.
+    fn assigned(&self, partitions: &[TopicPartition]);
     /// Where records that fail at the sink go, when the job has a dead-letter queue.
     fn failure_hook(&self) -> Option<Arc<dyn FailureHook>>;
 }
@@ -151,10 +153,13 @@ impl<T: Send + 'static> Dispatch<T> {
     /// control covers them before their first batch (a job already full pauses them at
     /// once, instead of taking one batch of each).
     pub fn assigned(&self, partitions: &[TopicPartition]) {
-        let mut lanes = self.lanes();
-        for tp in partitions {
-            self.lane(&mut lanes, tp);
+        {
+            let mut lanes = self.lanes();
+            for tp in partitions {
+                self.lane(&mut lanes, tp);
+            }
         }
+        self.inner.pipeline.assigned(partitions);
     }
 
     /// The partition's lane, its task started if it has none yet.

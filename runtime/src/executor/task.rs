@@ -48,6 +48,10 @@ where
         Box::pin(self.sink.partitions_revoked(partitions))
     }
 
+    fn assigned(&self, partitions: &[TopicPartition]) {
+        self.sink.partitions_assigned(partitions);
+    }
+
     fn failure_hook(&self) -> Option<Arc<dyn FailureHook>> {
         self.letters.as_ref().map(|l| {
             Arc::new(QueueHook {
