@@ -17,7 +17,7 @@ use eventbus_runtime::event_time::EventTime;
 use eventbus_runtime::{Ack, ErrorClass, Record, Sink, SinkError, StateHold, TopicPartition};
 
 use crate::window::{Aggregate, Sessions, Window};
-use crate::windowed::WindowResult;
+use crate::windowed::{WindowResult, send_result, settle};
 
 /// Settings of a [`SessionWindowed`].
 #[derive(Debug, Clone, Copy)]
@@ -225,28 +225,9 @@ where
         tp: &TopicPartition,
         (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
     ) -> Result<(), SinkError> {
-        let offset = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
-        let result = WindowResult {
-            key,
-            window,
-            value: self.inner.agg.finish(&acc),
-        };
-        let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
-        let (ack, outcome) = Ack::channel(record.origin());
-        self.inner.out.send(record, ack).await?;
-        tokio::spawn(async move {
-            match outcome.await {
-                Ok(Ok(())) => holds.into_iter().for_each(StateHold::release),
-                Ok(Err(e)) => {
-                    let mut holds = holds.into_iter();
-                    if let Some(first) = holds.next() {
-                        first.fail(e);
-                    }
-                    holds.for_each(StateHold::abandon);
-                }
-                Err(_) => holds.into_iter().for_each(StateHold::abandon),
-            }
-        });
+        let value = self.inner.agg.finish(&acc);
+        let outcome = send_result(&self.inner.out, tp, window, key, value, &holds).await?;
+        tokio::spawn(async move { settle(outcome.await, holds) });
         Ok(())
     }
 }

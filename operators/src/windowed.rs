@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use eventbus_runtime::event_time::EventTime;
+use eventbus_runtime::sink::AckOutcome;
 use eventbus_runtime::{Ack, Record, Sink, SinkError, StateHold, TopicPartition};
 
 use crate::window::{Aggregate, Window, Windows};
@@ -451,15 +452,8 @@ where
         generation: u64,
         (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
     ) -> Result<(), SinkError> {
-        let offset = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
-        let result = WindowResult {
-            key,
-            window,
-            value: self.inner.agg.finish(&acc),
-        };
-        let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
-        let (ack, outcome) = Ack::channel(record.origin());
-        self.inner.out.send(record, ack).await?;
+        let value = self.inner.agg.finish(&acc);
+        let outcome = send_result(&self.inner.out, tp, window, key, value, &holds).await?;
         let this = self.clone();
         let tp = tp.clone();
         tokio::spawn(async move {
@@ -473,20 +467,47 @@ where
                     part.pending.remove(&window.end);
                 }
             }
-            match result {
-                Ok(Ok(())) => holds.into_iter().for_each(StateHold::release),
-                Ok(Err(e)) => {
-                    let mut holds = holds.into_iter();
-                    if let Some(first) = holds.next() {
-                        first.fail(e);
-                    }
-                    // The job stops with the first; nothing is committed past any.
-                    holds.for_each(StateHold::abandon);
-                }
-                Err(_) => holds.into_iter().for_each(StateHold::abandon),
-            }
+            settle(result, holds);
         });
         Ok(())
+    }
+}
+
+/// Sends one window's result for `key` to `out`, as a record of the source partition at
+/// the offset of its newest held record; returns the outcome of its delivery.
+pub(crate) async fn send_result<K, O, S: Sink<WindowResult<K, O>>>(
+    out: &S,
+    tp: &TopicPartition,
+    window: Window,
+    key: K,
+    value: O,
+    holds: &[StateHold],
+) -> Result<AckOutcome, SinkError> {
+    let offset = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
+    let result = WindowResult { key, window, value };
+    let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
+    let (ack, outcome) = Ack::channel(record.origin());
+    out.send(record, ack).await?;
+    Ok(outcome)
+}
+
+/// A result's delivery settles its records' holds: released once it is delivered; on a
+/// failure the first fails (stopping the job) and the rest are abandoned, so nothing is
+/// committed past any.
+pub(crate) fn settle(
+    delivered: Result<Result<(), SinkError>, tokio::sync::oneshot::error::RecvError>,
+    holds: Vec<StateHold>,
+) {
+    match delivered {
+        Ok(Ok(())) => holds.into_iter().for_each(StateHold::release),
+        Ok(Err(e)) => {
+            let mut holds = holds.into_iter();
+            if let Some(first) = holds.next() {
+                first.fail(e);
+            }
+            holds.for_each(StateHold::abandon);
+        }
+        Err(_) => holds.into_iter().for_each(StateHold::abandon),
     }
 }
 
