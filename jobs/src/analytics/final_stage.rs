@@ -56,6 +56,11 @@ struct Inner {
     generations: AtomicU64,
     duplicates: AtomicU64,
     emitted: AtomicU64,
+    /// Partials partitions assigned to this process.
+    assigned: Mutex<std::collections::BTreeSet<i32>>,
+    /// Minutes delivered whose progress record is on its way: their holds are not yet
+    /// released.
+    releasing: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -182,6 +187,8 @@ impl FinalStage {
                 generations: AtomicU64::new(0),
                 duplicates: AtomicU64::new(0),
                 emitted: AtomicU64::new(0),
+                assigned: Mutex::new(std::collections::BTreeSet::new()),
+                releasing: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -200,23 +207,40 @@ impl FinalStage {
         self.inner.emitted.load(Ordering::Relaxed)
     }
 
-    /// Whether partials partitions `0..partitions` have all been read to the end of
-    /// input: every source partition's watermark is at the end, and every result is
-    /// delivered.
-    pub fn complete(&self, partitions: i32) -> bool {
+    /// Batch mode: whether every partials partition this process is assigned has been
+    /// read to the end of input (every source partition's watermark at the end, every
+    /// result delivered and its holds released), and which of `0..partitions` it is not
+    /// assigned. `None` while it has no assignment yet.
+    pub fn complete(&self, partitions: i32) -> Option<(bool, Vec<i32>)> {
+        let assigned = self
+            .inner
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if assigned.is_empty() {
+            return None;
+        }
         let parts = self.parts();
-        (0..partitions).all(|r| {
-            parts.get(&r).is_some_and(|p| {
-                p.source_partitions > 0
-                    && p.open.is_empty()
-                    && p.pending.is_empty()
-                    && (0..p.source_partitions).all(|s| {
-                        p.marks
-                            .get(&s)
-                            .is_some_and(|m| m.closed_through == i64::MAX)
-                    })
-            })
-        })
+        // A partition assigned but not read yet (taken over from a member that had
+        // finished it) is judged like one another member holds: by its commits.
+        let done = self.inner.releasing.load(Ordering::Relaxed) == 0
+            && assigned.iter().filter(|r| parts.contains_key(r)).all(|r| {
+                parts.get(r).is_some_and(|p| {
+                    p.source_partitions > 0
+                        && p.open.is_empty()
+                        && p.pending.is_empty()
+                        && (0..p.source_partitions).all(|s| {
+                            p.marks
+                                .get(&s)
+                                .is_some_and(|m| m.closed_through == i64::MAX)
+                        })
+                })
+            });
+        let others = (0..partitions)
+            .filter(|r| !assigned.contains(r) || !parts.contains_key(r))
+            .collect();
+        Some((done, others))
     }
 
     /// Reads partition `r`'s progress back on its first record after an assignment.
@@ -380,8 +404,15 @@ impl FinalStage {
             if holds.is_empty() {
                 return;
             }
+            self.inner.releasing.fetch_add(1, Ordering::Relaxed);
             (part.acked_through, holds)
         };
+        self.release_after_progress(r, through, holds).await;
+        self.inner.releasing.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Writes partition `r`'s progress (`through`), then releases `holds`.
+    async fn release_after_progress(&self, r: i32, through: i64, holds: Vec<StateHold>) {
         let mut progress = FleetAcc::empty().to_partial("", 0, r, 0);
         progress.kind = PartialKind::Progress;
         progress.watermark = through;
@@ -429,9 +460,28 @@ impl Sink<FleetMinutePartial> for FinalStage {
         <KafkaSink as Sink<bytes::Bytes>>::flush(&self.inner.settings.out).await
     }
 
+    fn partitions_assigned(&self, partitions: &[TopicPartition]) {
+        let mut assigned = self
+            .inner
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        assigned.extend(partitions.iter().map(|tp| tp.partition));
+    }
+
     /// State of revoked partitions is given up: nothing was committed past it, and the
     /// next owner reads it again.
     async fn partitions_revoked(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
+        {
+            let mut assigned = self
+                .inner
+                .assigned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for tp in partitions {
+                assigned.remove(&tp.partition);
+            }
+        }
         let gone: Vec<Part> = {
             let mut parts = self.parts();
             partitions

@@ -27,6 +27,7 @@
 //! publishes a watermark at the end of time; the final stage emits everything, commits,
 //! and the run exits.
 
+mod batch;
 mod final_stage;
 mod partial;
 
@@ -388,13 +389,29 @@ pub async fn run(
         let group = group.clone();
         let kafka = kafka.clone();
         let positions = positions.clone();
+        let partials = config.partials.clone();
         tokio::spawn(async move {
-            finish_input(
+            batch::finish_input(
                 &windowed, &writer, &input, input_ends, &positions, &kafka, &group,
             )
             .await?;
             tracing::info!("the input is closed; waiting for the final stage");
-            while !final_stage.complete(partials_count) {
+            let others = batch::OthersDone::new(&kafka, &format!("{group}-final"), &partials)?;
+            let mut checked = Instant::now() - Duration::from_secs(10);
+            loop {
+                if let Some((true, rest)) = final_stage.complete(partials_count) {
+                    // Partitions another member holds are done once the final stage's
+                    // group has committed them to their end.
+                    if rest.is_empty() {
+                        break;
+                    }
+                    if checked.elapsed() >= Duration::from_secs(1) {
+                        checked = Instant::now();
+                        if others.committed_to_end(rest).await {
+                            break;
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             anyhow::Ok(())
@@ -507,91 +524,6 @@ where
     fn progress(&self) -> Vec<eventbus_operators::windowed::PartitionProgress> {
         Windowed::progress(self)
     }
-}
-
-/// Batch mode, first stage: waits until every input partition is read to its end offset
-/// at start (by this process, or committed there by the group), closes every window,
-/// and publishes the end of time for every input partition.
-async fn finish_input<T, K, A, S>(
-    windowed: &Windowed<T, K, A, S>,
-    writer: &PartialWriter,
-    topic: &str,
-    ends: BTreeMap<i32, (i64, i64)>,
-    positions: &[AtomicI64],
-    kafka: &KafkaProperties,
-    group: &str,
-) -> anyhow::Result<()>
-where
-    T: Send + Sync + 'static,
-    K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
-    A: eventbus_operators::window::Aggregate,
-    A::Acc: Sync,
-    A::Out: Send,
-    S: eventbus_runtime::Sink<eventbus_operators::windowed::WindowResult<K, A::Out>>,
-{
-    let mut pending: Vec<(i32, i64)> = ends
-        .iter()
-        .filter(|(_, (low, high))| high > low)
-        .map(|(p, (_, high))| (*p, *high))
-        .collect();
-    let group_client = {
-        let mut k = kafka.clone();
-        k.set("group.id", group.to_owned());
-        k.set("enable.auto.commit", "false");
-        Arc::new(std::sync::Mutex::new(cluster_client(&k)?))
-    };
-    let mut commits_read = Instant::now() - Duration::from_secs(10);
-    loop {
-        pending.retain(|(p, high)| {
-            usize::try_from(*p)
-                .ok()
-                .and_then(|i| positions.get(i))
-                .is_none_or(|o| o.load(Ordering::Relaxed) + 1 < *high)
-        });
-        if !pending.is_empty() && commits_read.elapsed() >= Duration::from_secs(1) {
-            commits_read = Instant::now();
-            let partitions: Vec<TopicPartition> = pending
-                .iter()
-                .map(|(p, _)| TopicPartition::new(topic, *p))
-                .collect();
-            let c = group_client.clone();
-            let committed = tokio::task::spawn_blocking(move || {
-                let c = c.lock().unwrap_or_else(|p| p.into_inner());
-                eventbus_runtime::kafka::committed(&*c, &partitions, Duration::from_secs(30))
-            })
-            .await?;
-            match committed {
-                Ok(committed) => pending.retain(|(p, high)| {
-                    committed
-                        .get(&TopicPartition::new(topic, *p))
-                        .is_none_or(|c| c < high)
-                }),
-                Err(e) => tracing::warn!(error = %e, "cannot read committed offsets"),
-            }
-        }
-        if pending.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let all: Vec<TopicPartition> = ends
-        .keys()
-        .map(|p| TopicPartition::new(topic, *p))
-        .collect();
-    windowed
-        .finish(&all)
-        .await
-        .map_err(|e| anyhow::anyhow!("closing the last windows: {e}"))?;
-    for p in ends.keys() {
-        for outcome in writer.watermark(*p, i64::MAX, false).await {
-            match outcome.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => bail!("publishing the end of input of partition {p}: {e}"),
-                Err(_) => bail!("publishing the end of input of partition {p}: no delivery report"),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// `eventbus run analytics`.
