@@ -119,16 +119,22 @@ impl Part {
         // A source partition not heard from holds results back: its owner (which says
         // so, idle or not, for every partition it is assigned, records or none) may be
         // down, and its partials still to come.
+        // When every source partition is idle, none holds the others back: the
+        // watermark is the furthest any of them has got (as Flink does).
         let mut min = None::<i64>;
+        let mut idle_max = None::<i64>;
         for p in 0..self.source_partitions {
             let at = match self.marks.get(&p) {
-                Some(m) if m.idle => continue,
+                Some(m) if m.idle => {
+                    idle_max = Some(idle_max.map_or(m.closed_through, |x| x.max(m.closed_through)));
+                    continue;
+                }
                 Some(m) => m.closed_through,
                 None => i64::MIN,
             };
             min = Some(min.map_or(at, |m| m.min(at)));
         }
-        min
+        min.or(idle_max)
     }
 
     /// Takes the minutes the watermark has passed out of the open set.
