@@ -267,24 +267,3 @@ async fn late_records_beyond_the_allowance_are_counted() {
     let late_out = topic_io::available(&shared_brokers(), &late_topic).expect("late topic");
     assert_eq!(late_out, 37);
 }
-
-/// Two members in batch mode share the work and both finish: each waits for the
-/// partials partitions the other holds through the final stage's committed offsets.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_members_in_batch_mode_both_finish_with_the_exact_result() {
-    let fx = Fixture::new(6, 40_000, 2_000).await;
-    let (cfg, logs) = (fx.cfg.clone(), fx.logs().to_owned());
-    tokio::task::spawn_blocking(move || {
-        let mut a = JobProcess::run("analytics", &cfg, &logs, "a", &["--until-caught-up"]);
-        let mut b = JobProcess::run("analytics", &cfg, &logs, "b", &["--until-caught-up"]);
-        for job in [&mut a, &mut b] {
-            let status = job.wait(Duration::from_secs(240));
-            assert!(status.success(), "{}", job.log_tail());
-        }
-    })
-    .await
-    .expect("join");
-    let summary = fx.check();
-    assert_eq!(summary["input"], 40_000);
-    assert_eq!(summary["mismatches"], 0, "{summary}");
-}
