@@ -325,16 +325,19 @@ pub async fn run(
     let mut stage1 = Job::builder("analytics")
         .config(runtime_config(file))
         .source(KafkaSource::new(kafka.clone(), first));
-    if config.dead_letters {
+    // Records that do not decode (or, on the partials topic, do not make sense) go to
+    // their topic's DLQ in both stages: bytes from any producer never stop a partition.
+    let letters = |group: &str| -> anyhow::Result<KafkaDeadLetters> {
         let catalog =
             eventbus_schemas::Catalog::load(&eventbus_schemas::bundled_dir().join("topics.toml"))?;
         let mut dlq = file.dlq.clone().unwrap_or_default().with_catalog(&catalog);
-        dlq.group.get_or_insert(group.clone());
-        stage1 = stage1.dead_letters(
-            KafkaDeadLetters::new(&kafka, dlq)
-                .context("starting the dead-letter producer")?
-                .with_registry(registry.clone()),
-        );
+        dlq.group.get_or_insert(group.to_owned());
+        Ok(KafkaDeadLetters::new(&kafka, dlq)
+            .context("starting the dead-letter producer")?
+            .with_registry(registry.clone()))
+    };
+    if config.dead_letters {
+        stage1 = stage1.dead_letters(letters(&group)?);
     }
     // Where each input partition has been read to, bad records included: batch mode's
     // end of input.
@@ -363,10 +366,18 @@ pub async fn run(
     });
     let mut second = SourceConfig::new(format!("{group}-final"), [config.partials.clone()]);
     second.commit_interval_ms = 1000;
-    let stage2 = Job::builder("analytics-final")
+    let mut stage2 = Job::builder("analytics-final")
         .config(runtime_config(file))
-        .source(KafkaSource::new(kafka.clone(), second))
-        .try_map(move |b: Bytes| generic.decode_typed::<FleetMinutePartial>(&b, None))
+        .source(KafkaSource::new(kafka.clone(), second));
+    if config.dead_letters {
+        stage2 = stage2.dead_letters(letters(&format!("{group}-final"))?);
+    }
+    let stage2 = stage2
+        .try_map(move |b: Bytes| {
+            let p = generic.decode_typed::<FleetMinutePartial>(&b, None)?;
+            partial::check(&p)?;
+            Ok::<_, eventbus_schemas::DecodeError>(p)
+        })
         .sink(final_stage.clone())
         .build()?;
 

@@ -203,6 +203,45 @@ impl Aggregate for FleetAggregate {
     }
 }
 
+/// Most source partitions a partial may name: the final stage walks them all per record,
+/// so a record from another producer claiming billions must not be taken.
+pub(super) const MAX_SOURCE_PARTITIONS: i32 = 100_000;
+
+/// Refuses a partials-topic record our first stage never writes: a source partition
+/// count out of range, or a source partition outside it (as the registry's
+/// `FleetMinutePartial`, so it is dead-lettered with that reason).
+///
+/// # Errors
+/// [`eventbus_schemas::DecodeError::IncompatibleReader`] naming the field.
+pub(super) fn check(p: &FleetMinutePartial) -> Result<(), eventbus_schemas::DecodeError> {
+    let reason = if !(1..=MAX_SOURCE_PARTITIONS).contains(&p.source_partitions)
+        && p.kind != PartialKind::Progress
+    {
+        Some(format!(
+            "source_partitions is {}, not in 1..={MAX_SOURCE_PARTITIONS}",
+            p.source_partitions
+        ))
+    } else if p.kind != PartialKind::Progress
+        && !(0..p.source_partitions).contains(&p.source_partition)
+    {
+        Some(format!(
+            "source_partition is {}, not in 0..{}",
+            p.source_partition, p.source_partitions
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(eventbus_schemas::DecodeError::IncompatibleReader {
+            origin: None,
+            id: 0,
+            reader: "FleetMinutePartial".to_owned(),
+            reason,
+        }),
+    }
+}
+
 /// The partials topic's partition of a fleet: the same for every process and run, so a
 /// fleet's partials and the final stage's state of it meet in one partition.
 pub fn partition_of(fleet_id: &str, partitions: i32) -> i32 {
@@ -386,6 +425,17 @@ mod tests {
                 status: ["DRIVING", "IDLE", "CHARGING", "MAINTENANCE", "OFFLINE"][s],
             }
         })
+    }
+
+    #[test]
+    fn partials_naming_impossible_source_partitions_are_refused() {
+        let ok = FleetAcc::empty().to_partial("f", 0, 3, 12);
+        assert!(check(&ok).is_ok());
+        for (p, n) in [(0, 0), (0, -5), (0, i32::MAX), (12, 12), (-1, 12)] {
+            let bad = FleetAcc::empty().to_partial("f", 0, p, n);
+            let e = check(&bad).expect_err("refused").to_string();
+            assert!(e.contains("source_partition"), "{e}");
+        }
     }
 
     proptest! {
