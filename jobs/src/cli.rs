@@ -50,8 +50,10 @@ pub enum Command {
     /// replayed after a cool-off, letters replayed too often parked; settings in
     /// [dlq_processor]); analytics (vehicle.state.v1 into per-fleet minute aggregates on
     /// analytics.fleet_minute.v1, in two stages through
-    /// analytics.fleet_minute_partials.v1; settings in [analytics]). On the first signal
-    /// the job stops
+    /// analytics.fleet_minute_partials.v1; settings in [analytics]); alerting ([[rule]]
+    /// sections in CEL over catalog topics, and every safety.emergency.v1 event, raise
+    /// alerts on vehicle.alerts.v1 and to [[webhook]] URLs; settings in [alerting];
+    /// SIGHUP reloads the rules). On the first signal the job stops
     /// fetching, drains in-flight records, flushes and commits, then exits 0; a second
     /// signal exits at once.
     Run(RunArgs),
@@ -200,6 +202,8 @@ pub enum JobName {
     DlqProcessor,
     /// Per-fleet minute aggregates of vehicle.state.v1, in two stages through Kafka.
     Analytics,
+    /// Rules in CEL over catalog topics raise alerts on vehicle.alerts.v1 and webhooks.
+    Alerting,
 }
 
 /// Arguments of `eventbus demo`.
@@ -353,6 +357,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         JobName::DlqProcessor => crate::dlq_processor::command(file, &overrides, args).await,
         JobName::Mirror => crate::mirror::command(&file).await,
         JobName::Analytics => crate::analytics::command(file, &overrides, args).await,
+        JobName::Alerting => crate::alerting::command(file, &overrides, args).await,
     }
 }
 

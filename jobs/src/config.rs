@@ -65,6 +65,15 @@ pub struct JobFile {
     /// Settings of the `analytics` job.
     #[serde(default)]
     pub analytics: Option<crate::analytics::AnalyticsConfig>,
+    /// Settings of the `alerting` job.
+    #[serde(default)]
+    pub alerting: Option<crate::alerting::AlertingConfig>,
+    /// The alerting job's rules (`[[rule]]`).
+    #[serde(default)]
+    pub rule: Vec<crate::alerting::rules::RuleSpec>,
+    /// The alerting job's webhooks (`[[webhook]]`).
+    #[serde(default)]
+    pub webhook: Vec<crate::alerting::webhook::WebhookSpec>,
     /// Settings of the `dlq-processor` job, and the category rules `eventbus dlq` uses.
     #[serde(default)]
     pub dlq_processor: Option<crate::dlq_processor::ProcessorConfig>,

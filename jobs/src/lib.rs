@@ -6,6 +6,7 @@
 //! executor against a bare consumer. [`config`] loads the TOML job file.
 #![deny(unsafe_code)]
 
+pub mod alerting;
 mod alter_configs;
 pub mod analytics;
 pub mod bench;
