@@ -175,9 +175,14 @@ message = "{{vehicle_id}} silent since {{event_time}}"
     /// Produces the history: every vehicle each second (the silent one only for the
     /// first 100 s), and 40 emergencies.
     async fn produce_history(&self) {
+        self.produce_history_of(true).await;
+    }
+
+    /// The history, with or without the vehicle states.
+    async fn produce_history_of(&self, states: bool) {
         let (id, schema) = eventbus_tests::vehicle_state_schema();
         let mut records = Vec::new();
-        for s in 0..HISTORY_S {
+        for s in (0..HISTORY_S).filter(|_| states) {
             for v in 0..VEHICLES {
                 if v == SILENT && s >= 100 {
                     continue;
@@ -217,7 +222,9 @@ message = "{{vehicle_id}} silent since {{event_time}}"
             self.emergencies.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            topic_io::produce(&b, &s, records, |_| {}).expect("produce states");
+            if !records.is_empty() {
+                topic_io::produce(&b, &s, records, |_| {}).expect("produce states");
+            }
             topic_io::produce(&b, &e, emergencies, |_| {}).expect("produce emergencies");
         })
         .await
@@ -386,4 +393,264 @@ fn job_log(fx: &Fixture, name: &str) -> String {
     std::fs::read_to_string(fx.logs().join(format!("{name}.log")))
         .map(|l| l.lines().rev().take(30).collect::<Vec<_>>().join("\n"))
         .unwrap_or_default()
+}
+
+const WEBHOOK_SERVER: &str = include_str!("../python/webhook_server.py");
+
+/// The misbehaving webhook receiver of `webhook_server.py`, as a child process.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port_file, log) = (dir.path().join("port"), dir.path().join("requests.jsonl"));
+        let child = std::process::Command::new(std::env::var("EVENTBUS_TEST_PYTHON").unwrap())
+            .arg("-c")
+            .arg(WEBHOOK_SERVER)
+            .arg(&port_file)
+            .arg(&log)
+            .spawn()
+            .expect("start the webhook receiver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the webhook receiver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Every request logged so far.
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every alert reaches a webhook that fails 30% of requests and is down for 5 s, within
+/// its rate limit (by the receiver's own clock); the alerts of a webhook that refuses
+/// everything end in the DLQ with their context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_get_every_alert_within_their_rate_and_the_refused_go_to_the_dlq() {
+    let receiver = Receiver::start();
+    let port = receiver.port;
+    let fx = Fixture::new(&format!(
+        r#"
+[[webhook]]
+url = "http://127.0.0.1:{port}/ok"
+severities = ["CRITICAL"]
+rate_per_sec = 20
+headers = {{ Authorization = "Bearer s3cret-token" }}
+[webhook.retry]
+initial_delay_ms = 100
+max_delay_ms = 1000
+max_attempts = 40
+max_elapsed_ms = 60000
+
+[[webhook]]
+url = "http://127.0.0.1:{port}/refuse"
+rules = ["emergency"]
+rate_per_sec = 20
+[webhook.retry]
+initial_delay_ms = 20
+max_delay_ms = 50
+max_attempts = 3
+"#
+    ))
+    .await;
+    // Emergencies only: 40 CRITICAL alerts.
+    fx.produce_history_of(false).await;
+    let fx = Arc::new(fx);
+    let f = fx.clone();
+    let receiver = Arc::new(receiver);
+    let r = receiver.clone();
+    tokio::task::spawn_blocking(move || {
+        let (mut job, group) = start_assigned(&f, "hooks");
+        let diag = || job_log(&f, "hooks");
+        wait_committed_to_end(
+            &shared_brokers(),
+            &group,
+            &f.emergencies,
+            Duration::from_secs(120),
+            diag,
+        );
+        job.signal("TERM");
+        assert!(
+            job.wait(Duration::from_secs(60)).success(),
+            "{}",
+            job.log_tail()
+        );
+        let _ = r;
+    })
+    .await
+    .unwrap();
+
+    let requests = receiver.requests();
+    assert!(
+        requests.iter().any(|r| r["down"] == true),
+        "the receiver never went down: {} requests",
+        requests.len()
+    );
+    let alerts =
+        topic_io::read_all(&shared_brokers(), &fx.alerts, Duration::from_secs(30)).unwrap();
+    let ids: std::collections::BTreeSet<String> = alerts
+        .iter()
+        .map(|m| {
+            use rdkafka::Message;
+            let decoder = eventbus_schemas::Decoder::new(std::sync::Arc::new(
+                eventbus_schemas::FileRegistry::embedded().unwrap(),
+            ));
+            let a: eventbus_schemas::events::Alert =
+                decoder.decode_typed(m.payload().unwrap(), None).unwrap();
+            a.alert_id
+        })
+        .collect();
+    assert_eq!(ids.len(), 40, "one alert per emergency");
+    // Every alert was taken (200) by the flaky webhook, with its header.
+    let ok = |path: &str| {
+        requests
+            .iter()
+            .filter(move |r| r["path"] == path)
+            .collect::<Vec<_>>()
+    };
+    let taken: std::collections::BTreeSet<String> = ok("/ok")
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .map(|r| r["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(taken, ids, "every alert reached the flaky webhook");
+    assert!(ok("/ok").iter().all(|r| r["auth"] == "Bearer s3cret-token"));
+    assert!(
+        ok("/ok").iter().any(|r| r["status"] == 503),
+        "the flaky webhook failed nothing"
+    );
+    // The rate limit, by the receiver's clock: at most 20 requests a second per URL
+    // (one more at a window's edge, one for scheduling).
+    for path in ["/ok", "/refuse"] {
+        let times: Vec<f64> = ok(path).iter().map(|r| r["t"].as_f64().unwrap()).collect();
+        let worst = times
+            .iter()
+            .map(|t| times.iter().filter(|u| **u >= *t && **u < t + 1.0).count())
+            .max()
+            .unwrap_or(0);
+        assert!(worst <= 22, "{path}: {worst} requests within one second");
+    }
+    // The refused webhook (503s, and refused connections while the receiver is down):
+    // each alert tried 3 times, then dead-lettered with its context.
+    let letters = topic_io::read_all(
+        &shared_brokers(),
+        &format!("{}.dlq", fx.alerts),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let mut lettered = std::collections::BTreeSet::new();
+    for m in &letters {
+        use rdkafka::Message;
+        let headers = eventbus_runtime::Headers::from_kafka(m.headers().unwrap().as_borrowed());
+        let h = |k: &str| String::from_utf8_lossy(headers.get(k).unwrap_or_default()).into_owned();
+        assert!(
+            h("eventbus.webhook.url").ends_with("/refuse"),
+            "{}",
+            h("eventbus.webhook.url")
+        );
+        assert_eq!(h("eventbus.alert.rule"), "emergency");
+        assert!(
+            h("eventbus.alert.source").contains(&fx.emergencies),
+            "{}",
+            h("eventbus.alert.source")
+        );
+        assert_eq!(h("eventbus.error.stage"), "sink:webhook");
+        assert_eq!(h("eventbus.attempts"), "3");
+        assert!(
+            h("kafka_dlt-exception-message").contains("/refuse"),
+            "{}",
+            h("kafka_dlt-exception-message")
+        );
+        lettered.insert(h("eventbus.alert.id"));
+    }
+    assert_eq!(
+        lettered, ids,
+        "every alert the refusing webhook never took is in the DLQ"
+    );
+    // No secret in the job's log.
+    let log = std::fs::read_to_string(fx.logs().join("hooks.log")).unwrap();
+    assert!(!log.contains("s3cret-token"));
+}
+
+/// SIGHUP reads the rules again: a file that does not load leaves the old rules in
+/// force (and the job running); one that loads puts its rules in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_rules_and_keeps_the_old_ones_when_the_file_is_wrong() {
+    let fx = Fixture::new("").await;
+    let good = std::fs::read_to_string(&fx.cfg).unwrap();
+    let fx = Arc::new(fx);
+    let f = fx.clone();
+    tokio::task::spawn_blocking(move || {
+        let (mut job, _) = start_assigned(&f, "hup");
+        std::fs::write(&f.cfg, good.replace("speed_kph > 120.0", "speed_kph >> 120.0")).unwrap();
+        job.signal("HUP");
+        job.wait_log("the old ones stay in force", 1, Duration::from_secs(20));
+        assert!(job.log_tail().contains("not valid CEL"), "{}", job.log_tail());
+        assert!(job.exited().is_none(), "{}", job.log_tail());
+        // A rule that fires on any moving vehicle, at once.
+        let added = "\n[[rule]]\nname = \"moving\"\ntopic = \"vehicle.state.v1\"\nwhen = \"speed_kph > 0.0\"\nseverity = \"INFO\"\nmessage = \"{vehicle_id} moves\"\n";
+        std::fs::write(&f.cfg, format!("{good}{added}")).unwrap();
+        job.signal("HUP");
+        job.wait_log("rules reloaded", 1, Duration::from_secs(20));
+        let (id, schema) = eventbus_tests::vehicle_state_schema();
+        let e = state(30, 0, T0);
+        topic_io::produce(
+            &shared_brokers(),
+            &f.states,
+            vec![(e.vehicle_id.clone(), eventbus_schemas::encode(id, &schema, &e).unwrap())],
+            |_| {},
+        )
+        .unwrap();
+        wait_records(&shared_brokers(), &f.alerts, 1, Duration::from_secs(30));
+        job.signal("TERM");
+        assert!(job.wait(Duration::from_secs(60)).success(), "{}", job.log_tail());
+    })
+    .await
+    .unwrap();
+    let alerts =
+        topic_io::read_all(&shared_brokers(), &fx.alerts, Duration::from_secs(30)).unwrap();
+    let decoder = eventbus_schemas::Decoder::new(std::sync::Arc::new(
+        eventbus_schemas::FileRegistry::embedded().unwrap(),
+    ));
+    let rules: Vec<String> = alerts
+        .iter()
+        .map(|m| {
+            use rdkafka::Message;
+            decoder
+                .decode_typed::<eventbus_schemas::events::Alert>(m.payload().unwrap(), None)
+                .unwrap()
+                .rule
+        })
+        .collect();
+    assert_eq!(rules, vec!["moving".to_owned()]);
 }
