@@ -50,6 +50,9 @@ pub enum BenchJob {
     /// --until-caught-up`), measured against the discard job (not the bare consumer)
     /// on the same topic.
     Analytics,
+    /// Latency of the alerting job, produce to alert delivered, at a fixed rate,
+    /// against a bare consume → produce pipe (see `bench_alerting`).
+    Alerting,
 }
 
 /// What to measure.
@@ -154,6 +157,9 @@ fn per_million(cpu: Option<f64>, n: u64) -> f64 {
 /// # Errors
 /// The mock cluster or a client cannot start, or a side does not finish.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
+    if opts.job == BenchJob::Alerting {
+        bail!("the alerting bench measures latency, not throughput: see bench_alerting::run");
+    }
     // A run of its own: fresh topic on a shared broker, fresh groups every round.
     let run_id = format!(
         "{}x{}",
@@ -189,7 +195,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let count = usize::try_from(opts.messages).unwrap_or(usize::MAX);
     let mut encode_input = None;
     match opts.job {
-        BenchJob::Discard => {
+        BenchJob::Discard | BenchJob::Alerting => {
             let value = vec![b'x'; opts.value_size];
             let records = (0..opts.messages).map(|i| (format!("k{}", i % 1000), value.clone()));
             topic_io::produce(&brokers, &topic, records, |n| bar.set_position(n))?;
@@ -250,7 +256,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         let mid = cpu_seconds();
         let group = format!("bench-{}-{run_id}-{round}", side_name(opts.job));
         let e = match opts.job {
-            BenchJob::Discard => executor(&brokers, &topic, &group, n).await?,
+            BenchJob::Discard | BenchJob::Alerting => executor(&brokers, &topic, &group, n).await?,
             BenchJob::Warehouse => warehouse(&brokers, &topic, &group, n).await?,
             BenchJob::Analytics => {
                 // Fresh internal and output topics every round, so no round's progress
@@ -363,7 +369,7 @@ pub fn render(r: &BenchResult, opts: &BenchOptions) -> String {
     let cpu_goal = match opts.job {
         BenchJob::Discard => Some(goals::DISCARD_CPU_RATIO),
         BenchJob::Analytics => Some(goals::ANALYTICS_CPU_RATIO),
-        BenchJob::Warehouse => None,
+        BenchJob::Warehouse | BenchJob::Alerting => None,
     };
     if let Some(goal) = cpu_goal {
         out.push_str(&format!(" (goal <= {goal}: {})", mark(r.cpu_ratio <= goal)));
@@ -381,7 +387,7 @@ pub fn render(r: &BenchResult, opts: &BenchOptions) -> String {
         "({} records of {}, {} partitions, best of {} rounds each)\n",
         r.messages,
         match opts.job {
-            BenchJob::Discard => format!("{} bytes", opts.value_size),
+            BenchJob::Discard | BenchJob::Alerting => format!("{} bytes", opts.value_size),
             BenchJob::Warehouse | BenchJob::Analytics => "VehicleState".to_owned(),
         },
         r.partitions,
@@ -410,6 +416,7 @@ pub fn side_name(job: BenchJob) -> &'static str {
         BenchJob::Discard => "executor",
         BenchJob::Warehouse => "warehouse",
         BenchJob::Analytics => "analytics",
+        BenchJob::Alerting => "alerting",
     }
 }
 
@@ -417,7 +424,7 @@ pub fn side_name(job: BenchJob) -> &'static str {
 fn baseline_name(job: BenchJob) -> &'static str {
     match job {
         BenchJob::Analytics => "discard",
-        BenchJob::Discard | BenchJob::Warehouse => "bare",
+        BenchJob::Discard | BenchJob::Warehouse | BenchJob::Alerting => "bare",
     }
 }
 
@@ -569,11 +576,26 @@ async fn warehouse(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::R
 /// # Errors
 /// The broker cannot be used, or a side fails to read every record.
 pub async fn command(args: crate::cli::BenchArgs) -> anyhow::Result<()> {
+    if args.job == BenchJob::Alerting {
+        let r = crate::bench_alerting::run(
+            args.brokers.as_deref(),
+            args.partitions.unwrap_or(5),
+            args.rate,
+            args.seconds,
+        )
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print!("{}", crate::bench_alerting::render(&r));
+        }
+        return Ok(());
+    }
     let opts = BenchOptions {
         job: args.job,
         brokers: args.brokers,
         messages: args.messages,
-        partitions: args.partitions,
+        partitions: args.partitions.unwrap_or(48),
         value_size: args.value_size,
         rounds: args.rounds.max(1),
         quiet: args.json,

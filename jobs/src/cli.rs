@@ -299,7 +299,9 @@ pub struct BenchArgs {
     /// The job measured: discard (the runtime's own cost) or warehouse (VehicleState
     /// records into Parquet tables, published and committed), against the bare
     /// consumer; analytics (VehicleState records into per-fleet minute aggregates,
-    /// both stages), against the discard job on the same topic.
+    /// both stages), against the discard job on the same topic; alerting (latency from
+    /// an event's produce time to its alert's delivery, p50/p99/max, at --rate events/s
+    /// for --seconds, against a bare consume -> produce pipe).
     #[arg(long, value_enum, default_value = "discard")]
     pub job: crate::bench::BenchJob,
     /// A real broker to measure on instead of the in-process mock cluster (a fresh
@@ -309,16 +311,23 @@ pub struct BenchArgs {
     /// Records in the benchmark topic.
     #[arg(long, default_value_t = 800_000)]
     pub messages: u64,
-    /// Partitions of the benchmark topic (the mock cluster keeps a bounded log per
-    /// partition, so many records need many partitions).
-    #[arg(long, default_value_t = 48)]
-    pub partitions: i32,
+    /// Partitions of the benchmark topic. Default 48 (the mock cluster keeps a bounded
+    /// log per partition, so many records need many partitions); alerting: 5, as
+    /// safety.emergency.v1 has.
+    #[arg(long)]
+    pub partitions: Option<i32>,
     /// Bytes per record value.
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
     /// Alternating rounds per side; the best of each is reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// alerting: events per second produced while latency is measured.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// alerting: seconds of production per side.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

@@ -10,6 +10,7 @@ pub mod alerting;
 mod alter_configs;
 pub mod analytics;
 pub mod bench;
+pub mod bench_alerting;
 pub mod cli;
 pub mod config;
 pub mod demo;

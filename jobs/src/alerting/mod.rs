@@ -207,10 +207,19 @@ pub struct AlertingArgs {
     pub record_latency: bool,
 }
 
+/// The job's producers wait this long to batch alerts, unless `[kafka]` sets
+/// `linger.ms` (librdkafka's default is 5).
+pub const LINGER_MS: &str = "1";
+/// The job's consumer waits at most this long for a fetch to fill, unless `[kafka]` sets
+/// `fetch.wait.max.ms` (librdkafka's default is 500). A Kafka broker answers a fetch as
+/// soon as it has data, so this bounds the latency only on brokers that do not (the
+/// mock cluster, tansu), at the cost of more fetch requests while idle.
+pub const FETCH_WAIT_MS: &str = "5";
+
 /// The low-latency client settings the job uses unless `[kafka]` says otherwise.
 pub fn low_latency(kafka: &mut eventbus_runtime::KafkaProperties) {
-    kafka.set_default("linger.ms", "1");
-    kafka.set_default("fetch.wait.max.ms", "10");
+    kafka.set_default("linger.ms", LINGER_MS);
+    kafka.set_default("fetch.wait.max.ms", FETCH_WAIT_MS);
 }
 
 /// Builds the job's sink: rules, readers and outputs.
@@ -308,6 +317,21 @@ pub async fn run(
     args: &AlertingArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<AlertingReport> {
+    let (ready, _) = tokio::sync::oneshot::channel();
+    run_with(file, args, shutdown, ready).await
+}
+
+/// [`run`], handing the job's sink to `ready` once it is built (the benchmark reads its
+/// latencies).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    file: &JobFile,
+    args: &AlertingArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: tokio::sync::oneshot::Sender<Alerting>,
+) -> anyhow::Result<AlertingReport> {
     let mut file = file.clone();
     file.kafka.require_brokers()?;
     low_latency(&mut file.kafka);
@@ -332,6 +356,7 @@ pub async fn run(
         topics = %topics.join(","), rules = alerting.rules().rules.len(),
         webhooks = file.webhook.len(), "alerting job starting"
     );
+    let _ = ready.send(alerting.clone());
     let ticker = tokio::spawn(absences(alerting.clone()));
     let reload = tokio::spawn(reloads(alerting.clone(), args.clone(), topics));
     let result = job.run(shutdown).await;

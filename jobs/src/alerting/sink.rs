@@ -241,6 +241,10 @@ impl Alerting {
             .unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             *last = Some(Instant::now());
+            // CEL's errors quote the values they compared: personal data is masked.
+            let error =
+                eventbus_runtime::redact::redact(&record.origin(), Some(&record.value), error);
+            let error = error.as_str();
             tracing::warn!(
                 rule, topic = %record.topic, partition = record.partition, offset = record.offset,
                 error, total = self.rule_errors(),
