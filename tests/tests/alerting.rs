@@ -603,10 +603,22 @@ max_attempts = 3
 }
 
 /// SIGHUP reads the rules again: a file that does not load leaves the old rules in
-/// force (and the job running); one that loads puts its rules in force.
+/// force (and the job running); one that loads puts its rules in force. Foreign bytes
+/// before them go to the DLQ without stopping the partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_rules_and_keeps_the_old_ones_when_the_file_is_wrong() {
     let fx = Fixture::new("").await;
+    // Two records no producer of ours writes: they go to the DLQ, and the partition
+    // goes on to raise the alert below.
+    let foreign = vec![
+        ("veh-30".to_owned(), b"not avro at all".to_vec()),
+        ("veh-30".to_owned(), vec![0, 0, 0, 0, 1, 0xff, 0xff]),
+    ];
+    let (b, t) = (shared_brokers(), fx.states.clone());
+    tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, foreign, |_| {}))
+        .await
+        .unwrap()
+        .unwrap();
     let good = std::fs::read_to_string(&fx.cfg).unwrap();
     let fx = Arc::new(fx);
     let f = fx.clone();
@@ -653,4 +665,11 @@ async fn sighup_reloads_the_rules_and_keeps_the_old_ones_when_the_file_is_wrong(
         })
         .collect();
     assert_eq!(rules, vec!["moving".to_owned()]);
+    let letters = topic_io::read_all(
+        &shared_brokers(),
+        &format!("{}.dlq", fx.states),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(letters.len(), 2, "both foreign records are in the DLQ");
 }

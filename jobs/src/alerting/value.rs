@@ -164,6 +164,36 @@ mod tests {
     }
 
     proptest! {
+        /// Bytes from any producer (a wire-format header, then anything) decode to an
+        /// error or to a value that converts, evaluates and renders without panicking.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_rule_path(
+            body in proptest::collection::vec(any::<u8>(), 0..120),
+            id in 0u32..12,
+            framed in any::<bool>(),
+        ) {
+            use eventbus_schemas::SchemaRegistry;
+            let registry: std::sync::Arc<dyn SchemaRegistry> =
+                std::sync::Arc::new(eventbus_schemas::FileRegistry::embedded().expect("registry"));
+            let (_, reader) = registry.latest("vehicle.state.v1-value").expect("lookup").expect("subject");
+            let decoder = eventbus_schemas::Decoder::with_reader(registry, reader);
+            let mut bytes = if framed { vec![0u8] } else { Vec::new() };
+            bytes.extend_from_slice(&id.to_be_bytes());
+            bytes.extend_from_slice(&body);
+            if let Ok((_, value)) = decoder.decode(&bytes, None) {
+                let program = cel::Program::compile("speed_kph > 120.0 && status == 'DRIVING'").expect("cel");
+                let mut ctx = cel::Context::default();
+                if let Avro::Record(fields) = &value {
+                    for (name, v) in fields {
+                        ctx.add_variable_from_value(name.clone(), to_cel(v));
+                    }
+                }
+                let _ = program.execute(&ctx);
+                let t = Template::parse("{vehicle_id} {speed_kph} {position.lat}").expect("parses");
+                let _ = render(&t, &value, &[]);
+            }
+        }
+
         /// Any template text renders without panicking, whatever the event holds.
         #[test]
         fn rendering_never_panics(text in ".{0,40}", lat in any::<f64>()) {
