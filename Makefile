@@ -39,7 +39,7 @@ real-broker:
 	trap '$(BROKER) stop; $(S3) stop' EXIT; \
 	export TANSU_BIN=$$($(BROKER) bin) EVENTBUS_BIN=$(EVENTBUS_BIN) \
 	  EVENTBUS_TEST_S3=$$s3 EVENTBUS_TEST_S3_PID=$$($(S3) pid) EVENTBUS_TEST_PYTHON=$$($(S3) python); \
-	for t in real_broker warehouse warehouse_dead_letters dlq_real_broker analytics alerting; do \
+	for t in real_broker warehouse warehouse_dead_letters dlq_real_broker analytics alerting operations; do \
 	  addr=$$($(BROKER) start); \
 	  echo "$$t: a fresh tansu on $$addr, S3 server on $$s3"; \
 	  EVENTBUS_TEST_BROKERS=$$addr \

@@ -19,14 +19,14 @@ STATE="${EVENTBUS_S3_STATE:-${TMPDIR:-/tmp}/eventbus-test-s3}"
 BUCKET=eventbus-test
 
 install() {
-  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import pyarrow, duckdb, confluent_kafka, fastavro' 2>/dev/null; then
+  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import pyarrow, duckdb, confluent_kafka, fastavro, prometheus_client' 2>/dev/null; then
     return 0
   fi
-  echo "installing moto, pyarrow, duckdb, confluent-kafka and fastavro into $VENV (once per machine)" >&2
+  echo "installing moto, pyarrow, duckdb, confluent-kafka, fastavro and prometheus_client into $VENV (once per machine)" >&2
   python3 -m venv "$VENV" >&2
   # Pinned: a fresh machine gets the versions the suite is known to pass with.
   "$VENV/bin/pip" install --quiet 'moto[server]==5.2.5' 'pyarrow==26.0.1' 'duckdb==2.0.1' \
-    'confluent-kafka==2.16.1' 'fastavro==1.13.1' >&2
+    'confluent-kafka==2.16.1' 'fastavro==1.13.1' 'prometheus-client==0.23.1' >&2
 }
 
 start() {

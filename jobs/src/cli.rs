@@ -263,6 +263,10 @@ pub struct RunArgs {
     /// closes every open window; every fleet-minute is emitted before it exits 0.
     #[arg(long)]
     pub until_caught_up: bool,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this HOST:PORT; overrides
+    /// [telemetry] metrics_addr. Off unless set.
+    #[arg(long, env = "EVENTBUS_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// Arguments of `eventbus generate`.
@@ -361,6 +365,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let file = crate::config::JobFile::load(args.config.as_deref(), &overrides)?;
     install_redactor(&file)?;
+    if let Some(addr) = args
+        .metrics_addr
+        .clone()
+        .or_else(|| file.telemetry.metrics_addr.clone())
+    {
+        let stall = std::time::Duration::from_millis(file.telemetry.stall_after_ms.max(1));
+        crate::serve::start(&addr, stall).await?;
+    }
     match args.job {
         JobName::Warehouse => crate::warehouse::command(file, &overrides, args).await,
         JobName::DlqProcessor => crate::dlq_processor::command(file, &overrides, args).await,

@@ -65,6 +65,9 @@ pub struct JobFile {
     /// Settings of the `analytics` job.
     #[serde(default)]
     pub analytics: Option<crate::analytics::AnalyticsConfig>,
+    /// The operations endpoint: metrics and health probes.
+    #[serde(default)]
+    pub telemetry: crate::serve::TelemetryConfig,
     /// Settings of the `alerting` job.
     #[serde(default)]
     pub alerting: Option<crate::alerting::AlertingConfig>,

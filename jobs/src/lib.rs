@@ -22,6 +22,7 @@ pub mod generate;
 pub mod mirror;
 mod progress;
 pub mod schemas_cmd;
+pub mod serve;
 pub mod table_cmd;
 pub mod topic_io;
 pub mod topics_cmd;

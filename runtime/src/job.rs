@@ -210,6 +210,7 @@ where
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<crate::JobReport, RuntimeError> {
         let shared = self.shared;
+        crate::health::register(shared.name(), shared.stats());
         let pipeline = Arc::new(Chain {
             op: self.op,
             sink: self.sink,
@@ -232,6 +233,7 @@ where
             dispatch.revoke(&leftovers).await;
         }
         let flush_result = pipeline.sink.flush().await;
+        shared.stats().set_finished();
         if let Some(e) = shared.take_error() {
             return Err(e);
         }

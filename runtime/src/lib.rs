@@ -57,6 +57,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod event_time;
 pub mod executor;
+pub mod health;
 mod job;
 pub mod kafka;
 pub mod memory;

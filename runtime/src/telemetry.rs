@@ -16,6 +16,22 @@ pub const IN_FLIGHT: &str = "eventbus_in_flight_records";
 /// Partitions currently paused by backpressure.
 pub const PAUSED_PARTITIONS: &str = "eventbus_paused_partitions";
 
+/// Records in a partition past the group's committed offset: the high watermark minus
+/// the committed offset (minus the low watermark when the group has committed none).
+pub const CONSUMER_LAG: &str = "eventbus_consumer_lag_records";
+/// The group's committed offset of a partition (the next offset to read).
+pub const COMMITTED_OFFSET: &str = "eventbus_committed_offset";
+
+pub(crate) fn lag(job: &str, topic: &str, partition: i32, lag: i64, committed: i64) {
+    let labels = [
+        ("job", job.to_owned()),
+        ("topic", topic.to_owned()),
+        ("partition", partition.to_string()),
+    ];
+    metrics::gauge!(CONSUMER_LAG, &labels).set(lag as f64);
+    metrics::gauge!(COMMITTED_OFFSET, &labels).set(committed as f64);
+}
+
 pub(crate) fn records_in(topic: &str, n: u64) {
     metrics::counter!(RECORDS_IN, "topic" => topic.to_owned()).increment(n);
 }

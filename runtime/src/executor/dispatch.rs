@@ -153,6 +153,7 @@ impl<T: Send + 'static> Dispatch<T> {
     /// control covers them before their first batch (a job already full pauses them at
     /// once, instead of taking one batch of each).
     pub fn assigned(&self, partitions: &[TopicPartition]) {
+        self.inner.job.stats().set_started();
         {
             let mut lanes = self.lanes();
             for tp in partitions {
@@ -236,8 +237,19 @@ impl<T: Send + 'static> Dispatch<T> {
         flow
     }
 
+    /// Refreshes each partition's records waiting and done, for health probes (see
+    /// [`crate::health`]).
+    pub fn refresh_health(&self) {
+        let progress = self
+            .lanes()
+            .iter()
+            .map(|(tp, lane)| (tp.clone(), lane.state.progress()))
+            .collect();
+        self.inner.job.stats().set_progress(progress);
+    }
+
     /// Emits the job's gauges and the per-topic count of records delivered since the
-    /// last call. Sources call it on their commit tick.
+    /// last call. Sources call it about once a second.
     pub fn emit_metrics(&self) {
         let lanes = self.lanes();
         let paused = lanes.values().filter(|l| l.state.is_paused()).count();

@@ -190,6 +190,14 @@ impl PartitionState {
         self.tracker().holds.values().sum()
     }
 
+    /// Records waiting and records done, for health probes.
+    pub(crate) fn progress(&self) -> crate::health::Progress {
+        crate::health::Progress {
+            waiting: self.held(),
+            done: self.counts.done(),
+        }
+    }
+
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }

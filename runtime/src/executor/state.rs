@@ -83,6 +83,9 @@ impl JobShared {
     fn set_error(&self, error: RuntimeError, weak: bool) {
         // Logged and returned only with personal data masked.
         let error = error.redacted();
+        if !weak {
+            self.stats.set_failure(error.to_string());
+        }
         {
             let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
             match &*slot {
@@ -134,6 +137,13 @@ impl Settled {
         self.delivered.load(Ordering::Relaxed)
     }
 
+    /// Records settled, however.
+    pub(crate) fn done(&self) -> u64 {
+        self.delivered()
+            + self.filtered.load(Ordering::Relaxed)
+            + self.failed.load(Ordering::Relaxed)
+    }
+
     fn add(&self, other: &Settled) {
         for (mine, theirs) in [
             (&self.delivered, &other.delivered),
@@ -156,6 +166,12 @@ pub struct JobStats {
     live: Mutex<Vec<Arc<Settled>>>,
     retired: Settled,
     committed: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// Health: given partitions at least once; stopped; the failure; per-partition
+    /// progress as last refreshed by the source.
+    started: AtomicBool,
+    finished: AtomicBool,
+    failure: Mutex<Option<String>>,
+    progress: Mutex<crate::health::ProgressMap>,
 }
 
 impl JobStats {
@@ -218,6 +234,52 @@ impl JobStats {
     /// The offsets committed so far, per partition (the next offset to read).
     pub fn committed(&self) -> BTreeMap<TopicPartition, i64> {
         self.committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Marks the job as given partitions.
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the job's group has given it partitions.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_finished(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the job has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Records why the job failed.
+    pub fn set_failure(&self, why: String) {
+        let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(why);
+    }
+
+    /// Why the job failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the per-partition progress.
+    pub fn set_progress(&self, progress: crate::health::ProgressMap) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+    }
+
+    /// Per-partition progress, as last refreshed.
+    pub fn progress(&self) -> crate::health::ProgressMap {
+        self.progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

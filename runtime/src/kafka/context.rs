@@ -77,7 +77,33 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// Each assigned partition's lag: the high watermark minus the group's committed
+    /// offset (the low watermark when the group has committed none), as librdkafka
+    /// last saw them.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let job = self.dispatch.job_name();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
+                }
+                let committed = if p.committed_offset >= 0 {
+                    p.committed_offset
+                } else {
+                    p.lo_offset.max(0)
+                };
+                crate::telemetry::lag(
+                    job,
+                    topic,
+                    *partition,
+                    (p.hi_offset - committed).max(0),
+                    committed,
+                );
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

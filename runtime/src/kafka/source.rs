@@ -22,6 +22,9 @@ use crate::source::Source;
 /// batches mean fewer task wake-ups; the batch is also capped at the per-partition
 /// in-flight bound, since flow control only acts between batches.
 const MAX_BATCH: usize = 16384;
+/// How often metrics and health are refreshed.
+const TICK: Duration = Duration::from_secs(1);
+
 /// How long one poll waits for a first message; bounds how late a stop is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
@@ -68,6 +71,9 @@ impl KafkaSource {
             // default (1 s) turns every brief lag of the executor into a one-second
             // stall of every partition. 10 ms keeps the pipeline full.
             .set_default("fetch.queue.backoff.ms", "10")
+            // librdkafka's statistics carry each partition's high watermark and
+            // committed offset: the consumer lag metric, without a request of our own.
+            .set_default("statistics.interval.ms", "5000")
             .set_default("client.id", format!("eventbus-{job}"))
             .set("group.id", self.config.group_id.clone())
             .set("enable.auto.commit", "false")
@@ -141,6 +147,7 @@ fn consume(
 
     let interval = Duration::from_millis(src.config.commit_interval_ms);
     let mut next_commit = Instant::now() + interval;
+    let mut next_tick = Instant::now() + TICK;
     let mut last_commit: Vec<(TopicPartition, i64)> = Vec::new();
     let mut batcher = Batcher::default();
     let topics = &src.config.topics;
@@ -170,8 +177,12 @@ fn consume(
             if points != last_commit && commit(&consumer, &dispatch, &points, CommitMode::Sync) {
                 last_commit = points;
             }
-            dispatch.emit_metrics();
             next_commit = Instant::now() + interval;
+        }
+        if Instant::now() >= next_tick {
+            dispatch.emit_metrics();
+            dispatch.refresh_health();
+            next_tick = Instant::now() + TICK;
         }
     }
 

@@ -1,0 +1,144 @@
+//! The operations endpoint of a long-running job: Prometheus metrics and health probes
+//! on one HTTP address (`--metrics-addr`, `[telemetry] metrics_addr` or
+//! `EVENTBUS_METRICS_ADDR`; off unless set).
+//!
+//! - `GET /metrics`: every metric of the process in the Prometheus text format,
+//!   rendered by `metrics-exporter-prometheus`;
+//! - `GET /healthz`: 200 while the process runs;
+//! - `GET /readyz`: 200 once every job of the process has joined its group and started,
+//!   503 while one has not, has failed, or has a partition stalled (records waiting and
+//!   none done for `stall_after_ms`). The body says which job and partition.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+
+/// The `[telemetry]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, e.g. `0.0.0.0:9464`.
+    pub metrics_addr: Option<String>,
+    /// A partition with records waiting and none done for this long makes `/readyz`
+    /// answer 503, ms. Default 60000.
+    pub stall_after_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            metrics_addr: None,
+            stall_after_ms: 60_000,
+        }
+    }
+}
+
+/// Environment variable that sets the metrics address.
+pub const ENV_METRICS_ADDR: &str = "EVENTBUS_METRICS_ADDR";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's Prometheus recorder (once) and returns its handle.
+///
+/// # Errors
+/// Another recorder was installed first.
+pub fn exporter() -> anyhow::Result<PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the Prometheus recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Starts serving on `addr`; returns the address bound (useful with port 0).
+///
+/// # Errors
+/// The address does not parse or cannot be bound.
+pub async fn start(addr: &str, stall_after: Duration) -> anyhow::Result<SocketAddr> {
+    let handle = exporter()?;
+    let parsed: SocketAddr = addr.parse().with_context(|| {
+        format!("metrics address {addr:?} is not HOST:PORT (e.g. 0.0.0.0:9464)")
+    })?;
+    let listener = tokio::net::TcpListener::bind(parsed)
+        .await
+        .with_context(|| format!("cannot listen on the metrics address {addr}"))?;
+    let bound = listener.local_addr()?;
+    let readiness = Arc::new(Mutex::new(eventbus_runtime::health::Readiness::new()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (handle, readiness) = (handle.clone(), readiness.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = answer(&req, &handle, &readiness, stall_after);
+                    async move { Ok::<_, std::convert::Infallible>(answer) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(bound)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn answer(
+    req: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    readiness: &Mutex<eventbus_runtime::health::Readiness>,
+    stall_after: Duration,
+) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, handle.render());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => {
+            let jobs = eventbus_runtime::health::running();
+            let result = readiness.lock().unwrap_or_else(|p| p.into_inner()).check(
+                &jobs,
+                Instant::now(),
+                stall_after,
+            );
+            match result {
+                Ok(()) => text(StatusCode::OK, "ready\n".to_owned()),
+                Err(problems) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready:\n{}\n", problems.join("\n")),
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    }
+}
