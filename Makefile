@@ -6,11 +6,11 @@ S3 := scripts/test-s3.sh
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 EVENTBUS_BIN := $(TARGET_DIR)/debug/eventbus
 
-.PHONY: test lint unit schemas-check real-broker demo bench clean-broker
+.PHONY: test lint unit schemas-check ops-check real-broker demo bench clean-broker dev dev.down
 
 ## Everything: lint, unit and mock-cluster tests, the schema compatibility check, then
 ## the real-broker tests on tansu.
-test: lint unit schemas-check real-broker
+test: lint unit schemas-check ops-check real-broker
 
 ## Formatting and clippy, warnings as errors.
 lint:
@@ -27,6 +27,20 @@ unit:
 schemas-check:
 	$(CARGO) build -p eventbus-jobs --bin eventbus
 	$(EVENTBUS_BIN) schemas check --against HEAD --dir schemas
+
+## deploy/ and docker-compose.yml: promtool on the alert rules, docker-compose config,
+## and every eventbus command line of the compose file through `eventbus ... --check`.
+ops-check:
+	$(CARGO) build -p eventbus-jobs --bin eventbus
+	scripts/ops-check.sh $(EVENTBUS_BIN)
+
+## The dev stack (needs a Docker engine): Kafka, registry, MinIO, Kafka UI on 8080,
+## Prometheus, Grafana and the jobs. See the README.
+dev:
+	docker-compose up -d --build
+
+dev.down:
+	docker-compose down
 
 ## Installs tansu and the S3 server if missing (cached), starts both, and runs each
 ## real-broker test binary on a fresh tansu of its own, then stops them. (tansu 0.6's

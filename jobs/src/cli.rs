@@ -23,10 +23,50 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
+    /// Check the command line (and for `run`, the job file: every section, rules and
+    /// webhooks included) without connecting to anything, print what was checked and
+    /// exit: 0 when it would start, 1 with the error otherwise.
+    #[arg(long, global = true)]
+    pub check: bool,
+
     // clap would print a doc comment here as help text.
     #[allow(missing_docs)]
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--check`: what a command would start with, checked offline.
+///
+/// # Errors
+/// The job file does not load, or the job's own settings are wrong.
+pub fn check(command: &Command) -> anyhow::Result<String> {
+    let Command::Run(args) = command else {
+        return Ok("command line ok".to_owned());
+    };
+    let overrides = crate::config::Overrides {
+        brokers: args.brokers.clone(),
+        group: args.group.clone(),
+        registry: args.registry.clone(),
+    };
+    let file = crate::config::JobFile::load(args.config.as_deref(), &overrides)?;
+    file.pii()?;
+    if let Some(addr) = args
+        .metrics_addr
+        .as_ref()
+        .or(file.telemetry.metrics_addr.as_ref())
+    {
+        addr.parse::<std::net::SocketAddr>()
+            .map_err(|e| anyhow::anyhow!("metrics address {addr:?} is not HOST:PORT: {e}"))?;
+    }
+    match args.job {
+        JobName::Alerting => crate::alerting::check(&file)?,
+        JobName::Analytics => file.analytics.clone().unwrap_or_default().check()?,
+        JobName::Warehouse | JobName::DlqProcessor | JobName::Mirror => {}
+    }
+    let name = clap::ValueEnum::to_possible_value(&args.job)
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    Ok(format!("{name} job file ok"))
 }
 
 /// The subcommands.

@@ -8,6 +8,18 @@ use eventbus_runtime::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return match eventbus_jobs::cli::check(&cli.command) {
+            Ok(what) => {
+                println!("{what}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_text(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The demo and the benchmark print their own report; job logs would bury it.
     let level = match cli.command {
         // The demo's dead-letter stage fails records on purpose: one warning per retry

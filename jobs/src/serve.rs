@@ -54,7 +54,14 @@ pub fn exporter() -> anyhow::Result<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
+    // Buckets, so histograms render as Prometheus histograms (histogram_quantile works
+    // across instances) rather than per-process summaries.
     let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ])
+        .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the Prometheus recorder")?;
     Ok(HANDLE.get_or_init(|| handle).clone())
@@ -113,6 +120,18 @@ fn answer(
     }
     match req.uri().path() {
         "/metrics" => {
+            // Readiness as gauges too, for the alert rules.
+            let jobs = eventbus_runtime::health::running();
+            let result = readiness.lock().unwrap_or_else(|p| p.into_inner()).check(
+                &jobs,
+                Instant::now(),
+                stall_after,
+            );
+            let stalled = result.as_ref().err().map_or(0, |p| {
+                p.iter().filter(|l| l.contains(" is stalled")).count()
+            });
+            metrics::gauge!("eventbus_ready").set(if result.is_ok() { 1.0 } else { 0.0 });
+            metrics::gauge!("eventbus_stalled_partitions").set(stalled as f64);
             let mut r = text(StatusCode::OK, handle.render());
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

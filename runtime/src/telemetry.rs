@@ -32,21 +32,50 @@ pub(crate) fn lag(job: &str, topic: &str, partition: i32, lag: i64, committed: i
     metrics::gauge!(COMMITTED_OFFSET, &labels).set(committed as f64);
 }
 
-pub(crate) fn records_in(topic: &str, n: u64) {
-    metrics::counter!(RECORDS_IN, "topic" => topic.to_owned()).increment(n);
+/// Records sent to a dead-letter queue, by job, topic, stage and class.
+pub const DEAD_LETTERS: &str = "eventbus_dead_letters_total";
+
+pub(crate) fn dead_lettered(letter: &crate::dead_letter::DeadLetter) {
+    metrics::counter!(
+        DEAD_LETTERS,
+        "job" => letter.job.clone(),
+        "topic" => letter.record.topic.to_string(),
+        "stage" => letter.stage.clone(),
+        "class" => letter.class.to_string(),
+    )
+    .increment(1);
 }
 
-pub(crate) fn records_out(topic: &str, n: u64) {
-    metrics::counter!(RECORDS_OUT, "topic" => topic.to_owned()).increment(n);
+/// How long an offset commit took, by job.
+pub const COMMIT_DURATION: &str = "eventbus_commit_duration_seconds";
+/// Rebalances seen, by job and kind (`assign`).
+pub const REBALANCES: &str = "eventbus_rebalances_total";
+
+pub(crate) fn commit_duration(job: &str, took: std::time::Duration) {
+    metrics::histogram!(COMMIT_DURATION, "job" => job.to_owned()).record(took.as_secs_f64());
 }
 
-pub(crate) fn commit(partitions: usize) {
-    metrics::counter!(COMMITS).increment(partitions as u64);
+pub(crate) fn rebalance(job: &str, kind: &'static str) {
+    metrics::counter!(REBALANCES, "job" => job.to_owned(), "kind" => kind).increment(1);
 }
 
-pub(crate) fn flow(in_flight: usize, paused: usize) {
-    metrics::gauge!(IN_FLIGHT).set(in_flight as f64);
-    metrics::gauge!(PAUSED_PARTITIONS).set(paused as f64);
+pub(crate) fn records_in(job: &str, topic: &str, n: u64) {
+    metrics::counter!(RECORDS_IN, "job" => job.to_owned(), "topic" => topic.to_owned())
+        .increment(n);
+}
+
+pub(crate) fn records_out(job: &str, topic: &str, n: u64) {
+    metrics::counter!(RECORDS_OUT, "job" => job.to_owned(), "topic" => topic.to_owned())
+        .increment(n);
+}
+
+pub(crate) fn commit(job: &str, partitions: usize) {
+    metrics::counter!(COMMITS, "job" => job.to_owned()).increment(partitions as u64);
+}
+
+pub(crate) fn flow(job: &str, in_flight: usize, paused: usize) {
+    metrics::gauge!(IN_FLIGHT, "job" => job.to_owned()).set(in_flight as f64);
+    metrics::gauge!(PAUSED_PARTITIONS, "job" => job.to_owned()).set(paused as f64);
 }
 
 /// How logs are written.

@@ -185,6 +185,22 @@ pub fn load_rules(
     Ok((set, topics))
 }
 
+/// Checks the rules and webhooks offline, against the schemas compiled in.
+///
+/// # Errors
+/// As [`load_rules`], or a webhook setting out of range.
+pub fn check(file: &JobFile) -> anyhow::Result<()> {
+    let catalog = crate::load_catalog(None)?;
+    let registry = eventbus_schemas::FileRegistry::embedded()?;
+    load_rules(file, &catalog, &registry, None)?;
+    let schema = registry
+        .latest_of("vehicle.alerts.v1-value")
+        .context("the Alert schema is not registered")?;
+    webhook::Webhooks::new(&file.webhook, None, "vehicle.alerts.v1", schema)
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
 /// What an alerting run did.
 #[derive(Debug, Clone)]
 pub struct AlertingReport {

@@ -116,7 +116,11 @@ impl Default for AnalyticsConfig {
 }
 
 impl AnalyticsConfig {
-    fn check(&self) -> anyhow::Result<()> {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A setting out of range, named.
+    pub fn check(&self) -> anyhow::Result<()> {
         if self.window_ms < 1 {
             bail!(
                 "analytics.window_ms must be at least 1 (got {})",

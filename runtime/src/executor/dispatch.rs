@@ -140,7 +140,7 @@ impl<T: Send + 'static> Dispatch<T> {
         let n = batch.len() as u64;
         lane.state.register_batch(&mut batch, bytes);
         self.inner.job.stats().add_consumed(n);
-        crate::telemetry::records_in(&tp.topic, n);
+        crate::telemetry::records_in(self.job_name(), &tp.topic, n);
         if !batch.is_empty() {
             // The task only exits after its sender is dropped, so this cannot fail while
             // the lane is in the map; if it ever did, the records stay pending and are
@@ -258,11 +258,11 @@ impl<T: Send + 'static> Dispatch<T> {
             held += lane.state.held();
             let n = lane.state.take_delivered();
             if n > 0 {
-                crate::telemetry::records_out(&tp.topic, n);
+                crate::telemetry::records_out(self.job_name(), &tp.topic, n);
             }
         }
         drop(lanes);
-        crate::telemetry::flow(held, paused);
+        crate::telemetry::flow(self.job_name(), held, paused);
     }
 
     /// Stops feeding these partitions and drains them: queued records are processed, the
@@ -318,7 +318,7 @@ impl<T: Send + 'static> Dispatch<T> {
             state.mark_revoked();
             let n = state.take_delivered();
             if n > 0 {
-                crate::telemetry::records_out(&state.tp().topic, n);
+                crate::telemetry::records_out(self.job_name(), &state.tp().topic, n);
             }
             if let Some(o) = state.committable() {
                 finals.push((state.tp().clone(), o));
@@ -331,7 +331,7 @@ impl<T: Send + 'static> Dispatch<T> {
     /// Records that the given offsets were committed to the group.
     pub fn committed(&self, offsets: &[(TopicPartition, i64)]) {
         self.inner.job.stats().set_committed(offsets);
-        crate::telemetry::commit(offsets.len());
+        crate::telemetry::commit(self.job_name(), offsets.len());
     }
 
     /// Stops the job with an error.

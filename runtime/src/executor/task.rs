@@ -119,6 +119,7 @@ async fn run_partition<T, Op, K>(
                             job: part.job().name().to_owned(),
                             group: part.job().group().map(str::to_owned),
                         };
+                        crate::telemetry::dead_lettered(&letter);
                         let ack = Ack::new(part.clone(), offset, None);
                         letters.queue.send(letter, ack).await;
                     }
@@ -184,6 +185,7 @@ impl FailureHook for QueueHook {
             job: part.job().name().to_owned(),
             group: part.job().group().map(str::to_owned),
         };
+        crate::telemetry::dead_lettered(&letter);
         let ack = Ack::new(part, offset, None);
         let queue = self.queue.clone();
         self.runtime

@@ -142,6 +142,7 @@ impl ConsumerContext for SourceContext {
                     tracing::warn!(error = %e, "cannot resume newly assigned partitions");
                 }
                 self.dispatch.assigned(&assigned);
+                crate::telemetry::rebalance(self.dispatch.job_name(), "assign");
                 self.assignment.assign(assigned);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -197,7 +198,10 @@ pub(super) fn commit(
             return false;
         }
     }
-    match consumer.commit(&tpl, mode) {
+    let started = std::time::Instant::now();
+    let result = consumer.commit(&tpl, mode);
+    crate::telemetry::commit_duration(dispatch.job_name(), started.elapsed());
+    match result {
         Ok(()) => {
             tracing::debug!(
                 partitions = offsets.len(),

@@ -80,7 +80,10 @@ impl ParquetSink {
 
     /// Stages, commits and publishes what a partition holds, then acknowledges it.
     pub(super) async fn publish(&self, p: &mut PartBuf) -> Result<(), SinkError> {
+        let started = std::time::Instant::now();
         let result = self.try_publish(p).await;
+        metrics::histogram!("eventbus_warehouse_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             self.take_rows(p, usize::MAX)
                 .fail(|| flush_error(e.to_string()));
@@ -236,6 +239,13 @@ impl ParquetSink {
             topic = %tp.topic, partition = tp.partition, start, end, rows = entry.rows,
             files = entry.files.len(), "published Parquet files"
         );
+        let topic = tp.topic.to_string();
+        metrics::counter!("eventbus_warehouse_files_published_total", "topic" => topic.clone())
+            .increment(entry.files.len() as u64);
+        metrics::counter!("eventbus_warehouse_rows_published_total", "topic" => topic.clone())
+            .increment(entry.rows);
+        metrics::counter!("eventbus_warehouse_bytes_published_total", "topic" => topic)
+            .increment(entry.files.iter().map(|f| f.bytes).sum());
         Ok(Committed::Yes)
     }
 
