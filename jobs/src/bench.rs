@@ -18,20 +18,13 @@
 //! whole process's (the in-process mock broker included, for both sides alike), per
 //! million records.
 
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use eventbus_operators::DiscardSink;
-use eventbus_runtime::{Job, KafkaProperties, KafkaSource, SourceConfig};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use crate::config::JobFile;
-use crate::warehouse::WarehouseArgs;
+use crate::bench_sides::{analytics, bare_consumer, executor, warehouse, warehouse_root};
 use crate::{progress, topic_io};
 
 const TOPIC: &str = "bench.records.v1";
@@ -72,6 +65,9 @@ pub struct BenchOptions {
     pub rounds: u32,
     /// Hide progress bars.
     pub quiet: bool,
+    /// discard: measure the Prometheus exporter's cost instead: the discard job with the
+    /// exporter recording (and scraped every second) against the same job with it off.
+    pub exporter: bool,
 }
 
 impl Default for BenchOptions {
@@ -84,6 +80,7 @@ impl Default for BenchOptions {
             value_size: 256,
             rounds: 3,
             quiet: false,
+            exporter: false,
         }
     }
 }
@@ -134,6 +131,8 @@ pub mod goals {
     pub const MOCK_RECORDS_PER_SEC: f64 = 1_000_000.0;
     /// The analytics job's CPU per record over the discard job's, at most.
     pub const ANALYTICS_CPU_RATIO: f64 = 2.0;
+    /// The discard job's CPU per record with the Prometheus exporter on, over off.
+    pub const EXPORTER_CPU_RATIO: f64 = 1.05;
 }
 
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
@@ -234,7 +233,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let (mut bare_cpu, mut exec_cpu) = (f64::INFINITY, f64::INFINITY);
     for round in 0..opts.rounds {
         let start = cpu_seconds();
-        let b = if opts.job == BenchJob::Analytics {
+        let b = if opts.exporter {
+            let group = format!("bench-exporter-off-{run_id}-{round}");
+            crate::bench_alerting::with_exporter(false, executor(&brokers, &topic, &group, n))
+                .await?
+        } else if opts.job == BenchJob::Analytics {
             // The baseline is the discard job on the same topic.
             let group = format!("bench-discard-{run_id}-{round}");
             executor(&brokers, &topic, &group, n).await?
@@ -256,6 +259,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         let mid = cpu_seconds();
         let group = format!("bench-{}-{run_id}-{round}", side_name(opts.job));
         let e = match opts.job {
+            _ if opts.exporter => {
+                crate::bench_alerting::with_exporter(true, executor(&brokers, &topic, &group, n))
+                    .await?
+            }
             BenchJob::Discard | BenchJob::Alerting => executor(&brokers, &topic, &group, n).await?,
             BenchJob::Warehouse => warehouse(&brokers, &topic, &group, n).await?,
             BenchJob::Analytics => {
@@ -288,8 +295,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         eprintln!(
             "round {}: {} {b:>10.0} records/s {b_cpu:>6.2} cpu-s/M   {} {e:>10.0} records/s {e_cpu:>6.2} cpu-s/M",
             round + 1,
-            baseline_name(opts.job),
-            side_name(opts.job)
+            if opts.exporter { "off" } else { baseline_name(opts.job) },
+            side_label(opts.job, opts.exporter)
         );
         bare = bare.max(b);
         exec = exec.max(e);
@@ -341,10 +348,12 @@ fn encode_cost(id: u32, json: &str, values: &[Bytes], rows_per_file: usize) -> a
 
 /// The run's figures as text, each ratio beside its goal.
 pub fn render(r: &BenchResult, opts: &BenchOptions) -> String {
-    let side = side_name(opts.job);
+    let side = side_label(opts.job, opts.exporter);
     let mark = |ok: bool| if ok { "met" } else { "not met" };
     let wall_ok = r.ratio >= goals::WALL_RATIO;
-    let (base_label, short) = if opts.job == BenchJob::Analytics {
+    let (base_label, short) = if opts.exporter {
+        ("discard, exporter off", "off")
+    } else if opts.job == BenchJob::Analytics {
         ("eventbus discard job ", "discard")
     } else {
         ("bare rdkafka consumer ", "bare")
@@ -367,6 +376,7 @@ pub fn render(r: &BenchResult, opts: &BenchOptions) -> String {
         r.cpu_ratio,
     );
     let cpu_goal = match opts.job {
+        _ if opts.exporter => Some(goals::EXPORTER_CPU_RATIO),
         BenchJob::Discard => Some(goals::DISCARD_CPU_RATIO),
         BenchJob::Analytics => Some(goals::ANALYTICS_CPU_RATIO),
         BenchJob::Warehouse | BenchJob::Alerting => None,
@@ -412,6 +422,13 @@ pub fn render(r: &BenchResult, opts: &BenchOptions) -> String {
 
 /// What the executor's side is called in reports.
 pub fn side_name(job: BenchJob) -> &'static str {
+    side_label(job, false)
+}
+
+fn side_label(job: BenchJob, exporter: bool) -> &'static str {
+    if exporter {
+        return "exporter on";
+    }
     match job {
         BenchJob::Discard => "executor",
         BenchJob::Warehouse => "warehouse",
@@ -426,149 +443,6 @@ fn baseline_name(job: BenchJob) -> &'static str {
         BenchJob::Analytics => "discard",
         BenchJob::Discard | BenchJob::Warehouse | BenchJob::Alerting => "bare",
     }
-}
-
-/// The analytics job in batch mode with internal and output topics `names` (partials,
-/// progress, output); records/s from its first record to its return (every
-/// fleet-minute emitted and committed).
-async fn analytics(
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    names: &[String],
-    n: u64,
-) -> anyhow::Result<f64> {
-    let mut file = JobFile::default();
-    file.kafka.set("bootstrap.servers", brokers);
-    file.kafka.apply_env(std::env::vars());
-    file.source = Some(SourceConfig::new(group, Vec::<String>::new()));
-    file.analytics = Some(crate::analytics::AnalyticsConfig {
-        input: topic.to_owned(),
-        partials: names[0].clone(),
-        progress: names[1].clone(),
-        output: names[2].clone(),
-        dead_letters: false,
-        ..Default::default()
-    });
-    let start = Instant::now();
-    let args = crate::analytics::AnalyticsArgs {
-        until_caught_up: true,
-    };
-    let report = tokio::time::timeout(
-        Duration::from_secs(600),
-        crate::analytics::run(&file, &args, std::future::pending()),
-    )
-    .await
-    .context("the analytics side did not finish within 600 s")??;
-    if report.partials.consumed < n {
-        bail!(
-            "the analytics job read only {} of {n} records",
-            report.partials.consumed
-        );
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64().max(1e-9))
-}
-
-fn bare_consumer(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()?;
-    consumer.subscribe(&[topic])?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut first = None;
-    let (mut count, mut bytes) = (0u64, 0usize);
-    while count < n {
-        if Instant::now() > deadline {
-            bail!("bare consumer read only {count} of {n} records");
-        }
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            bytes += m.payload().map_or(0, <[u8]>::len);
-            count += 1;
-        }
-    }
-    std::hint::black_box(bytes);
-    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    Ok(n as f64 / secs.max(1e-9))
-}
-
-async fn executor(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
-    let mut kafka = KafkaProperties::new();
-    kafka.set("bootstrap.servers", brokers);
-    kafka.apply_env(std::env::vars());
-    let job = Job::builder("bench")
-        .source(KafkaSource::new(kafka, SourceConfig::new(group, [topic])))
-        .map(|v: Bytes| v)
-        .sink(DiscardSink)
-        .build()?;
-    let stats = job.stats();
-    let timing = tokio::spawn(async move {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut first = None;
-        while stats.delivered() < n && Instant::now() < deadline {
-            if first.is_none() && stats.consumed() > 0 {
-                first = Some(Instant::now());
-            }
-
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (first.map(|t| t.elapsed().as_secs_f64()), stats.delivered())
-    });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(job.run(async move {
-        let _ = rx.await;
-    }));
-    let (secs, delivered) = timing.await?;
-    let _ = tx.send(());
-    run.await??;
-    if delivered < n {
-        bail!("executor delivered only {delivered} of {n} records");
-    }
-    Ok(n as f64 / secs.unwrap_or(0.0).max(1e-9))
-}
-
-/// The scratch table of one warehouse round.
-fn warehouse_root(group: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("eventbus-bench-{group}"))
-}
-
-/// The warehouse job in batch mode into a scratch table; records/s from its first record
-/// to its return (all published and committed).
-async fn warehouse(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
-    let root = warehouse_root(group);
-    let mut file = JobFile::default();
-    file.kafka.set("bootstrap.servers", brokers);
-    file.kafka.apply_env(std::env::vars());
-    file.source = Some(SourceConfig::new(group, [topic]));
-    let args = WarehouseArgs {
-        topics: Vec::new(),
-        table_root: Some(root.display().to_string()),
-        until_caught_up: true,
-    };
-    let job = tokio::task::block_in_place(|| crate::warehouse::job(&file, &args))?;
-    let stats = job.stats();
-    let first = tokio::spawn(async move {
-        while stats.consumed() == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Instant::now()
-    });
-    let report = tokio::time::timeout(Duration::from_secs(600), job.run(std::future::pending()))
-        .await
-        .context("the warehouse side did not finish within 600 s")??;
-    let end = Instant::now();
-    let first = first.await?;
-    if report.consumed < n {
-        bail!(
-            "the warehouse job read only {} of {n} records",
-            report.consumed
-        );
-    }
-    Ok(n as f64 / end.duration_since(first).as_secs_f64().max(1e-9))
 }
 
 /// `eventbus bench`: runs the measurement and prints it (or JSON).
@@ -599,6 +473,7 @@ pub async fn command(args: crate::cli::BenchArgs) -> anyhow::Result<()> {
         value_size: args.value_size,
         rounds: args.rounds.max(1),
         quiet: args.json,
+        exporter: args.exporter,
     };
     let r = run(&opts).await?;
     if args.json {

@@ -315,6 +315,33 @@ async fn job(
     Ok(taken)
 }
 
+/// Runs `side` with the Prometheus exporter recording (and scraped every second, as a
+/// busy Prometheus would) or not: `bench --job discard --exporter`.
+///
+/// # Errors
+/// As `side`, or the exporter cannot be installed.
+pub async fn with_exporter<T>(
+    on: bool,
+    side: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let handle = crate::serve::exporter()?;
+    crate::serve::set_recording(on);
+    let scraper = on.then(|| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                std::hint::black_box(handle.render());
+            }
+        })
+    });
+    let result = side.await;
+    if let Some(s) = scraper {
+        s.abort();
+    }
+    crate::serve::set_recording(true);
+    result
+}
+
 /// Runs the alerting bench.
 ///
 /// # Errors

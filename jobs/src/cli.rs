@@ -366,6 +366,10 @@ pub struct BenchArgs {
     /// Alternating rounds per side; the best of each is reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// discard: measure the Prometheus exporter instead: the discard job with the
+    /// exporter on (scraped every second) against off, CPU per record as a ratio.
+    #[arg(long)]
+    pub exporter: bool,
     /// alerting: events per second produced while latency is measured.
     #[arg(long, default_value_t = 10_000)]
     pub rate: u64,

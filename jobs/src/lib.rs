@@ -11,6 +11,7 @@ mod alter_configs;
 pub mod analytics;
 pub mod bench;
 pub mod bench_alerting;
+mod bench_sides;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -10,6 +10,7 @@
 //!   none done for `stall_after_ms`). The body says which job and partition.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 
@@ -45,6 +47,49 @@ impl Default for TelemetryConfig {
 pub const ENV_METRICS_ADDR: &str = "EVENTBUS_METRICS_ADDR";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// The Prometheus recorder behind a switch: when off, every metric call gets a no-op
+/// handle, as with no recorder at all (the benchmark measures the difference).
+struct Switch(metrics_exporter_prometheus::PrometheusRecorder);
+
+impl metrics::Recorder for Switch {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_counter(key, unit, description);
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_gauge(key, unit, description);
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_histogram(key, unit, description);
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        if ENABLED.load(Ordering::Relaxed) {
+            self.0.register_counter(key, metadata)
+        } else {
+            Counter::noop()
+        }
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        if ENABLED.load(Ordering::Relaxed) {
+            self.0.register_gauge(key, metadata)
+        } else {
+            Gauge::noop()
+        }
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        if ENABLED.load(Ordering::Relaxed) {
+            self.0.register_histogram(key, metadata)
+        } else {
+            Histogram::noop()
+        }
+    }
+}
+
+/// Switches recording on (the default once installed) or off.
+pub fn set_recording(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
 
 /// Installs the process's Prometheus recorder (once) and returns its handle.
 ///
@@ -56,14 +101,26 @@ pub fn exporter() -> anyhow::Result<PrometheusHandle> {
     }
     // Buckets, so histograms render as Prometheus histograms (histogram_quantile works
     // across instances) rather than per-process summaries.
-    let handle = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0, 60.0,
         ])
         .context("histogram buckets")?
-        .install_recorder()
-        .context("cannot install the Prometheus recorder")?;
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(Switch(recorder))
+        .map_err(|e| anyhow::anyhow!("cannot install the Prometheus recorder: {e}"))?;
+    // Histograms keep their samples until upkeep folds them into buckets.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
