@@ -6,11 +6,11 @@ S3 := scripts/test-s3.sh
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 EVENTBUS_BIN := $(TARGET_DIR)/debug/eventbus
 
-.PHONY: test lint unit schemas-check ops-check real-broker demo bench clean-broker dev dev.down
+.PHONY: test lint unit schemas-check ops-check real-broker dev-native-check demo bench clean-broker dev dev.down dev.native dev.native.down
 
 ## Everything: lint, unit and mock-cluster tests, the schema compatibility check, then
 ## the real-broker tests on tansu.
-test: lint unit schemas-check ops-check real-broker
+test: lint unit schemas-check ops-check real-broker dev-native-check
 
 ## Formatting and clippy, warnings as errors.
 lint:
@@ -41,6 +41,22 @@ dev:
 
 dev.down:
 	docker-compose down
+
+## The same jobs without Docker, against tansu and the S3 server on 127.0.0.1, with a
+## generator; prints each job's metrics address. `make dev.native.down` stops them.
+dev.native:
+	$(CARGO) build -p eventbus-jobs --bin eventbus
+	scripts/dev-native.sh start $(EVENTBUS_BIN)
+
+dev.native.down:
+	scripts/dev-native.sh stop
+
+## Runs dev.native for about a minute: every job ready and answering /metrics.
+dev-native-check:
+	$(CARGO) build -p eventbus-jobs --bin eventbus
+	@set -e; trap 'scripts/dev-native.sh stop >/dev/null 2>&1' EXIT; \
+	scripts/dev-native.sh start $(EVENTBUS_BIN); \
+	scripts/dev-native.sh check; sleep 45; scripts/dev-native.sh check
 
 ## Installs tansu and the S3 server if missing (cached), starts both, and runs each
 ## real-broker test binary on a fresh tansu of its own, then stops them. (tansu 0.6's

@@ -391,10 +391,14 @@ pub async fn command(
         };
         file.source = Some(eventbus_runtime::SourceConfig::new(DEFAULT_GROUP, topics));
         file.apply(std::env::vars(), overrides);
-    } else if !args.topics.is_empty()
-        && let Some(src) = &mut file.source
-    {
-        src.topics = args.topics.clone();
+    } else if let Some(src) = &mut file.source {
+        if !args.topics.is_empty() {
+            src.topics = args.topics.clone();
+        } else if src.topics.is_empty() {
+            // A [source] that names a group but no topics: every catalog topic's DLQ.
+            let catalog = crate::load_catalog(None)?;
+            src.topics = catalog.topics.iter().map(|t| t.dlq_topic()).collect();
+        }
     }
     let processor = job(&file)?;
     let counts = processor.counts.clone();
