@@ -18,7 +18,6 @@
 //! whole process's (the in-process mock broker included, for both sides alike), per
 //! million records.
 
-
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use rdkafka::mocking::MockCluster;
@@ -295,7 +294,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         eprintln!(
             "round {}: {} {b:>10.0} records/s {b_cpu:>6.2} cpu-s/M   {} {e:>10.0} records/s {e_cpu:>6.2} cpu-s/M",
             round + 1,
-            if opts.exporter { "off" } else { baseline_name(opts.job) },
+            if opts.exporter {
+                "off"
+            } else {
+                baseline_name(opts.job)
+            },
             side_label(opts.job, opts.exporter)
         );
         bare = bare.max(b);

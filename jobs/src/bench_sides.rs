@@ -55,7 +55,12 @@ pub(crate) async fn analytics(
     Ok(n as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
-pub(crate) fn bare_consumer(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
+pub(crate) fn bare_consumer(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+) -> anyhow::Result<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -82,7 +87,12 @@ pub(crate) fn bare_consumer(brokers: &str, topic: &str, group: &str, n: u64) -> 
     Ok(n as f64 / secs.max(1e-9))
 }
 
-pub(crate) async fn executor(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
+pub(crate) async fn executor(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+) -> anyhow::Result<f64> {
     let mut kafka = KafkaProperties::new();
     kafka.set("bootstrap.servers", brokers);
     kafka.apply_env(std::env::vars());
@@ -124,7 +134,12 @@ pub(crate) fn warehouse_root(group: &str) -> std::path::PathBuf {
 
 /// The warehouse job in batch mode into a scratch table; records/s from its first record
 /// to its return (all published and committed).
-pub(crate) async fn warehouse(brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<f64> {
+pub(crate) async fn warehouse(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+) -> anyhow::Result<f64> {
     let root = warehouse_root(group);
     let mut file = JobFile::default();
     file.kafka.set("bootstrap.servers", brokers);
