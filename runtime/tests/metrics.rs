@@ -1,4 +1,4 @@
-//! The executor reports through the `metrics` facade: records in and out per topic.
+//! The executor reports through the `metrics` facade: records in and out per job and topic.
 //! Its own test binary, because it installs the process-wide recorder.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
@@ -81,9 +81,9 @@ async fn records_in_and_out_are_counted_per_topic() {
             .get(k)
             .map_or(0, |c| c.0.load(Ordering::Relaxed))
     };
-    assert_eq!(get(&format!("{RECORDS_IN}{{topic=a}}")), 100);
-    assert_eq!(get(&format!("{RECORDS_IN}{{topic=b}}")), 200);
+    assert_eq!(get(&format!("{RECORDS_IN}{{job=m,topic=a}}")), 100);
+    assert_eq!(get(&format!("{RECORDS_IN}{{job=m,topic=b}}")), 200);
     // Out counts what the sink acknowledged: the even values.
-    assert_eq!(get(&format!("{RECORDS_OUT}{{topic=a}}")), 50);
-    assert_eq!(get(&format!("{RECORDS_OUT}{{topic=b}}")), 100);
+    assert_eq!(get(&format!("{RECORDS_OUT}{{job=m,topic=a}}")), 50);
+    assert_eq!(get(&format!("{RECORDS_OUT}{{job=m,topic=b}}")), 100);
 }
