@@ -173,9 +173,21 @@ impl ProcessorSink {
 
     fn count(&self, topic: &str, category: &str, f: impl FnOnce(&mut Counts)) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        f(counts
+        let c = counts
             .entry((topic.to_owned(), category.to_owned()))
-            .or_default());
+            .or_default();
+        let before = *c;
+        f(c);
+        for (name, was, now) in [
+            ("eventbus_dlq_letters_total", before.letters, c.letters),
+            ("eventbus_dlq_replayed_total", before.replayed, c.replayed),
+            ("eventbus_dlq_parked_total", before.parked, c.parked),
+        ] {
+            if now > was {
+                metrics::counter!(name, "topic" => topic.to_owned(), "category" => category.to_owned())
+                    .increment(now - was);
+            }
+        }
     }
 
     async fn produce(

@@ -161,6 +161,8 @@ where
                 return Ok(());
             };
             let origin = record.origin();
+            metrics::counter!("eventbus_retry_attempts_total", "topic" => origin.topic.to_string())
+                .increment(1);
             let shown = eventbus_runtime::redact::redact(&origin, None, &error.to_string());
             tracing::warn!(
                 %origin, attempts, delay_ms = delay.as_millis() as u64,

@@ -353,6 +353,8 @@ where
     /// Counts a late record, and says so in the log at most every 10 s.
     fn count_late(&self, record: &Record<T>) {
         let n = self.inner.late.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!("eventbus_late_records_total", "topic" => record.topic.to_string())
+            .increment(1);
         let mut logged = self
             .inner
             .late_logged
@@ -453,6 +455,8 @@ where
         (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
     ) -> Result<(), SinkError> {
         let value = self.inner.agg.finish(&acc);
+        metrics::counter!("eventbus_windows_emitted_total", "topic" => tp.topic.to_string())
+            .increment(1);
         let outcome = send_result(&self.inner.out, tp, window, key, value, &holds).await?;
         let this = self.clone();
         let tp = tp.clone();

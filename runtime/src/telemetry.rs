@@ -32,6 +32,16 @@ pub(crate) fn lag(job: &str, topic: &str, partition: i32, lag: i64, committed: i
     metrics::gauge!(COMMITTED_OFFSET, &labels).set(committed as f64);
 }
 
+/// Bytes of the records in flight, job-wide.
+pub const IN_FLIGHT_BYTES: &str = "eventbus_in_flight_bytes";
+/// Now minus the Kafka timestamp of a record when the commit point passes it, by job:
+/// sampled once per partition and second, from the last record of a recent batch.
+pub const END_TO_END: &str = "eventbus_end_to_end_latency_seconds";
+
+pub(crate) fn end_to_end(job: &str, ms: i64) {
+    metrics::histogram!(END_TO_END, "job" => job.to_owned()).record(ms.max(0) as f64 / 1000.0);
+}
+
 /// Records sent to a dead-letter queue, by job, topic, stage and class.
 pub const DEAD_LETTERS: &str = "eventbus_dead_letters_total";
 
@@ -73,8 +83,9 @@ pub(crate) fn commit(job: &str, partitions: usize) {
     metrics::counter!(COMMITS, "job" => job.to_owned()).increment(partitions as u64);
 }
 
-pub(crate) fn flow(job: &str, in_flight: usize, paused: usize) {
+pub(crate) fn flow(job: &str, in_flight: usize, in_flight_bytes: usize, paused: usize) {
     metrics::gauge!(IN_FLIGHT, "job" => job.to_owned()).set(in_flight as f64);
+    metrics::gauge!(IN_FLIGHT_BYTES, "job" => job.to_owned()).set(in_flight_bytes as f64);
     metrics::gauge!(PAUSED_PARTITIONS, "job" => job.to_owned()).set(paused as f64);
 }
 

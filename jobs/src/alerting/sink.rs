@@ -478,6 +478,12 @@ impl Alerting {
                 .push(now - produced as f64);
         }
         if outcome.is_ok() {
+            metrics::counter!(
+                "eventbus_alerts_raised_total",
+                "rule" => raised.alert.rule.clone(),
+                "severity" => format!("{:?}", raised.alert.severity).to_uppercase(),
+            )
+            .increment(1);
             *self
                 .inner
                 .raised

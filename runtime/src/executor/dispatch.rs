@@ -42,6 +42,9 @@ struct Lane<T> {
     state: Arc<PartitionState>,
     tx: mpsc::UnboundedSender<Vec<Record<T>>>,
     task: JoinHandle<()>,
+    /// The last offset and Kafka timestamp of recent batches, for the end-to-end
+    /// latency metric: sampled when the commit point passes them.
+    stamps: std::collections::VecDeque<(i64, i64)>,
 }
 
 /// Pause and resume decisions for the source to apply at the consumer.
@@ -138,6 +141,12 @@ impl<T: Send + 'static> Dispatch<T> {
         let mut lanes = self.lanes();
         let lane = self.lane(&mut lanes, tp);
         let n = batch.len() as u64;
+        if let Some((offset, Some(ts))) = batch.last().map(|r| (r.offset, r.timestamp)) {
+            if lane.stamps.len() >= 64 {
+                lane.stamps.pop_front();
+            }
+            lane.stamps.push_back((offset, ts));
+        }
         lane.state.register_batch(&mut batch, bytes);
         self.inner.job.stats().add_consumed(n);
         crate::telemetry::records_in(self.job_name(), &tp.topic, n);
@@ -182,7 +191,12 @@ impl<T: Send + 'static> Dispatch<T> {
                     .clone()
                     .spawn_partition(&self.inner.runtime, state.clone(), rx);
             tracing::debug!(partition = %tp, "partition task started");
-            Lane { state, tx, task }
+            Lane {
+                state,
+                tx,
+                task,
+                stamps: std::collections::VecDeque::new(),
+            }
         })
     }
 
@@ -240,11 +254,33 @@ impl<T: Send + 'static> Dispatch<T> {
     /// Refreshes each partition's records waiting and done, for health probes (see
     /// [`crate::health`]).
     pub fn refresh_health(&self) {
-        let progress = self
-            .lanes()
+        let now = crate::dead_letter::now_ms();
+        let mut lanes = self.lanes();
+        let mut latencies = Vec::new();
+        for lane in lanes.values_mut() {
+            let Some(point) = lane.state.committable() else {
+                continue;
+            };
+            let mut passed = None;
+            while lane
+                .stamps
+                .front()
+                .is_some_and(|(offset, _)| *offset < point)
+            {
+                passed = lane.stamps.pop_front();
+            }
+            if let Some((_, ts)) = passed {
+                latencies.push(now.saturating_sub(ts));
+            }
+        }
+        let progress = lanes
             .iter()
             .map(|(tp, lane)| (tp.clone(), lane.state.progress()))
             .collect();
+        drop(lanes);
+        for ms in latencies {
+            crate::telemetry::end_to_end(self.job_name(), ms);
+        }
         self.inner.job.stats().set_progress(progress);
     }
 
@@ -254,15 +290,17 @@ impl<T: Send + 'static> Dispatch<T> {
         let lanes = self.lanes();
         let paused = lanes.values().filter(|l| l.state.is_paused()).count();
         let mut held = 0;
+        let mut held_bytes = 0;
         for (tp, lane) in lanes.iter() {
             held += lane.state.held();
+            held_bytes += lane.state.held_bytes();
             let n = lane.state.take_delivered();
             if n > 0 {
                 crate::telemetry::records_out(self.job_name(), &tp.topic, n);
             }
         }
         drop(lanes);
-        crate::telemetry::flow(self.job_name(), held, paused);
+        crate::telemetry::flow(self.job_name(), held, held_bytes, paused);
     }
 
     /// Stops feeding these partitions and drains them: queued records are processed, the
