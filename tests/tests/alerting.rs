@@ -259,6 +259,19 @@ message = "{{vehicle_id}} silent since {{event_time}}"
         (stop, handle)
     }
 
+    /// Every alert on the alerts topic, decoded.
+    fn alerts(&self) -> Vec<eventbus_schemas::events::Alert> {
+        use rdkafka::Message;
+        let decoder = eventbus_schemas::Decoder::new(Arc::new(
+            eventbus_schemas::FileRegistry::embedded().unwrap(),
+        ));
+        topic_io::read_all(&shared_brokers(), &self.alerts, Duration::from_secs(30))
+            .unwrap()
+            .iter()
+            .map(|m| decoder.decode_typed(m.payload().unwrap(), None).unwrap())
+            .collect()
+    }
+
     fn check(&self) -> serde_json::Value {
         let schemas = eventbus_schemas::bundled_dir();
         let out = run_python(
@@ -516,20 +529,8 @@ max_attempts = 3
         "the receiver never went down: {} requests",
         requests.len()
     );
-    let alerts =
-        topic_io::read_all(&shared_brokers(), &fx.alerts, Duration::from_secs(30)).unwrap();
-    let ids: std::collections::BTreeSet<String> = alerts
-        .iter()
-        .map(|m| {
-            use rdkafka::Message;
-            let decoder = eventbus_schemas::Decoder::new(std::sync::Arc::new(
-                eventbus_schemas::FileRegistry::embedded().unwrap(),
-            ));
-            let a: eventbus_schemas::events::Alert =
-                decoder.decode_typed(m.payload().unwrap(), None).unwrap();
-            a.alert_id
-        })
-        .collect();
+    let ids: std::collections::BTreeSet<String> =
+        fx.alerts().into_iter().map(|a| a.alert_id).collect();
     assert_eq!(ids.len(), 40, "one alert per emergency");
     // Every alert was taken (200) by the flaky webhook, with its header.
     let ok = |path: &str| {
@@ -649,21 +650,7 @@ async fn sighup_reloads_the_rules_and_keeps_the_old_ones_when_the_file_is_wrong(
     })
     .await
     .unwrap();
-    let alerts =
-        topic_io::read_all(&shared_brokers(), &fx.alerts, Duration::from_secs(30)).unwrap();
-    let decoder = eventbus_schemas::Decoder::new(std::sync::Arc::new(
-        eventbus_schemas::FileRegistry::embedded().unwrap(),
-    ));
-    let rules: Vec<String> = alerts
-        .iter()
-        .map(|m| {
-            use rdkafka::Message;
-            decoder
-                .decode_typed::<eventbus_schemas::events::Alert>(m.payload().unwrap(), None)
-                .unwrap()
-                .rule
-        })
-        .collect();
+    let rules: Vec<String> = fx.alerts().into_iter().map(|a| a.rule).collect();
     assert_eq!(rules, vec!["moving".to_owned()]);
     let letters = topic_io::read_all(
         &shared_brokers(),

@@ -115,6 +115,21 @@ thread_local! {
     static ROOT: cel::Context<'static> = cel::Context::default();
 }
 
+/// `alert` in the wire format; a failure is Fatal (the schema is ours), naming `sink`.
+pub(crate) fn encode_alert(
+    schema: &(u32, Arc<apache_avro::Schema>),
+    alert: &Alert,
+    origin: &eventbus_runtime::Origin,
+    sink: &'static str,
+) -> Result<Vec<u8>, SinkError> {
+    eventbus_schemas::encode(schema.0, &schema.1, alert).map_err(|e| SinkError::Delivery {
+        sink,
+        origin: origin.clone(),
+        reason: format!("cannot encode alert {}: {e}", alert.alert_id),
+        class: ErrorClass::Fatal,
+    })
+}
+
 /// A deterministic alert id: a name-based UUID of the rule and the event's coordinates.
 pub fn alert_id(rule: &str, topic: &str, partition: i32, offset: i64) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5e0b_a1e7_9f3c_4d2a_8b6e_2f1d_c0a4_7e31);
@@ -518,14 +533,7 @@ impl Alerting {
             partition: tp.partition,
             offset: alert.source_offset,
         };
-        let bytes = eventbus_schemas::encode(out.schema.0, &out.schema.1, alert).map_err(|e| {
-            SinkError::Delivery {
-                sink: NAME,
-                origin: origin.clone(),
-                reason: format!("cannot encode alert {}: {e}", alert.alert_id),
-                class: ErrorClass::Fatal,
-            }
-        })?;
+        let bytes = encode_alert(&out.schema, alert, &origin, NAME)?;
         let mut record = Record::new(tp.topic.clone(), tp.partition, alert.source_offset, bytes);
         record.key = Some(Bytes::from(alert.vehicle_id.clone().into_bytes()));
         let (ack, kafka) = Ack::channel(origin.clone());

@@ -317,15 +317,7 @@ impl Webhooks {
             webhook = %spec.shown_url(), alert_id = %alert.alert_id, rule = %alert.rule,
             error = %error, "an alert exhausted its webhook retries; it goes to the DLQ"
         );
-        let value =
-            eventbus_schemas::encode(letters.schema.0, &letters.schema.1, alert).map_err(|e| {
-                SinkError::Delivery {
-                    sink: NAME,
-                    origin: origin.clone(),
-                    reason: format!("cannot encode alert {}: {e}", alert.alert_id),
-                    class: ErrorClass::Fatal,
-                }
-            })?;
+        let value = super::sink::encode_alert(&letters.schema, alert, origin, NAME)?;
         let mut record = Record::new(letters.alerts_topic.as_str(), -1, -1, Bytes::from(value));
         record.key = Some(Bytes::from(alert.vehicle_id.clone().into_bytes()));
         record.timestamp = Some(alert.raised_at);
