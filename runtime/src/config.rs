@@ -150,6 +150,32 @@ impl KafkaProperties {
         self.iter().filter(|(k, _)| !CONSUMER_ONLY.contains(k))
     }
 
+    /// The properties a consumer understands: these less the producer-only ones, which
+    /// one `[kafka]` section shares with the job's producers and librdkafka would warn
+    /// about on a consumer.
+    pub fn consumer_properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        const PRODUCER_ONLY: &[&str] = &[
+            "linger.ms",
+            "queue.buffering.max.ms",
+            "queue.buffering.max.messages",
+            "queue.buffering.max.kbytes",
+            "batch.num.messages",
+            "batch.size",
+            "acks",
+            "request.required.acks",
+            "enable.idempotence",
+            "compression.type",
+            "compression.codec",
+            "message.timeout.ms",
+            "delivery.timeout.ms",
+            "retries",
+            "message.send.max.retries",
+            "partitioner",
+            "transactional.id",
+        ];
+        self.iter().filter(|(k, _)| !PRODUCER_ONLY.contains(k))
+    }
+
     /// A librdkafka config for the producers that make records done (sinks, dead
     /// letters, replays): these properties less the consumer-only ones, with the
     /// idempotent producer and `acks=all` forced, and `linger.ms` 5 unless set.
@@ -325,6 +351,18 @@ mod tests {
         #[serde(default)]
         runtime: RuntimeConfig,
         source: SourceConfig,
+    }
+
+    #[test]
+    fn each_client_gets_only_the_properties_it_understands() {
+        let mut p = KafkaProperties::new();
+        p.set("bootstrap.servers", "b:9092")
+            .set("linger.ms", "1")
+            .set("fetch.wait.max.ms", "5");
+        let consumer: Vec<&str> = p.consumer_properties().map(|(k, _)| k).collect();
+        assert_eq!(consumer, ["bootstrap.servers", "fetch.wait.max.ms"]);
+        let producer: Vec<&str> = p.producer_properties().map(|(k, _)| k).collect();
+        assert_eq!(producer, ["bootstrap.servers", "linger.ms"]);
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let mut cfg = ClientConfig::new();
-        for (k, v) in props.iter() {
+        for (k, v) in props.consumer_properties() {
             cfg.set(k, v);
         }
         Ok(cfg)
