@@ -115,8 +115,12 @@ for m in read_all(emergency_topic):
 
 alert_schema = schema("Alert.avsc")
 got, copies, silent = {}, 0, []
+pii_leaks, masked = 0, 0
 for m in read_all(alerts_topic):
     a = decode(m.value(), alert_schema)
+    # driver_id is the catalog's PII field of vehicle.state.v1: never in a message.
+    pii_leaks += "driver-" in a["message"]
+    masked += "driver ***" in a["message"]
     if m.key().decode() != a["vehicle_id"]:
         raise SystemExit(f"alert {a['alert_id']} keyed {m.key()!r}, not by its vehicle")
     if a["rule"] == "silent":
@@ -133,6 +137,8 @@ summary = {
     "expected": len(expected),
     "got": len(got),
     "copies": copies,
+    "pii_leaks": pii_leaks,
+    "masked": masked,
     "by_rule": {r: sum(1 for v in expected.values() if v[0] == r) for r in ["speeding", "low_battery", "emergency"]},
     "missing": missing[:10],
     "extra": extra[:10],

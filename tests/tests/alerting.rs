@@ -382,6 +382,9 @@ async fn three_sigkills_then_the_alerts_equal_those_computed_from_the_input() {
     eprintln!("alerts check: {summary}");
     assert_eq!(summary["missing"], serde_json::json!([]), "{summary}");
     assert_eq!(summary["extra"], serde_json::json!([]), "{summary}");
+    // The speeding message names {driver_id}, a PII field: masked in every copy.
+    assert_eq!(summary["pii_leaks"], 0, "{summary}");
+    assert!(summary["masked"].as_u64().unwrap() > 0, "{summary}");
     // 6 sustained speeders twice, 6 drivers with low batteries twice (the charging one
     // never), every emergency.
     assert_eq!(
