@@ -432,12 +432,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn install_redactor(file: &crate::config::JobFile) -> anyhow::Result<()> {
     use std::sync::Arc;
 
-    use eventbus_schemas::{FileRegistry, SchemaRegistry};
     let pii = file.pii()?;
-    let registry: Arc<dyn SchemaRegistry> = match file.registry.http()? {
-        Some(http) => Arc::new(http),
-        None => Arc::new(FileRegistry::embedded()?),
-    };
+    let registry = file.registry.client()?;
     eventbus_runtime::redact::install(Arc::new(eventbus_dlq::pii::PiiRedactor::new(
         pii,
         registry,

@@ -106,6 +106,18 @@ pub struct RegistryConfig {
 }
 
 impl RegistryConfig {
+    /// The registry jobs look writer schemas up in: the HTTP one this section names, else
+    /// the file registry compiled in.
+    ///
+    /// # Errors
+    /// As [`RegistryConfig::http`], or the compiled-in registry does not load.
+    pub fn client(&self) -> anyhow::Result<std::sync::Arc<dyn eventbus_schemas::SchemaRegistry>> {
+        Ok(match self.http()? {
+            Some(http) => std::sync::Arc::new(http),
+            None => std::sync::Arc::new(eventbus_schemas::FileRegistry::embedded()?),
+        })
+    }
+
     /// The HTTP registry client this section describes, or `None` for the file registry.
     ///
     /// # Errors
@@ -154,6 +166,15 @@ impl JobFile {
             .unwrap_or_default()
             .with_catalog(&catalog)
             .pii)
+    }
+
+    /// A job file without `[source]` gets one: group `group`, these topics, then the same
+    /// environment and command-line overrides as any job.
+    pub fn default_source(&mut self, group: &str, topics: Vec<String>, overrides: &Overrides) {
+        if self.source.is_none() {
+            self.source = Some(SourceConfig::new(group, topics));
+            self.apply(std::env::vars(), overrides);
+        }
     }
 
     /// Reads and parses a job file, then applies the environment and the overrides.

@@ -476,14 +476,7 @@ pub async fn command(
     overrides: &crate::config::Overrides,
     args: crate::cli::RunArgs,
 ) -> anyhow::Result<()> {
-    // No [source]: the default group, then the same overrides as any job.
-    if file.source.is_none() {
-        file.source = Some(eventbus_runtime::SourceConfig::new(
-            DEFAULT_GROUP,
-            Vec::<String>::new(),
-        ));
-        file.apply(std::env::vars(), overrides);
-    }
+    file.default_source(DEFAULT_GROUP, Vec::new(), overrides);
     let args = WarehouseArgs {
         topics: args.topics,
         table_root: args.table_root,

@@ -88,16 +88,6 @@ impl<H> Incidents<H> {
             .saturating_sub(self.timing.out_of_orderness_ms)
     }
 
-    /// Keys with state.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether no key has state.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// The event at `offset`, at `event_ms`, arrived: moves the watermark and ends the
     /// states it has passed.
     pub fn advance(&mut self, offset: i64, event_ms: i64) {

@@ -242,13 +242,10 @@ pub fn low_latency(kafka: &mut eventbus_runtime::KafkaProperties) {
 ///
 /// # Errors
 /// A rule, webhook or topic that is wrong, named.
-pub fn sink(file: &JobFile, record_latency: bool) -> anyhow::Result<(Alerting, Vec<String>)> {
+pub fn sink(file: &JobFile, record_latency: bool) -> anyhow::Result<Built> {
     let config = file.alerting.clone().unwrap_or_default();
     let catalog = crate::load_catalog(None)?;
-    let registry: Arc<dyn SchemaRegistry> = match file.registry.http()? {
-        Some(http) => Arc::new(http),
-        None => Arc::new(eventbus_schemas::FileRegistry::embedded()?),
-    };
+    let registry = file.registry.client()?;
     let (rules, schemas) = load_rules(file, &catalog, registry.as_ref(), None)?;
     if let Some(unknown) = config.topics.keys().find(|t| catalog.topic(t).is_none()) {
         bail!("[alerting] topics names {unknown:?}, which is not a catalog topic");
@@ -282,12 +279,15 @@ pub fn sink(file: &JobFile, record_latency: bool) -> anyhow::Result<(Alerting, V
         .ok()
         .flatten()
         .with_context(|| format!("subject {alert_subject} is not registered"))?;
-    let letters: Option<Arc<dyn eventbus_runtime::DeadLetterQueue>> = if config.dead_letters {
-        Some(Arc::new(dead_letters(file, &catalog, registry.clone())?))
-    } else {
-        None
-    };
-    let webhooks = webhook::Webhooks::new(&file.webhook, letters, &config.output, schema.clone())
+    // One dead-letter producer for both: undecodable events and refused alerts.
+    let letters = config
+        .dead_letters
+        .then(|| dead_letters(file, &catalog, registry.clone()))
+        .transpose()?;
+    let queue = letters
+        .clone()
+        .map(|l| Arc::new(l) as Arc<dyn eventbus_runtime::DeadLetterQueue>);
+    let webhooks = webhook::Webhooks::new(&file.webhook, queue, &config.output, schema.clone())
         .map_err(anyhow::Error::msg)?;
     let kafka = KafkaSink::new(&file.kafka, KafkaSinkConfig::new(config.output.clone()))?;
     tokio::task::block_in_place(|| kafka.check_topic(Duration::from_secs(30)))?;
@@ -302,10 +302,21 @@ pub fn sink(file: &JobFile, record_latency: bool) -> anyhow::Result<(Alerting, V
         schema,
         webhooks,
     };
-    Ok((
-        Alerting::new(rules, readers, timing, outputs, record_latency),
+    Ok(Built {
+        alerting: Alerting::new(rules, readers, timing, outputs, record_latency),
         topics,
-    ))
+        letters,
+    })
+}
+
+/// The job's sink, the topics it reads, and its dead-letter producer (when on).
+pub struct Built {
+    /// The sink.
+    pub alerting: Alerting,
+    /// The topics to subscribe to, as named on this cluster.
+    pub topics: Vec<String>,
+    /// Where undecodable events go (the webhooks' refused alerts share it).
+    pub letters: Option<KafkaDeadLetters>,
 }
 
 fn dead_letters(
@@ -351,8 +362,11 @@ pub async fn run_with(
     let mut file = file.clone();
     file.kafka.require_brokers()?;
     low_latency(&mut file.kafka);
-    let config = file.alerting.clone().unwrap_or_default();
-    let (alerting, topics) = sink(&file, args.record_latency)?;
+    let Built {
+        alerting,
+        topics,
+        letters,
+    } = sink(&file, args.record_latency)?;
     let group = file
         .source
         .as_ref()
@@ -361,11 +375,8 @@ pub async fn run_with(
     let mut job = Job::builder("alerting")
         .config(file.runtime.clone())
         .source(KafkaSource::new(file.kafka.clone(), source));
-    if config.dead_letters {
-        let catalog = crate::load_catalog(None)?;
-        let registry: Arc<dyn SchemaRegistry> =
-            Arc::new(eventbus_schemas::FileRegistry::embedded()?);
-        job = job.dead_letters(dead_letters(&file, &catalog, registry)?);
+    if let Some(letters) = letters {
+        job = job.dead_letters(letters);
     }
     let job = job.sink(alerting.clone()).build()?;
     tracing::info!(
@@ -418,10 +429,7 @@ async fn reloads(alerting: Alerting, args: AlertingArgs, topics: Vec<String>) {
 fn reload(alerting: &Alerting, args: &AlertingArgs, topics: &[String]) -> anyhow::Result<usize> {
     let file = JobFile::load(args.config_path.as_deref(), &args.overrides)?;
     let catalog = crate::load_catalog(None)?;
-    let registry: Arc<dyn SchemaRegistry> = match file.registry.http()? {
-        Some(http) => Arc::new(http),
-        None => Arc::new(eventbus_schemas::FileRegistry::embedded()?),
-    };
+    let registry = file.registry.client()?;
     let old = alerting.rules();
     let (rules, schemas) = load_rules(&file, &catalog, registry.as_ref(), Some(&old))?;
     let config = file.alerting.clone().unwrap_or_default();
@@ -445,10 +453,7 @@ pub async fn command(
     overrides: &Overrides,
     args: crate::cli::RunArgs,
 ) -> anyhow::Result<()> {
-    if file.source.is_none() {
-        file.source = Some(SourceConfig::new(DEFAULT_GROUP, Vec::<String>::new()));
-        file.apply(std::env::vars(), overrides);
-    }
+    file.default_source(DEFAULT_GROUP, Vec::new(), overrides);
     let report = run(
         &file,
         &AlertingArgs {

@@ -222,11 +222,6 @@ impl TopicSchema {
             .unwrap_or_default()
     }
 
-    /// Whether the topic's events have the top-level field `name`.
-    pub fn has(&self, name: &str) -> bool {
-        self.field(&[name.to_owned()]).is_some()
-    }
-
     /// The record a value of `schema` is (through a nullable union or a reference).
     fn record_of<'a>(
         &'a self,

@@ -283,9 +283,7 @@ impl Alerting {
         Alert {
             alert_id: alert_id(&rule.spec.name, &tp.topic, tp.partition, offset),
             vehicle_id: key.to_owned(),
-            fleet_id: field(value, &["fleet_id".to_owned()])
-                .map(text)
-                .unwrap_or_default(),
+            fleet_id: field(value, &["fleet_id"]).map(text).unwrap_or_default(),
             raised_at,
             severity: severity(rule.spec.severity),
             rule: rule.spec.name.clone(),
@@ -307,7 +305,7 @@ impl Alerting {
         let Some(reader) = self.inner.topics.get(&*record.topic) else {
             return Vec::new();
         };
-        let event_ms = field(value, &["event_time".to_owned()])
+        let event_ms = field(value, &["event_time"])
             .and_then(millis)
             .or(record.timestamp)
             .unwrap_or_else(eventbus_runtime::dead_letter::now_ms);

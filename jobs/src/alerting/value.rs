@@ -56,9 +56,10 @@ fn map<'a>(entries: impl Iterator<Item = (&'a str, &'a Avro)>) -> Cel {
 }
 
 /// The value at a dotted path of a record, through nullable unions.
-pub fn field<'a>(value: &'a Avro, path: &[String]) -> Option<&'a Avro> {
+pub fn field<'a, S: AsRef<str>>(value: &'a Avro, path: &[S]) -> Option<&'a Avro> {
     let mut at = value;
     for step in path {
+        let step = step.as_ref();
         at = match unwrap(at) {
             Avro::Record(fields) => fields.iter().find(|(n, _)| n == step).map(|(_, v)| v)?,
             Avro::Map(entries) => entries.get(step)?,

@@ -235,16 +235,6 @@ impl Webhooks {
         })
     }
 
-    /// How many webhooks there are.
-    pub fn len(&self) -> usize {
-        self.hooks.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.hooks.is_empty()
-    }
-
     /// POSTs `alert` to every webhook that takes it, retrying; an alert a webhook never
     /// took goes to the DLQ. Done once each webhook has it or its letter is durable.
     ///

@@ -550,10 +550,7 @@ pub async fn command(
     overrides: &crate::config::Overrides,
     args: crate::cli::RunArgs,
 ) -> anyhow::Result<()> {
-    if file.source.is_none() {
-        file.source = Some(SourceConfig::new(DEFAULT_GROUP, Vec::<String>::new()));
-        file.apply(std::env::vars(), overrides);
-    }
+    file.default_source(DEFAULT_GROUP, Vec::new(), overrides);
     let report = run(
         &file,
         &AnalyticsArgs {
