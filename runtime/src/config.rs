@@ -88,9 +88,55 @@ pub(crate) fn config_error(key: &str, reason: impl Into<String>) -> RuntimeError
 
 /// librdkafka properties, passed through as given (`"session.timeout.ms" = 6000`).
 /// Strings, integers, floats and booleans are accepted and handed over as strings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+///
+/// A property whose name ends in `_file` names a file holding the value of the property
+/// without that suffix (`"sasl.password_file" = "/run/secrets/kafka"`), as container
+/// secrets are mounted; [`KafkaProperties::read_secret_files`] reads them. Secret values
+/// (passwords, keys, OAuth secrets: see [`is_secret`]) never appear in this type's
+/// `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "BTreeMap<String, toml::Value>")]
 pub struct KafkaProperties(BTreeMap<String, String>);
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.iter()
+                    .map(|(k, v)| (k, if is_secret(k) { MASK } else { v })),
+            )
+            .finish()
+    }
+}
+
+/// What a secret value reads as wherever eventbus shows a setting.
+pub const MASK: &str = "***";
+
+/// Whether a librdkafka property (or another setting, by its name) holds a secret:
+/// passwords, passphrases, secrets, tokens, private keys and the OAUTHBEARER
+/// configuration. Such values are never logged or shown.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let key = key.strip_suffix("_file").unwrap_or(&key);
+    ["password", "passphrase", "secret", "token"]
+        .iter()
+        .any(|word| key.contains(word))
+        || key == "sasl.oauthbearer.config"
+        || key == "ssl.key.pem"
+        || key == "ssl_key"
+}
+
+/// Reads a secret from a file named by a `*_file` setting: the whole file, less one
+/// trailing line end (as `echo secret > file` writes it).
+///
+/// # Errors
+/// The file cannot be read; the message names `setting` and the path, never the content.
+pub fn read_secret_file(setting: &str, path: &str) -> Result<String, RuntimeError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(setting, format!("cannot read the file {path:?}: {e}")))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
+}
 
 impl TryFrom<BTreeMap<String, toml::Value>> for KafkaProperties {
     type Error = String;
@@ -118,7 +164,8 @@ impl TryFrom<BTreeMap<String, toml::Value>> for KafkaProperties {
 /// Environment variable that sets `bootstrap.servers`.
 pub const ENV_BROKERS: &str = "EVENTBUS_BROKERS";
 /// Prefix of environment variables that set any librdkafka property:
-/// `EVENTBUS_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms`.
+/// `EVENTBUS_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms`, and
+/// `EVENTBUS_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka` sets `sasl.password_file`.
 pub const ENV_KAFKA_PREFIX: &str = "EVENTBUS_KAFKA_";
 
 impl KafkaProperties {
@@ -209,6 +256,45 @@ impl KafkaProperties {
         Ok(cfg)
     }
 
+    /// Replaces every `<property>_file` setting by `<property>` read from that file
+    /// (see [`read_secret_file`]). Call it once the file and the environment are applied.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] naming `kafka.<property>_file` and the path when the file
+    /// cannot be read.
+    pub fn read_secret_files(&mut self) -> Result<&mut Self, RuntimeError> {
+        let files: Vec<(String, String)> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k.ends_with("_file"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, path) in files {
+            let value = read_secret_file(&format!("kafka.{key}"), &path)?;
+            self.0.remove(&key);
+            let property = key.strip_suffix("_file").unwrap_or(&key).to_owned();
+            self.0.insert(property, value);
+        }
+        Ok(self)
+    }
+
+    /// A librdkafka config with every one of these properties: for clients that are
+    /// neither the job's consumer nor its durable producers (metadata, offsets, admin).
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut cfg = rdkafka::ClientConfig::new();
+        for (k, v) in self.iter() {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    /// Only `bootstrap.servers`.
+    pub fn with_brokers(brokers: &str) -> Self {
+        let mut p = Self::new();
+        p.set("bootstrap.servers", brokers);
+        p
+    }
+
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
@@ -265,7 +351,14 @@ impl KafkaProperties {
             } else if let Some(rest) = k.strip_prefix(ENV_KAFKA_PREFIX)
                 && !rest.is_empty()
             {
-                self.set(rest.to_ascii_lowercase().replace('_', "."), v);
+                let (name, file) = match rest.strip_suffix("_FILE") {
+                    Some(name) if !name.is_empty() => (name, "_file"),
+                    _ => (rest, ""),
+                };
+                self.set(
+                    format!("{}{file}", name.to_ascii_lowercase().replace('_', ".")),
+                    v,
+                );
             }
         }
         self
@@ -395,6 +488,51 @@ mod tests {
         assert_eq!(k.brokers(), Some("b:9092"));
         assert_eq!(k.get("fetch.max.bytes"), Some("1024"));
         assert_eq!(k.iter().count(), 4);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cr3t-value\n").expect("write");
+        let mut p = KafkaProperties::new();
+        p.set("security.protocol", "sasl_ssl").apply_env([(
+            "EVENTBUS_KAFKA_SASL_PASSWORD_FILE".to_owned(),
+            path.display().to_string(),
+        )]);
+        assert_eq!(
+            p.get("sasl.password_file"),
+            Some(path.display().to_string().as_str())
+        );
+        p.read_secret_files().expect("readable");
+        assert_eq!(p.get("sasl.password"), Some("s3cr3t-value"));
+        assert_eq!(p.get("sasl.password_file"), None);
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("sasl_ssl") && shown.contains(MASK),
+            "{shown}"
+        );
+        let mut missing = KafkaProperties::new();
+        missing.set("ssl.key.password_file", "/nonexistent/key-password");
+        let err = missing
+            .read_secret_files()
+            .expect_err("no such file")
+            .to_string();
+        assert!(
+            err.contains("kafka.ssl.key.password_file") && err.contains("/nonexistent"),
+            "{err}"
+        );
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+        ] {
+            assert!(is_secret(key), "{key}");
+        }
+        for key in ["sasl.username", "ssl.ca.location", "security.protocol"] {
+            assert!(!is_secret(key), "{key}");
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub mod source;
 pub mod telemetry;
 pub mod tracker;
 
-pub use config::{KafkaProperties, RuntimeConfig, SourceConfig};
+pub use config::{KafkaProperties, MASK, RuntimeConfig, SourceConfig, is_secret, read_secret_file};
 pub use dead_letter::{DeadLetter, DeadLetterQueue};
 pub use error::{Classify, ErrorClass, ProcessError, RuntimeError, SinkError};
 pub use executor::{Dispatch, Flow, JobReport, JobStats};

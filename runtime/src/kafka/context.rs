@@ -65,6 +65,9 @@ pub(super) struct SourceContext {
     pub(super) dispatch: Dispatch<Bytes>,
     pub(super) runtime: Handle,
     pub(super) assignment: Assignment,
+    /// What librdkafka's error callback said last: a start-up that cannot reach the
+    /// brokers names it (a failed TLS handshake, a refused login).
+    pub(super) last_error: super::LastError,
 }
 
 impl SourceContext {
@@ -73,11 +76,16 @@ impl SourceContext {
             dispatch,
             runtime,
             assignment: Assignment::default(),
+            last_error: super::LastError::default(),
         }
     }
 }
 
 impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.last_error.record(&error, reason);
+    }
+
     /// Each assigned partition's lag: the high watermark minus the group's committed
     /// offset (the low watermark when the group has committed none), as librdkafka
     /// last saw them.
@@ -102,6 +110,12 @@ impl ClientContext for SourceContext {
                 );
             }
         }
+    }
+}
+
+impl super::Remembers for SourceContext {
+    fn last_error(&self) -> &super::LastError {
+        &self.last_error
     }
 }
 

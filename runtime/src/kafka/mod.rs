@@ -9,6 +9,7 @@
 //! to another member.
 
 mod context;
+mod diagnose;
 pub mod headers;
 mod offsets;
 mod source;
@@ -20,6 +21,7 @@ use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
+pub use diagnose::{Diagnosing, LastError, Remembers, fetch_metadata};
 pub use offsets::{committed, topic_partitions, watermarks};
 pub use source::KafkaSource;
 

@@ -208,14 +208,13 @@ fn preflight(
     consumer: &BaseConsumer<SourceContext>,
 ) -> Result<(), RuntimeError> {
     let timeout = Duration::from_millis(src.config.startup_timeout_ms);
-    let metadata =
-        consumer
-            .fetch_metadata(None, timeout)
-            .map_err(|e| RuntimeError::BrokersUnreachable {
-                brokers: src.brokers(),
-                timeout_ms: src.config.startup_timeout_ms,
-                reason: e.to_string(),
-            })?;
+    let metadata = super::fetch_metadata(consumer, None, timeout).map_err(|reason| {
+        RuntimeError::BrokersUnreachable {
+            brokers: src.brokers(),
+            timeout_ms: src.config.startup_timeout_ms,
+            reason,
+        }
+    })?;
     for topic in &src.config.topics {
         super::topic_partitions(&metadata, topic, &src.brokers())?;
     }
