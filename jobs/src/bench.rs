@@ -176,7 +176,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
                 // As in production: the warehouse dead-letters what it cannot decode.
                 topics.push((dlq.as_str(), 1));
             }
-            topic_io::create_topics(b, &topics).await?;
+            topic_io::create_topics(&crate::bench_sides::kafka(b)?, &topics).await?;
             (None, b.clone(), topic)
         }
         None => {
@@ -196,7 +196,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         BenchJob::Discard | BenchJob::Alerting => {
             let value = vec![b'x'; opts.value_size];
             let records = (0..opts.messages).map(|i| (format!("k{}", i % 1000), value.clone()));
-            topic_io::produce(&brokers, &topic, records, |n| bar.set_position(n))?;
+            topic_io::produce(
+                &crate::bench_sides::kafka(&brokers)?,
+                &topic,
+                records,
+                |n| bar.set_position(n),
+            )?;
         }
         BenchJob::Warehouse | BenchJob::Analytics => {
             let registry = eventbus_schemas::FileRegistry::embedded()?;
@@ -213,13 +218,18 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             if opts.job == BenchJob::Warehouse {
                 encode_input = Some((id, serde_json::to_string(&*schema)?, values));
             }
-            topic_io::produce(&brokers, &topic, records, |n| bar.set_position(n))?;
+            topic_io::produce(
+                &crate::bench_sides::kafka(&brokers)?,
+                &topic,
+                records,
+                |n| bar.set_position(n),
+            )?;
         }
     }
     bar.finish_and_clear();
     // The mock cluster keeps a bounded log per partition and drops the oldest records
     // beyond it; both sides read what it kept.
-    let available = topic_io::available(&brokers, &topic)?;
+    let available = topic_io::available(&crate::bench_sides::kafka(&brokers)?, &topic)?;
     if available < opts.messages {
         eprintln!(
             "the broker kept {available} of {} records; both sides read those",
@@ -280,7 +290,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
                     None => {
                         let topics: Vec<(&str, i32)> =
                             names.iter().map(|t| (t.as_str(), 10)).collect();
-                        topic_io::create_topics(&brokers, &topics).await?;
+                        topic_io::create_topics(&crate::bench_sides::kafka(&brokers)?, &topics)
+                            .await?;
                     }
                 }
                 analytics(&brokers, &topic, &group, &names, n).await?

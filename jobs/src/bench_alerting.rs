@@ -90,10 +90,8 @@ fn now_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-fn client(brokers: &str) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers);
-    cfg
+fn client(brokers: &str) -> anyhow::Result<ClientConfig> {
+    Ok(crate::bench_sides::kafka(brokers)?.client_config())
 }
 
 type Input = ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
@@ -101,7 +99,7 @@ type Input = ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
 /// The producer of the events; one per side, warmed up with the side.
 fn input_producer(brokers: &str) -> anyhow::Result<Arc<Input>> {
     Ok(Arc::new(
-        client(brokers)
+        client(brokers)?
             .set("linger.ms", crate::alerting::LINGER_MS)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -173,7 +171,7 @@ fn floor(
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<Vec<f64>> {
-    let consumer: BaseConsumer = client(brokers)
+    let consumer: BaseConsumer = client(brokers)?
         .set("group.id", format!("bench-floor-{}", now_ms() as u64))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -181,7 +179,7 @@ fn floor(
         .create()?;
     consumer.subscribe(&[input])?;
     let stamps = Arc::new(Mutex::new(Vec::new()));
-    let producer: ThreadedProducer<Stamps> = client(brokers)
+    let producer: ThreadedProducer<Stamps> = client(brokers)?
         .set("linger.ms", crate::alerting::LINGER_MS)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -246,8 +244,10 @@ async fn job(
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<Vec<f64>> {
-    let mut file = JobFile::default();
-    file.kafka.set("bootstrap.servers", brokers);
+    let mut file = JobFile {
+        kafka: crate::bench_sides::kafka(brokers)?,
+        ..JobFile::default()
+    };
     file.source = Some(eventbus_runtime::SourceConfig::new(
         format!("bench-alerting-{}", now_ms() as u64),
         Vec::<String>::new(),
@@ -367,7 +367,7 @@ pub async fn run(
     ];
     let (_cluster, brokers_used) = match brokers {
         Some(b) => {
-            topic_io::create_topics(b, &topics).await?;
+            topic_io::create_topics(&crate::bench_sides::kafka(b)?, &topics).await?;
             (None, b.to_owned())
         }
         None => {

@@ -14,6 +14,20 @@ use rdkafka::message::Message;
 use crate::config::JobFile;
 use crate::warehouse::WarehouseArgs;
 
+/// The properties every client of the bench takes: `EVENTBUS_KAFKA_*` (security
+/// settings included, secrets read from their files) with `brokers` over them, the same
+/// for both sides of a comparison.
+///
+/// # Errors
+/// A secret file cannot be read.
+pub(crate) fn kafka(brokers: &str) -> anyhow::Result<KafkaProperties> {
+    let mut kafka = KafkaProperties::new();
+    kafka.apply_env(std::env::vars());
+    kafka.set("bootstrap.servers", brokers);
+    kafka.read_secret_files()?;
+    Ok(kafka)
+}
+
 /// The analytics job in batch mode with internal and output topics `names` (partials,
 /// progress, output); records/s from its first record to its return (every
 /// fleet-minute emitted and committed).
@@ -24,9 +38,10 @@ pub(crate) async fn analytics(
     names: &[String],
     n: u64,
 ) -> anyhow::Result<f64> {
-    let mut file = JobFile::default();
-    file.kafka.set("bootstrap.servers", brokers);
-    file.kafka.apply_env(std::env::vars());
+    let mut file = JobFile {
+        kafka: kafka(brokers)?,
+        ..JobFile::default()
+    };
     file.source = Some(SourceConfig::new(group, Vec::<String>::new()));
     file.analytics = Some(crate::analytics::AnalyticsConfig {
         input: topic.to_owned(),
@@ -61,8 +76,11 @@ pub(crate) fn bare_consumer(
     group: &str,
     n: u64,
 ) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut config = ClientConfig::new();
+    for (k, v) in kafka(brokers)?.consumer_properties() {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -93,11 +111,11 @@ pub(crate) async fn executor(
     group: &str,
     n: u64,
 ) -> anyhow::Result<f64> {
-    let mut kafka = KafkaProperties::new();
-    kafka.set("bootstrap.servers", brokers);
-    kafka.apply_env(std::env::vars());
     let job = Job::builder("bench")
-        .source(KafkaSource::new(kafka, SourceConfig::new(group, [topic])))
+        .source(KafkaSource::new(
+            kafka(brokers)?,
+            SourceConfig::new(group, [topic]),
+        ))
         .map(|v: Bytes| v)
         .sink(DiscardSink)
         .build()?;
@@ -141,9 +159,10 @@ pub(crate) async fn warehouse(
     n: u64,
 ) -> anyhow::Result<f64> {
     let root = warehouse_root(group);
-    let mut file = JobFile::default();
-    file.kafka.set("bootstrap.servers", brokers);
-    file.kafka.apply_env(std::env::vars());
+    let mut file = JobFile {
+        kafka: kafka(brokers)?,
+        ..JobFile::default()
+    };
     file.source = Some(SourceConfig::new(group, [topic]));
     let args = WarehouseArgs {
         topics: Vec::new(),

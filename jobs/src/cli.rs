@@ -164,12 +164,52 @@ impl CatalogArg {
     }
 }
 
+/// Which cluster a command talks to, and how: bootstrap servers, and the `[kafka]`
+/// properties of a job file (security settings included) with `EVENTBUS_KAFKA_*` over
+/// them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Bootstrap servers; overrides the config file.
+    #[arg(long, env = "EVENTBUS_BROKERS")]
+    pub brokers: Option<String>,
+    /// A job file whose [kafka] properties the clients take (security.protocol,
+    /// sasl.*, ssl.*; secrets also from EVENTBUS_KAFKA_* or *_file settings).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The librdkafka properties: the file's `[kafka]`, the environment, `--brokers`,
+    /// and the secrets read from their files.
+    ///
+    /// # Errors
+    /// The file does not load, a secret file cannot be read, or no brokers are given.
+    pub fn kafka(&self) -> anyhow::Result<eventbus_runtime::KafkaProperties> {
+        let kafka = self.kafka_or_none()?;
+        kafka.require_brokers()?;
+        Ok(kafka)
+    }
+
+    /// As [`ClusterArgs::kafka`], without requiring brokers.
+    ///
+    /// # Errors
+    /// The file does not load, or a secret file cannot be read.
+    pub fn kafka_or_none(&self) -> anyhow::Result<eventbus_runtime::KafkaProperties> {
+        let overrides = crate::config::Overrides {
+            brokers: self.brokers.clone(),
+            ..crate::config::Overrides::default()
+        };
+        Ok(crate::config::JobFile::load(self.config.as_deref(), &overrides)?.kafka)
+    }
+}
+
 /// Arguments of `eventbus topics plan|apply`.
 #[derive(Debug, clap::Args)]
 pub struct TopicsArgs {
-    /// Bootstrap servers.
-    #[arg(long, env = "EVENTBUS_BROKERS")]
-    pub brokers: String,
+    // clap would print a doc comment here as help text.
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     // clap would print a doc comment here as help text.
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -189,10 +229,12 @@ pub enum TopicsCommand {
     /// Refuses a partition decrease, naming the topic, before changing anything.
     Apply(TopicsArgs),
     /// Show the catalog beside the cluster's state.
+    /// Without brokers, only the catalog is shown.
     List {
-        /// Bootstrap servers; without them only the catalog is shown.
-        #[arg(long, env = "EVENTBUS_BROKERS")]
-        brokers: Option<String>,
+        // clap would print a doc comment here as help text.
+        #[allow(missing_docs)]
+        #[command(flatten)]
+        cluster: ClusterArgs,
         // clap would print a doc comment here as help text.
         #[allow(missing_docs)]
         #[command(flatten)]
@@ -223,7 +265,7 @@ pub enum SchemasCommand {
     /// from EVENTBUS_REGISTRY_USER and EVENTBUS_REGISTRY_PASSWORD when set.
     Register {
         /// Registry base URL, e.g. http://127.0.0.1:8081.
-        #[arg(long, env = "EVENTBUS_REGISTRY_URL")]
+        #[arg(long, env = "EVENTBUS_REGISTRY_URL", hide_env_values = true)]
         registry: String,
         /// Folder holding topics.toml and the .avsc files.
         #[arg(long, default_value = "schemas")]
@@ -312,9 +354,10 @@ pub struct RunArgs {
 /// Arguments of `eventbus generate`.
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Bootstrap servers.
-    #[arg(long, env = "EVENTBUS_BROKERS")]
-    pub brokers: String,
+    // clap would print a doc comment here as help text.
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// The catalog topic.
     #[arg(long)]
     pub topic: String,

@@ -46,7 +46,7 @@ pub struct GenerateOptions {
 /// The topic is not in the catalog, has no generator or does not exist on the cluster,
 /// a record does not encode, or the broker refuses records.
 pub fn run(
-    brokers: &str,
+    brokers: &(impl crate::topic_io::Cluster + ?Sized),
     catalog: &Path,
     opts: &GenerateOptions,
 ) -> anyhow::Result<BTreeMap<i32, u64>> {
@@ -466,9 +466,9 @@ pub async fn cli_command(args: crate::cli::GenerateArgs) -> anyhow::Result<()> {
         disorder_ms: args.disorder_ms,
         quiet: false,
     };
-    let brokers = args.brokers;
+    let kafka = args.cluster.kafka()?;
     let catalog = crate::catalog_file(args.catalog.catalog.as_deref());
-    let counts = tokio::task::spawn_blocking(move || run(&brokers, &catalog, &opts)).await??;
+    let counts = tokio::task::spawn_blocking(move || run(&kafka, &catalog, &opts)).await??;
     let total: u64 = counts.values().sum();
     println!("produced {total} records to {}", args.topic);
     for (p, n) in counts {

@@ -1,15 +1,18 @@
 //! Small, honest Kafka helpers shared by the demo, the benchmark and the tests: produce
 //! synthetic events, read a topic to its end, read a group's committed offsets, create
 //! topics. They use plain librdkafka clients, never the executor they help to check.
+//!
+//! Each takes a [`Cluster`]: bootstrap servers alone (`"127.0.0.1:9092"`), or the
+//! [`KafkaProperties`] of a job file and the environment, security settings included.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use eventbus_runtime::KafkaProperties;
+use eventbus_runtime::kafka::{Diagnosing, LastError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -18,15 +21,55 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the brokers are and how to connect to them.
+pub trait Cluster {
+    /// Every librdkafka property the clients take, `bootstrap.servers` included.
+    fn properties(&self) -> KafkaProperties;
+
+    /// The bootstrap servers, for messages.
+    fn brokers(&self) -> String {
+        self.properties().brokers().unwrap_or_default().to_owned()
+    }
+}
+
+impl Cluster for str {
+    fn properties(&self) -> KafkaProperties {
+        KafkaProperties::with_brokers(self)
+    }
+}
+
+impl Cluster for String {
+    fn properties(&self) -> KafkaProperties {
+        KafkaProperties::with_brokers(self)
+    }
+}
+
+impl Cluster for KafkaProperties {
+    fn properties(&self) -> KafkaProperties {
+        self.clone()
+    }
+}
+
+impl<T: Cluster + ?Sized> Cluster for &T {
+    fn properties(&self) -> KafkaProperties {
+        (**self).properties()
+    }
+}
+
 /// Counts delivery reports.
 #[derive(Default)]
 struct Counting {
     ok: AtomicU64,
     failed: AtomicU64,
     per_partition: std::sync::Mutex<BTreeMap<i32, u64>>,
+    last: LastError,
 }
 
-impl ClientContext for Counting {}
+impl ClientContext for Counting {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.last.record(&error, reason);
+    }
+}
 
 impl ProducerContext for Counting {
     type DeliveryOpaque = ();
@@ -53,7 +96,7 @@ impl ProducerContext for Counting {
 /// creates it), the producer cannot be created, a record cannot be enqueued, or any
 /// delivery failed.
 pub fn produce<I>(
-    brokers: &str,
+    cluster: &(impl Cluster + ?Sized),
     topic: &str,
     records: I,
     progress: impl FnMut(u64),
@@ -61,7 +104,7 @@ pub fn produce<I>(
 where
     I: IntoIterator<Item = (String, Vec<u8>)>,
 {
-    Ok(produce_by_partition(brokers, topic, records, progress)?
+    Ok(produce_by_partition(cluster, topic, records, progress)?
         .values()
         .sum())
 }
@@ -71,7 +114,7 @@ where
 /// # Errors
 /// As [`produce`].
 pub fn produce_by_partition<I>(
-    brokers: &str,
+    cluster: &(impl Cluster + ?Sized),
     topic: &str,
     records: I,
     mut progress: impl FnMut(u64),
@@ -81,7 +124,9 @@ where
 {
     // Checked first: a producer would otherwise retry an unknown topic for its whole
     // message timeout and then fail with librdkafka's terse "Unknown topic".
-    if let Err(e) = partitions(brokers, topic) {
+    let kafka = cluster.properties();
+    let brokers = cluster.brokers();
+    if let Err(e) = partitions(&kafka, topic) {
         if let Some(eventbus_runtime::RuntimeError::TopicMissing { .. }) = e.downcast_ref() {
             bail!(
                 "topic {topic} does not exist on {brokers}; nothing was produced. Create the \
@@ -90,12 +135,16 @@ where
         }
         return Err(e);
     }
-    let producer: ThreadedProducer<Counting> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "10")
-        .set("queue.buffering.max.messages", "200000")
+    let mut config = kafka.durable_producer("the producer")?;
+    for (key, default) in [
+        ("linger.ms", "10"),
+        ("queue.buffering.max.messages", "200000"),
+    ] {
+        if kafka.get(key).is_none() {
+            config.set(key, default);
+        }
+    }
+    let producer: ThreadedProducer<Counting> = config
         .create_with_context(Counting::default())
         .context("cannot create the producer")?;
     let mut sent = 0u64;
@@ -111,14 +160,23 @@ where
             progress(sent);
         }
     }
-    producer
-        .flush(Duration::from_secs(120))
-        .with_context(|| format!("flushing {sent} records to {topic}"))?;
-    progress(sent);
     let ctx = producer.context();
+    if let Err(e) = producer.flush(Duration::from_secs(120)) {
+        bail!(
+            "{}",
+            ctx.last
+                .explain(format!("flushing {sent} records to {topic}: {e}"))
+        );
+    }
+    progress(sent);
     let failed = ctx.failed.load(Ordering::Relaxed);
     if failed > 0 {
-        bail!("{failed} of {sent} records to {topic} were not delivered");
+        bail!(
+            "{}",
+            ctx.last.explain(format!(
+                "{failed} of {sent} records to {topic} were not delivered"
+            ))
+        );
     }
     let map = ctx
         .per_partition
@@ -128,36 +186,57 @@ where
     Ok(map)
 }
 
-fn plain_consumer(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+fn plain_consumer(
+    cluster: &(impl Cluster + ?Sized),
+    group: &str,
+) -> anyhow::Result<BaseConsumer<Diagnosing>> {
+    cluster
+        .properties()
+        .consumer_properties()
+        .fold(rdkafka::ClientConfig::new(), |mut cfg, (k, v)| {
+            cfg.set(k, v);
+            cfg
+        })
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .create()
+        .create_with_context(Diagnosing::default())
         .context("cannot create a consumer")
+}
+
+/// A consumer in no group that only looks at the cluster (metadata, offsets), and says
+/// why it cannot reach the brokers.
+///
+/// # Errors
+/// The client cannot be created (a property librdkafka refuses).
+pub fn inspector(cluster: &(impl Cluster + ?Sized)) -> anyhow::Result<BaseConsumer<Diagnosing>> {
+    plain_consumer(cluster, "eventbus-inspect")
 }
 
 /// The partition count of `topic`.
 ///
 /// # Errors
-/// The brokers do not answer or the topic does not exist.
-pub fn partitions(brokers: &str, topic: &str) -> anyhow::Result<i32> {
-    let c = plain_consumer(brokers, "eventbus-inspect")?;
-    let md = c
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("metadata of {topic} from {brokers}"))?;
-    Ok(eventbus_runtime::kafka::topic_partitions(&md, topic, brokers)?.len() as i32)
+/// The brokers do not answer (the message says why, when librdkafka said: a failed TLS
+/// handshake, a refused login) or the topic does not exist.
+pub fn partitions(cluster: &(impl Cluster + ?Sized), topic: &str) -> anyhow::Result<i32> {
+    let brokers = cluster.brokers();
+    let c = plain_consumer(cluster, "eventbus-inspect")?;
+    let md = eventbus_runtime::kafka::fetch_metadata(&c, Some(topic), TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("metadata of {topic} from {brokers}: {e}"))?;
+    Ok(eventbus_runtime::kafka::topic_partitions(&md, topic, &brokers)?.len() as i32)
 }
 
 /// The end offset (high watermark) of every partition of `topic`.
 ///
 /// # Errors
 /// The brokers do not answer or the topic does not exist.
-pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let c = plain_consumer(brokers, "eventbus-inspect")?;
+pub fn end_offsets(
+    cluster: &(impl Cluster + ?Sized),
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let c = plain_consumer(cluster, "eventbus-inspect")?;
     Ok(
-        eventbus_runtime::kafka::watermarks(&c, topic, brokers, TIMEOUT)?
+        eventbus_runtime::kafka::watermarks(&c, topic, &cluster.brokers(), TIMEOUT)?
             .into_iter()
             .map(|(p, (_, high))| (p, high))
             .collect(),
@@ -168,9 +247,9 @@ pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i
 ///
 /// # Errors
 /// The brokers do not answer or the topic does not exist.
-pub fn available(brokers: &str, topic: &str) -> anyhow::Result<u64> {
-    let c = plain_consumer(brokers, "eventbus-inspect")?;
-    let total: i64 = eventbus_runtime::kafka::watermarks(&c, topic, brokers, TIMEOUT)?
+pub fn available(cluster: &(impl Cluster + ?Sized), topic: &str) -> anyhow::Result<u64> {
+    let c = plain_consumer(cluster, "eventbus-inspect")?;
+    let total: i64 = eventbus_runtime::kafka::watermarks(&c, topic, &cluster.brokers(), TIMEOUT)?
         .values()
         .map(|(low, high)| high - low)
         .sum();
@@ -182,12 +261,12 @@ pub fn available(brokers: &str, topic: &str) -> anyhow::Result<u64> {
 /// # Errors
 /// The topic cannot be read to its end within `timeout`.
 pub fn read_all(
-    brokers: &str,
+    cluster: &(impl Cluster + ?Sized),
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Vec<OwnedMessage>> {
-    let ends = end_offsets(brokers, topic)?;
-    let c = plain_consumer(brokers, "eventbus-inspect")?;
+    let ends = end_offsets(cluster, topic)?;
+    let c = plain_consumer(cluster, "eventbus-inspect")?;
     let mut tpl = TopicPartitionList::new();
     let mut open: BTreeMap<i32, i64> = BTreeMap::new();
     for (&p, &end) in &ends {
@@ -232,9 +311,13 @@ pub fn read_all(
 ///
 /// # Errors
 /// The coordinator does not answer.
-pub fn committed(brokers: &str, group: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let c = plain_consumer(brokers, group)?;
-    let tps: Vec<eventbus_runtime::TopicPartition> = (0..partitions(brokers, topic)?)
+pub fn committed(
+    cluster: &(impl Cluster + ?Sized),
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let c = plain_consumer(cluster, group)?;
+    let tps: Vec<eventbus_runtime::TopicPartition> = (0..partitions(cluster, topic)?)
         .map(|p| eventbus_runtime::TopicPartition::new(topic, p))
         .collect();
     Ok(eventbus_runtime::kafka::committed(&c, &tps, TIMEOUT)
@@ -248,10 +331,14 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> anyhow::Result<BTre
 ///
 /// # Errors
 /// The admin request fails for a reason other than the topic already existing.
-pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
+pub async fn create_topics(
+    cluster: &(impl Cluster + ?Sized),
+    topics: &[(&str, i32)],
+) -> anyhow::Result<()> {
+    let admin: AdminClient<Diagnosing> = cluster
+        .properties()
+        .client_config()
+        .create_with_context(Diagnosing::default())
         .context("cannot create an admin client")?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
@@ -263,7 +350,16 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Res
             &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
         )
         .await
-        .context("create topics")?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                admin
+                    .inner()
+                    .context()
+                    .last
+                    .explain(format!("create topics: {e}"))
+            )
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

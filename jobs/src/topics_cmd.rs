@@ -5,11 +5,14 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use eventbus_runtime::KafkaProperties;
+use eventbus_runtime::kafka::Diagnosing;
 use eventbus_schemas::Catalog;
 use eventbus_schemas::catalog::{CleanupPolicy, TopicSpec};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+
+use crate::topic_io::Cluster;
 use rdkafka::types::RDKafkaErrorCode;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -134,22 +137,21 @@ impl fmt::Display for Change {
     }
 }
 
-fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
+fn admin(cluster: &(impl Cluster + ?Sized)) -> anyhow::Result<AdminClient<Diagnosing>> {
+    cluster
+        .properties()
+        .client_config()
+        .create_with_context(Diagnosing::default())
         .context("cannot create an admin client")
 }
 
 /// What the cluster has: partitions per topic, and how many brokers it has.
 fn cluster(
-    admin: &AdminClient<DefaultClientContext>,
+    look: &BaseConsumer<Diagnosing>,
     brokers: &str,
 ) -> anyhow::Result<(HashMap<String, i32>, usize)> {
-    let md = admin
-        .inner()
-        .fetch_metadata(None, TIMEOUT)
-        .with_context(|| format!("could not reach the brokers {brokers}"))?;
+    let md = eventbus_runtime::kafka::fetch_metadata(look, None, TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("could not reach the brokers {brokers}: {e}"))?;
     let topics = md
         .topics()
         .iter()
@@ -165,13 +167,13 @@ fn cluster(
 /// (tansu does so for a replication factor above its broker count); without this check
 /// `apply` would report success and producers would fail later with "unknown topic".
 fn await_created(
-    admin: &AdminClient<DefaultClientContext>,
+    look: &BaseConsumer<Diagnosing>,
     brokers: &str,
     created: &[(&str, i32)],
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let (have, _) = cluster(admin, brokers)?;
+        let (have, _) = cluster(look, brokers)?;
         let missing: Vec<String> = created
             .iter()
             .filter(|(topic, partitions)| have.get(*topic) != Some(partitions))
@@ -231,12 +233,13 @@ pub fn with_dead_letter_topics(catalog: &Catalog) -> Vec<TopicSpec> {
 /// # Errors
 /// The brokers cannot be reached or configs cannot be described.
 pub async fn plan(
-    brokers: &str,
+    kafka: &(impl Cluster + ?Sized),
     catalog: &Catalog,
     replication: Option<i32>,
 ) -> anyhow::Result<Vec<Change>> {
-    let admin = admin(brokers)?;
-    let (existing, broker_count) = cluster(&admin, brokers)?;
+    let admin = admin(kafka)?;
+    let brokers = &kafka.brokers();
+    let (existing, broker_count) = cluster(&crate::topic_io::inspector(kafka)?, brokers)?;
     let mut changes = Vec::new();
     for t in &with_dead_letter_topics(catalog) {
         let wanted = [
@@ -311,7 +314,8 @@ pub async fn plan(
 ///
 /// # Errors
 /// A refused change (all are named), or a broker error naming the topic.
-pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
+pub async fn apply(kafka: &(impl Cluster + ?Sized), changes: &[Change]) -> anyhow::Result<()> {
+    let brokers = &kafka.brokers();
     let refused: Vec<String> = changes
         .iter()
         .filter(|c| c.is_refused())
@@ -360,7 +364,7 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
                 _ => None,
             })
             .collect();
-        await_created(&admin, brokers, &created)?;
+        await_created(&crate::topic_io::inspector(kafka)?, brokers, &created)?;
     }
     let mut alters: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for c in changes {
@@ -427,9 +431,9 @@ pub async fn apply(brokers: &str, changes: &[Change]) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// The brokers cannot be reached.
-pub fn list(brokers: Option<&str>, catalog: &Catalog) -> anyhow::Result<()> {
-    let existing = match brokers {
-        Some(b) => Some(cluster(&admin(b)?, b)?.0),
+pub fn list(kafka: &KafkaProperties, catalog: &Catalog) -> anyhow::Result<()> {
+    let existing = match kafka.brokers() {
+        Some(b) => Some(cluster(&crate::topic_io::inspector(kafka)?, b)?.0),
         None => None,
     };
     println!(
@@ -462,16 +466,20 @@ pub fn list(brokers: Option<&str>, catalog: &Catalog) -> anyhow::Result<()> {
 pub async fn command(command: crate::cli::TopicsCommand) -> anyhow::Result<()> {
     use crate::cli::TopicsCommand;
     match command {
-        TopicsCommand::List { brokers, catalog } => list(brokers.as_deref(), &catalog.load()?),
+        TopicsCommand::List { cluster, catalog } => {
+            list(&cluster.kafka_or_none()?, &catalog.load()?)
+        }
         TopicsCommand::Plan(a) => {
-            let changes = plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
+            let kafka = a.cluster.kafka()?;
+            let changes = plan(&kafka, &a.catalog.load()?, a.replication_factor).await?;
             print_plan(&changes);
             Ok(())
         }
         TopicsCommand::Apply(a) => {
-            let changes = plan(&a.brokers, &a.catalog.load()?, a.replication_factor).await?;
+            let kafka = a.cluster.kafka()?;
+            let changes = plan(&kafka, &a.catalog.load()?, a.replication_factor).await?;
             print_plan(&changes);
-            apply(&a.brokers, &changes).await?;
+            apply(&kafka, &changes).await?;
             if !changes.is_empty() {
                 println!("applied {} change(s)", changes.len());
             }
