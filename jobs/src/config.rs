@@ -21,15 +21,21 @@
 //! topics = { "vehicle.state.v1" = "vehicle.state.v1.dlq" }
 //!
 //! [registry]                    # a Confluent-API schema registry for jobs that decode
-//! url = "http://registry:8081"  # (default: the file registry compiled in)
+//! url = "https://registry:8081" # (default: the file registry compiled in)
 //! user = "ops"                  # basic auth, optional
-//! password = "secret"
+//! password_file = "/run/secrets/registry"  # or password = "..."; or token(_file)
+//! ca_file = "/etc/eventbus/ca.pem"         # a private CA, optional
 //! ```
 //!
 //! Precedence, lowest first: the file, the environment (`EVENTBUS_BROKERS`,
 //! `EVENTBUS_GROUP_ID`, `EVENTBUS_KAFKA_*`, `EVENTBUS_REGISTRY_URL`,
-//! `EVENTBUS_REGISTRY_USER`, `EVENTBUS_REGISTRY_PASSWORD`), the command line
+//! `EVENTBUS_REGISTRY_USER`, `EVENTBUS_REGISTRY_PASSWORD(_FILE)`,
+//! `EVENTBUS_REGISTRY_TOKEN(_FILE)`, `EVENTBUS_REGISTRY_CA_FILE`), the command line
 //! (`--brokers`, `--group`, `--registry`).
+//!
+//! Secrets (`[kafka]` passwords and keys, the registry's password and token, the S3
+//! secret key) can each come from a file (`*_file`), as container secrets are mounted;
+//! no log line, error or `Debug` output shows them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -91,8 +97,9 @@ pub struct JobFile {
 }
 
 /// The `[registry]` section. Without a URL, the file registry compiled in (the ids in
-/// `schemas/registry.toml`) is used.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// `schemas/registry.toml`) is used. The password and the token never show in its
+/// `Debug` output.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Base URL of a Confluent-API schema registry, e.g. `http://registry:8081`.
@@ -101,8 +108,40 @@ pub struct RegistryConfig {
     pub user: Option<String>,
     /// Basic-auth password (with `user`).
     pub password: Option<String>,
+    /// A file holding the password; replaces `password`.
+    pub password_file: Option<String>,
+    /// A bearer token, sent as `Authorization: Bearer <token>` instead of basic auth.
+    pub token: Option<String>,
+    /// A file holding the token; replaces `token`.
+    pub token_file: Option<String>,
+    /// PEM file of the certificate authorities an `https://` registry is checked
+    /// against, instead of the built-in web roots.
+    pub ca_file: Option<String>,
+    /// PEM file of a client certificate (chain) for registries that ask for one, with
+    /// `key_file`.
+    pub cert_file: Option<String>,
+    /// PEM file of the client certificate's private key.
+    pub key_file: Option<String>,
     /// Bound on one request, connect included. Default 10,000.
     pub timeout_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mask = |v: &Option<String>| v.as_ref().map(|_| eventbus_runtime::MASK);
+        f.debug_struct("RegistryConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &mask(&self.password))
+            .field("password_file", &self.password_file)
+            .field("token", &mask(&self.token))
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 impl RegistryConfig {
@@ -121,20 +160,54 @@ impl RegistryConfig {
     /// The HTTP registry client this section describes, or `None` for the file registry.
     ///
     /// # Errors
-    /// A user without a password or the other way round, or a URL that is not http(s).
+    /// A user without a password or the other way round, a URL that is not http(s), or
+    /// a secret, CA or certificate file that cannot be read or holds nothing usable.
     pub fn http(&self) -> anyhow::Result<Option<eventbus_schemas::http::HttpRegistry>> {
         let Some(url) = &self.url else {
             return Ok(None);
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            bail!("registry.url {url:?} is not an http:// or https:// URL");
+            bail!(
+                "registry.url {:?} is not an http:// or https:// URL",
+                eventbus_schemas::http::HttpRegistryConfig::new(url.clone()).url
+            );
         }
-        let mut config = eventbus_schemas::http::HttpRegistryConfig::new(url.clone());
-        config.basic_auth = match (&self.user, &self.password) {
-            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-            (None, None) => None,
-            _ => bail!("registry.user and registry.password go together: set both or neither"),
+        let secret = |value: &Option<String>, file: &Option<String>, key: &str| match file {
+            Some(path) => {
+                eventbus_runtime::read_secret_file(&format!("registry.{key}_file"), path).map(Some)
+            }
+            None => Ok(value.clone()),
         };
+        let password = secret(&self.password, &self.password_file, "password")?;
+        let mut config = eventbus_schemas::http::HttpRegistryConfig::new(url.clone());
+        match (&self.user, password) {
+            (Some(u), Some(p)) => config.basic_auth = Some((u.clone(), p)),
+            (None, None) => {}
+            _ => bail!(
+                "registry.user and registry.password (or password_file) go together: set \
+                 both or neither"
+            ),
+        }
+        config.bearer_token = secret(&self.token, &self.token_file, "token")?;
+        let read = |key: &str, path: &str| {
+            std::fs::read(path)
+                .with_context(|| format!("registry.{key}: cannot read the file {path:?}"))
+        };
+        if let Some(path) = &self.ca_file {
+            config.trust_pem(
+                &format!("registry.ca_file {path:?}"),
+                &read("ca_file", path)?,
+            )?;
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => config.client_pem(
+                &format!("registry.cert_file {cert:?} with key_file {key:?}"),
+                &read("cert_file", cert)?,
+                &read("key_file", key)?,
+            )?,
+            (None, None) => {}
+            _ => bail!("registry.cert_file and registry.key_file go together: set both or neither"),
+        }
         if let Some(ms) = self.timeout_ms {
             config.timeout = Duration::from_millis(ms.max(1));
         }
@@ -168,12 +241,19 @@ impl JobFile {
             .pii)
     }
 
-    /// A job file without `[source]` gets one: group `group`, these topics, then the same
-    /// environment and command-line overrides as any job.
+    /// A job file without `[source]` gets one: group `group` (unless `EVENTBUS_GROUP_ID`
+    /// or `--group` names another) and these topics.
     pub fn default_source(&mut self, group: &str, topics: Vec<String>, overrides: &Overrides) {
         if self.source.is_none() {
-            self.source = Some(SourceConfig::new(group, topics));
-            self.apply(std::env::vars(), overrides);
+            let mut source = SourceConfig::new(group, topics);
+            if let Some(group) = overrides
+                .group
+                .clone()
+                .or_else(|| std::env::var(ENV_GROUP_ID).ok())
+            {
+                source.group_id = group;
+            }
+            self.source = Some(source);
         }
     }
 
@@ -193,6 +273,7 @@ impl JobFile {
             None => Self::default(),
         };
         file.apply(std::env::vars(), overrides);
+        file.kafka.read_secret_files()?;
         Ok(file)
     }
 
@@ -221,6 +302,10 @@ impl JobFile {
                 "EVENTBUS_REGISTRY_URL" => &mut self.registry.url,
                 "EVENTBUS_REGISTRY_USER" => &mut self.registry.user,
                 "EVENTBUS_REGISTRY_PASSWORD" => &mut self.registry.password,
+                "EVENTBUS_REGISTRY_PASSWORD_FILE" => &mut self.registry.password_file,
+                "EVENTBUS_REGISTRY_TOKEN" => &mut self.registry.token,
+                "EVENTBUS_REGISTRY_TOKEN_FILE" => &mut self.registry.token_file,
+                "EVENTBUS_REGISTRY_CA_FILE" => &mut self.registry.ca_file,
                 _ => continue,
             };
             *slot = Some(value.clone());

@@ -197,6 +197,15 @@ pub enum RegistryError {
         /// What was wrong.
         reason: String,
     },
+    /// The TLS settings of the registry client are unusable (a CA or client-certificate
+    /// file that holds nothing usable).
+    #[error("schema registry TLS settings: {what} {reason}")]
+    Tls {
+        /// The setting or file.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Classify for RegistryError {
@@ -206,6 +215,7 @@ impl Classify for RegistryError {
             RegistryError::Rejected {
                 status: 401 | 403, ..
             } => ErrorClass::Fatal,
+            RegistryError::Tls { .. } => ErrorClass::Fatal,
             _ => ErrorClass::Permanent,
         }
     }

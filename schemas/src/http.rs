@@ -15,13 +15,22 @@ use serde::Deserialize;
 pub use crate::error::RegistryError;
 use crate::registry::SchemaRegistry;
 
-/// Where the registry is and how to talk to it.
-#[derive(Debug, Clone)]
+/// Where the registry is and how to talk to it. Its `Debug` output never shows the
+/// password or the token.
+#[derive(Clone)]
 pub struct HttpRegistryConfig {
     /// Base URL, e.g. `http://127.0.0.1:8081`.
     pub url: String,
     /// Basic-auth user and password, if the registry wants them.
     pub basic_auth: Option<(String, String)>,
+    /// A bearer token sent as `Authorization: Bearer <token>` (instead of basic auth).
+    pub bearer_token: Option<String>,
+    /// Certificate authorities an `https://` registry is checked against, instead of
+    /// the built-in web roots; see [`HttpRegistryConfig::trust_pem`].
+    pub roots: Option<Vec<ureq::tls::Certificate<'static>>>,
+    /// A client certificate chain and its key, for registries that ask for one; see
+    /// [`HttpRegistryConfig::client_pem`].
+    pub client_cert: Option<ureq::tls::ClientCert>,
     /// Bound on one request, connect included. Default 10 s.
     pub timeout: Duration,
     /// Retries after a 5xx answer or a transport failure. Default 3.
@@ -30,17 +39,116 @@ pub struct HttpRegistryConfig {
     pub backoff: Duration,
 }
 
+impl std::fmt::Debug for HttpRegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRegistryConfig")
+            .field("url", &self.url)
+            .field("user", &self.basic_auth.as_ref().map(|(u, _)| u))
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "***"))
+            .field("roots", &self.roots.as_ref().map(Vec::len))
+            .field("client_cert", &self.client_cert.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpRegistryConfig {
-    /// A registry at `url` with default timeout and retries.
+    /// A registry at `url` with default timeout and retries. Credentials written into the
+    /// URL (`https://user:password@host`) become basic auth and leave the URL, so that
+    /// no error or log line that names the URL shows them.
     pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let (url, basic_auth) = split_credentials(url.trim_end_matches('/'));
         Self {
-            url: url.into().trim_end_matches('/').to_owned(),
-            basic_auth: None,
+            url,
+            basic_auth,
+            bearer_token: None,
+            roots: None,
+            client_cert: None,
             timeout: Duration::from_secs(10),
             retries: 3,
             backoff: Duration::from_millis(100),
         }
     }
+
+    /// Trusts the certificate authorities in `pem` (one or more PEM certificates)
+    /// instead of the built-in web roots. `what` names the source in errors.
+    ///
+    /// # Errors
+    /// [`RegistryError::Tls`] when `pem` holds no certificate.
+    pub fn trust_pem(&mut self, what: &str, pem: &[u8]) -> Result<(), RegistryError> {
+        let certs = pem_items(what, pem)?
+            .into_iter()
+            .filter_map(|item| match item {
+                ureq::tls::PemItem::Certificate(c) => Some(c),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        if certs.is_empty() {
+            return Err(tls_error(what, "holds no PEM certificate"));
+        }
+        self.roots = Some(certs);
+        Ok(())
+    }
+
+    /// Presents the client certificate chain in `cert_pem` with the private key in
+    /// `key_pem`. `what` names the source in errors.
+    ///
+    /// # Errors
+    /// [`RegistryError::Tls`] when either holds nothing usable.
+    pub fn client_pem(
+        &mut self,
+        what: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<(), RegistryError> {
+        let chain: Vec<_> = pem_items(what, cert_pem)?
+            .into_iter()
+            .filter_map(|item| match item {
+                ureq::tls::PemItem::Certificate(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if chain.is_empty() {
+            return Err(tls_error(
+                what,
+                "the certificate file holds no PEM certificate",
+            ));
+        }
+        let key = ureq::tls::PrivateKey::from_pem(key_pem)
+            .map_err(|_| tls_error(what, "the key file holds no PEM private key"))?;
+        self.client_cert = Some(ureq::tls::ClientCert::new_with_certs(&chain, key));
+        Ok(())
+    }
+}
+
+fn tls_error(what: &str, reason: &str) -> RegistryError {
+    RegistryError::Tls {
+        what: what.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn pem_items(what: &str, pem: &[u8]) -> Result<Vec<ureq::tls::PemItem<'static>>, RegistryError> {
+    ureq::tls::parse_pem(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(what, &format!("is not PEM: {e}")))
+}
+
+/// `scheme://user:password@rest` as `scheme://rest` and the credentials.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    (
+        format!("{scheme}://{}", &rest[at + 1..]),
+        Some((user.to_owned(), password.to_owned())),
+    )
 }
 
 /// The Confluent-API registry client.
@@ -95,9 +203,14 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 impl HttpRegistry {
     /// A client; nothing is sent until the first request.
     pub fn new(config: HttpRegistryConfig) -> Self {
+        let mut tls = ureq::tls::TlsConfig::builder().client_cert(config.client_cert.clone());
+        if let Some(roots) = &config.roots {
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(roots));
+        }
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
             .http_status_as_error(false)
+            .tls_config(tls.build())
             .build()
             .into();
         Self {
@@ -283,11 +396,13 @@ impl HttpRegistry {
     }
 
     fn send(&self, method: &str, url: &str, body: Option<&str>) -> Result<(u16, String), String> {
-        let auth = self
-            .config
-            .basic_auth
-            .as_ref()
-            .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())));
+        let auth = match (&self.config.bearer_token, &self.config.basic_auth) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, Some((u, p))) => {
+                Some(format!("Basic {}", base64(format!("{u}:{p}").as_bytes())))
+            }
+            (None, None) => None,
+        };
         let result = match (method, body) {
             ("POST", Some(b)) => {
                 let mut req = self.agent.post(url).header("Content-Type", CONTENT_TYPE);
@@ -380,6 +495,30 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), coded);
         }
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_auth_and_leave_the_url() {
+        let c = HttpRegistryConfig::new("https://ops:s3cr3t@registry:8081/");
+        assert_eq!(c.url, "https://registry:8081");
+        assert_eq!(c.basic_auth, Some(("ops".to_owned(), "s3cr3t".to_owned())));
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        let plain = HttpRegistryConfig::new("http://registry:8081/a@b");
+        assert_eq!(plain.url, "http://registry:8081/a@b");
+        assert_eq!(plain.basic_auth, None);
+    }
+
+    #[test]
+    fn pem_without_a_certificate_is_named_as_a_tls_error() {
+        let mut c = HttpRegistryConfig::new("https://registry:8081");
+        let err = c
+            .trust_pem("registry.ca_file /x.pem", b"not a certificate")
+            .expect_err("no certificate")
+            .to_string();
+        assert!(
+            err.contains("registry.ca_file /x.pem") && err.contains("TLS"),
+            "{err}"
+        );
     }
 
     #[test]
