@@ -96,8 +96,9 @@ impl ParquetSinkConfig {
 
 /// S3 settings. Unset values come from the usual AWS environment variables
 /// (`AWS_ENDPOINT_URL` or `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, ...). An `http://` endpoint is allowed without TLS.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+/// `AWS_SECRET_ACCESS_KEY`, ...). An `http://` endpoint is allowed without TLS. The
+/// secret key never shows in this type's `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Endpoint URL, e.g. `http://127.0.0.1:9000` for a local server.
@@ -108,4 +109,28 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Secret access key.
     pub secret_access_key: Option<String>,
+    /// A file holding the secret access key (as container secrets are mounted); it
+    /// replaces `secret_access_key`.
+    pub secret_access_key_file: Option<String>,
+    /// PEM file of the certificate authorities an `https://` endpoint is checked
+    /// against, added to the system's (for MinIO-style servers with a private CA).
+    /// Default `AWS_CA_BUNDLE` when set.
+    pub ca_file: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = self
+            .secret_access_key
+            .as_ref()
+            .map(|_| eventbus_runtime::MASK);
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &secret)
+            .field("secret_access_key_file", &self.secret_access_key_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }

@@ -272,7 +272,7 @@ impl ParquetSink {
         let failed = |e: object_store::Error| {
             flush_error(format!(
                 "table root {root}: {}",
-                describe_store_error(&e.to_string())
+                describe_store_error(&store::error_chain(&e))
             ))
         };
         let store = self.inner.store.as_ref();

@@ -24,6 +24,29 @@ pub fn open_store(
             return Err(bad("no bucket in the s3:// URL".into()));
         }
         let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // First: client options replace those set before them (allow-http below).
+        let ca_file = s3
+            .ca_file
+            .clone()
+            .or_else(|| std::env::var("AWS_CA_BUNDLE").ok());
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(&path).map_err(|e| {
+                bad(format!(
+                    "warehouse.s3.ca_file: cannot read the file {path:?}: {e}"
+                ))
+            })?;
+            let certificates = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                bad(format!(
+                    "warehouse.s3.ca_file {path:?} holds no PEM certificate: {e}"
+                ))
+            })?;
+            let options = certificates
+                .into_iter()
+                .fold(object_store::ClientOptions::new(), |o, c| {
+                    o.with_root_certificate(c)
+                });
+            b = b.with_client_options(options);
+        }
         if let Some(e) = &s3.endpoint {
             b = b.with_endpoint(e);
         }
@@ -43,6 +66,12 @@ pub fn open_store(
         }
         if let Some(k) = &s3.secret_access_key {
             b = b.with_secret_access_key(k);
+        }
+        if let Some(path) = &s3.secret_access_key_file {
+            let key =
+                eventbus_runtime::read_secret_file("warehouse.s3.secret_access_key_file", path)
+                    .map_err(|e| bad(e.to_string()))?;
+            b = b.with_secret_access_key(key);
         }
         let store = b.build().map_err(|e| bad(e.to_string()))?;
         return Ok((Arc::new(store), Path::from(prefix)));
@@ -107,7 +136,24 @@ pub(super) async fn probe_conditional_puts(
 }
 
 pub(super) fn store_error(e: object_store::Error) -> SinkError {
-    flush_error(describe_store_error(&e.to_string()))
+    flush_error(describe_store_error(&error_chain(&e)))
+}
+
+/// An error with the errors that caused it, each once: object_store's own text stops
+/// at "error sending request", and the cause (a refused TLS certificate, a refused
+/// connection) is further down the chain.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// An object store error as an operator should read it: the store's own text, led by
@@ -127,6 +173,11 @@ pub(super) fn describe_store_error(text: &str) -> String {
         )
     } else if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
         Some("the S3 credentials were refused")
+    } else if text.contains("certificate") {
+        Some(
+            "the endpoint's TLS certificate was not accepted (a private CA goes in \
+             [warehouse.s3] ca_file or AWS_CA_BUNDLE)",
+        )
     } else {
         None
     };
@@ -139,6 +190,42 @@ pub(super) fn describe_store_error(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Option<Box<Wrapped>>);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|w| w as _)
+        }
+    }
+
+    #[test]
+    fn the_cause_of_a_store_error_is_told_and_a_refused_certificate_is_named() {
+        let e = Wrapped(
+            "HTTP error: error sending request",
+            Some(Box::new(Wrapped(
+                "error sending request",
+                Some(Box::new(Wrapped(
+                    "invalid peer certificate: UnknownIssuer",
+                    None,
+                ))),
+            ))),
+        );
+        let text = error_chain(&e);
+        assert_eq!(
+            text,
+            "HTTP error: error sending request: invalid peer certificate: UnknownIssuer"
+        );
+        assert!(
+            describe_store_error(&text).contains("TLS certificate was not accepted"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn store_errors_lead_with_the_set_up_mistake_they_mean() {
