@@ -24,8 +24,8 @@ use super::rules::Severity;
 
 const NAME: &str = "webhook";
 
-/// One `[[webhook]]` section.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// One `[[webhook]]` section. Its `Debug` output shows header names, never values.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// Where alerts are POSTed (`http://` or `https://`).
@@ -39,6 +39,10 @@ pub struct WebhookSpec {
     /// Extra request headers, e.g. `Authorization`.
     #[serde(default)]
     pub headers: HashMap<String, String>,
+    /// Extra request headers whose values are read from files (as container secrets
+    /// are mounted): header name → file. A header here replaces one in `headers`.
+    #[serde(default)]
+    pub header_files: HashMap<String, String>,
     /// Requests per second to this URL, retries included. Default 10.
     #[serde(default = "default_rate")]
     pub rate_per_sec: u32,
@@ -59,7 +63,35 @@ fn default_timeout() -> u64 {
     5_000
 }
 
+impl std::fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut headers: Vec<&String> = self.headers.keys().collect();
+        headers.sort();
+        f.debug_struct("WebhookSpec")
+            .field("url", &self.shown_url())
+            .field("severities", &self.severities)
+            .field("rules", &self.rules)
+            .field("headers", &headers)
+            .field("header_files", &self.header_files)
+            .field("rate_per_sec", &self.rate_per_sec)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 impl WebhookSpec {
+    /// This spec with the `header_files` read into `headers`.
+    fn with_header_files(&self, name: &str) -> Result<Self, String> {
+        let mut spec = self.clone();
+        for (header, path) in &self.header_files {
+            let value =
+                eventbus_runtime::read_secret_file(&format!("{name}: header_files.{header}"), path)
+                    .map_err(|e| e.to_string())?;
+            spec.headers.insert(header.clone(), value);
+        }
+        Ok(spec)
+    }
+
     /// The URL without credentials, for logs and headers.
     pub fn shown_url(&self) -> String {
         match (self.url.find("://"), self.url.find('@')) {
@@ -205,7 +237,11 @@ impl Webhooks {
         let mut hooks = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             spec.check(i)?;
-            let spec = Arc::new(spec.clone());
+            let spec = Arc::new(spec.with_header_files(&format!(
+                "webhook #{} ({})",
+                i + 1,
+                spec.shown_url()
+            ))?);
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_millis(spec.timeout_ms.max(1))))
                 .http_status_as_error(false)
