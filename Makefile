@@ -58,18 +58,20 @@ dev-native-check:
 	scripts/dev-native.sh start $(EVENTBUS_BIN); \
 	scripts/dev-native.sh check; sleep 45; scripts/dev-native.sh check
 
-## Installs tansu and the S3 server if missing (cached), starts both, and runs each
-## real-broker test binary on a fresh tansu of its own, then stops them. (tansu 0.6's
+## Installs tansu and the S3 server if missing (cached), and Debian's stunnel4 and openssl
+## for the TLS tests, starts tansu and S3, and runs each real-broker test binary on a
+## fresh tansu of its own, then stops them. (tansu 0.6's
 ## group coordinator slows down as groups accumulate: after a few hundred joins,
 ## commits and kills it answers heartbeats later than a 6 s session allows.)
 real-broker:
 	$(CARGO) build -p eventbus-jobs --bin eventbus
+	scripts/debian-tools.sh stunnel4=stunnel4 openssl=openssl
 	@set -e; \
 	s3=$$($(S3) start); \
 	trap '$(BROKER) stop; $(S3) stop' EXIT; \
 	export TANSU_BIN=$$($(BROKER) bin) EVENTBUS_BIN=$(EVENTBUS_BIN) \
 	  EVENTBUS_TEST_S3=$$s3 EVENTBUS_TEST_S3_PID=$$($(S3) pid) EVENTBUS_TEST_PYTHON=$$($(S3) python); \
-	for t in real_broker warehouse warehouse_dead_letters dlq_real_broker analytics alerting operations; do \
+	for t in real_broker warehouse warehouse_dead_letters dlq_real_broker analytics alerting operations secure; do \
 	  addr=$$($(BROKER) start); \
 	  echo "$$t: a fresh tansu on $$addr, S3 server on $$s3"; \
 	  EVENTBUS_TEST_BROKERS=$$addr \

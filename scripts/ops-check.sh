@@ -14,16 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:?usage: $0 EVENTBUS_BIN}"
 
-need=()
-command -v promtool >/dev/null || need+=(prometheus)
-command -v docker-compose >/dev/null || need+=(docker-compose)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian (once per machine)" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-fi
+scripts/debian-tools.sh promtool=prometheus docker-compose=docker-compose
 
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts_test.yml

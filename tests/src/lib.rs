@@ -13,6 +13,7 @@
 pub mod dlq;
 pub mod dlq_scenarios;
 pub mod registry;
+pub mod tls;
 pub mod warehouse_scenarios;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -349,7 +350,12 @@ impl Drop for JobProcess {
 /// A tansu broker of the test's own, for tests that stop and restart it.
 pub struct Tansu {
     pub brokers: String,
-    port: u16,
+    /// The port it listens on.
+    pub port: u16,
+    /// The port it tells clients to connect to (a TLS proxy's), when not its own.
+    advertised: u16,
+    /// Whether clients must log in with SASL.
+    authentication: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -358,15 +364,47 @@ impl Tansu {
     /// Starts tansu on a free port with SQLite storage in a fresh folder.
     pub fn start() -> Self {
         let port = free_port();
+        Self::start_advertising(port, port, false)
+    }
+
+    /// Starts tansu on `port`, advertising 127.0.0.1:`advertised` to clients (the port
+    /// of a TLS proxy in front of it), and requiring SASL logins with `authentication`.
+    pub fn start_advertising(port: u16, advertised: u16, authentication: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut t = Self {
-            brokers: format!("127.0.0.1:{port}"),
+            brokers: format!("127.0.0.1:{advertised}"),
             port,
+            advertised,
+            authentication,
             dir,
             child: None,
         };
         t.restart();
         t
+    }
+
+    /// Creates a SCRAM-SHA-512 user through tansu's own command, against this broker
+    /// (which must not yet require authentication: restart it with
+    /// [`Tansu::require_authentication`] afterwards).
+    pub fn create_scram_user(&self, user: &str, password: &str) {
+        let out = Command::new(Self::bin())
+            .args(["user", "create", "--mechanism", "scram512", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args([user, password])
+            .output()
+            .expect("tansu user create");
+        assert!(
+            out.status.success(),
+            "tansu user create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Restarts the broker (same data) requiring SASL logins from now on.
+    pub fn require_authentication(&mut self) {
+        self.stop();
+        self.authentication = true;
+        self.restart();
     }
 
     fn bin() -> PathBuf {
@@ -382,16 +420,22 @@ impl Tansu {
     /// connections.
     pub fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = fs::File::create(self.dir.path().join("tansu.log")).expect("log");
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("log");
         let child = Command::new(Self::bin())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.authentication.then_some("--authentication"))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))
@@ -421,7 +465,8 @@ impl Drop for Tansu {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
