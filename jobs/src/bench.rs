@@ -192,16 +192,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let bar = progress::bar(opts.messages, "produced", opts.quiet);
     let count = usize::try_from(opts.messages).unwrap_or(usize::MAX);
     let mut encode_input = None;
+    let kafka = crate::bench_sides::kafka(&brokers)?;
     match opts.job {
         BenchJob::Discard | BenchJob::Alerting => {
             let value = vec![b'x'; opts.value_size];
             let records = (0..opts.messages).map(|i| (format!("k{}", i % 1000), value.clone()));
-            topic_io::produce(
-                &crate::bench_sides::kafka(&brokers)?,
-                &topic,
-                records,
-                |n| bar.set_position(n),
-            )?;
+            topic_io::produce(&kafka, &topic, records, |n| bar.set_position(n))?;
         }
         BenchJob::Warehouse | BenchJob::Analytics => {
             let registry = eventbus_schemas::FileRegistry::embedded()?;
@@ -218,18 +214,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             if opts.job == BenchJob::Warehouse {
                 encode_input = Some((id, serde_json::to_string(&*schema)?, values));
             }
-            topic_io::produce(
-                &crate::bench_sides::kafka(&brokers)?,
-                &topic,
-                records,
-                |n| bar.set_position(n),
-            )?;
+            topic_io::produce(&kafka, &topic, records, |n| bar.set_position(n))?;
         }
     }
     bar.finish_and_clear();
     // The mock cluster keeps a bounded log per partition and drops the oldest records
     // beyond it; both sides read what it kept.
-    let available = topic_io::available(&crate::bench_sides::kafka(&brokers)?, &topic)?;
+    let available = topic_io::available(&kafka, &topic)?;
     if available < opts.messages {
         eprintln!(
             "the broker kept {available} of {} records; both sides read those",

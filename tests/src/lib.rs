@@ -715,6 +715,20 @@ pub async fn mirror_end_to_end(
     out
 }
 
+/// The S3 server `make test` starts (`endpoint`, plain HTTP), bucket `eventbus-test`, as
+/// the tests read it back: straight from the server, not through the job's settings.
+pub fn test_s3_store(endpoint: &str) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("eventbus-test")
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .expect("s3")
+}
+
 /// One row of a warehouse table, as the tests check it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TableRow {

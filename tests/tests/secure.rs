@@ -170,15 +170,7 @@ fn over_tls_generate_and_the_warehouse_load_every_record_exactly_once_into_s3_ov
 
     // Read back over plain HTTP, straight from the S3 server: what the job wrote through
     // the TLS proxy.
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&s3)
-        .with_allow_http(true)
-        .with_bucket_name("eventbus-test")
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .expect("s3");
+    let store = eventbus_tests::test_s3_store(&s3);
     let rows = tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(read_table(

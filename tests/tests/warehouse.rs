@@ -374,15 +374,7 @@ async fn an_s3_outage_mid_run_loses_and_doubles_nothing() {
     })
     .await
     .expect("join");
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_bucket_name("eventbus-test")
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .expect("s3");
+    let store = eventbus_tests::test_s3_store(&endpoint);
     let started = Instant::now();
     let rows = read_table(&store, &StorePath::from(format!("{prefix}/{}", fx.topic))).await;
     eprintln!(

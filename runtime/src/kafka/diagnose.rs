@@ -45,7 +45,11 @@ impl LastError {
         if tls || sasl {
             recorded.refused = Some(text.clone());
         }
-        recorded.last = Some(text);
+        // "All brokers are down" follows the error that says why ("Connection refused"):
+        // keep that one.
+        if code != Some(Code::AllBrokersDown) || recorded.last.is_none() {
+            recorded.last = Some(text);
+        }
     }
 
     /// The most telling error recorded: the last refusal (TLS, SASL), else the last
@@ -173,6 +177,14 @@ mod tests {
             &KafkaError::Global(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure),
             "127.0.0.1:9/bootstrap: Connection refused",
         );
+        other.record(
+            &KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
         assert!(other.refused().is_none(), "a refused TCP connect may heal");
+        assert!(
+            other.explain("x").contains("Connection refused"),
+            "the cause is not hidden by 'all brokers down'"
+        );
     }
 }
