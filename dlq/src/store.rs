@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use eventbus_runtime::{Headers, KafkaProperties};
+use eventbus_runtime::kafka::{Diagnosing, Remembers};
+use eventbus_runtime::{Headers, KafkaProperties, RuntimeError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -41,8 +42,12 @@ pub struct StoredLetter {
     pub category: String,
 }
 
-/// A consumer with this client's properties and no group of its own unless given.
-pub(crate) fn consumer(props: &KafkaProperties, group: &str) -> Result<BaseConsumer, DlqError> {
+/// A consumer with this client's properties and no group of its own unless given; it
+/// remembers why it cannot reach the brokers (a failed TLS handshake, a refused login).
+pub(crate) fn consumer(
+    props: &KafkaProperties,
+    group: &str,
+) -> Result<BaseConsumer<Diagnosing>, DlqError> {
     let mut cfg = ClientConfig::new();
     for (k, v) in props.iter() {
         cfg.set(k, v);
@@ -51,19 +56,28 @@ pub(crate) fn consumer(props: &KafkaProperties, group: &str) -> Result<BaseConsu
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    cfg.create()
+    cfg.create_with_context(Diagnosing::default())
         .map_err(|e| DlqError::kafka("creating the Kafka consumer", e))
 }
 
 /// The end offset of every partition of `topic`; `brokers` names the cluster in errors.
+/// `c` must be neither subscribed nor assigned yet: it is first asked for the topic's
+/// metadata, so that unreachable brokers fail with the reason (TLS, SASL) at once.
 ///
 /// # Errors
 /// The topic does not exist or the brokers do not answer.
-pub fn end_offsets(
-    c: &BaseConsumer,
+pub fn end_offsets<C: Remembers>(
+    c: &BaseConsumer<C>,
     brokers: &str,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>, DlqError> {
+    eventbus_runtime::kafka::fetch_metadata(c, Some(topic), TIMEOUT).map_err(|reason| {
+        RuntimeError::BrokersUnreachable {
+            brokers: brokers.to_owned(),
+            timeout_ms: u64::try_from(TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+            reason,
+        }
+    })?;
     let ends = eventbus_runtime::kafka::watermarks(c, topic, brokers, TIMEOUT)?
         .into_iter()
         .map(|(p, (_, high))| (p, high))

@@ -252,16 +252,34 @@ fn a_client_with_the_wrong_ca_fails_with_an_error_naming_tls() {
         last.contains("TLS handshake with the broker failed") && !last.contains("Timed out"),
         "the error names TLS, not a timeout:\n{said}"
     );
-    let out = eventbus(&["run", "warehouse", "--config", wrong], &[]);
-    let said = text(&out);
-    assert!(
-        !out.status.success(),
-        "a wrong CA must stop the job:\n{said}"
-    );
-    assert!(
-        said.contains("TLS handshake with the broker failed"),
-        "the job's error names TLS:\n{said}"
-    );
+    for (what, args) in [
+        ("the job", &["run", "warehouse", "--config", wrong][..]),
+        (
+            "dlq inspect",
+            &[
+                "dlq",
+                "inspect",
+                "--config",
+                wrong,
+                "--topic",
+                "vehicle.state.v1.dlq",
+            ][..],
+        ),
+        ("topics plan", &["topics", "plan", "--config", wrong][..]),
+    ] {
+        let out = eventbus(args, &[]);
+        let said = text(&out);
+        assert!(
+            !out.status.success(),
+            "a wrong CA must stop {what}:\n{said}"
+        );
+        assert!(
+            said.lines()
+                .last()
+                .is_some_and(|l| l.contains("TLS handshake with the broker failed")),
+            "the error of {what} names TLS:\n{said}"
+        );
+    }
 }
 
 #[test]
