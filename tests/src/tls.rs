@@ -100,6 +100,54 @@ impl TestCa {
             key: dir.join(f("server.key")),
         }
     }
+
+    /// A client certificate this CA signs, with its key: (certificate, key) PEM files.
+    pub fn client_cert(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let f = |suffix: &str| format!("{name}-client-{suffix}");
+        let ca_key = self.ca.with_extension("key");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=eventbus-client",
+                "-keyout",
+                &f("key.pem"),
+                "-out",
+                &f("csr"),
+            ],
+        );
+        std::fs::write(
+            dir.join(f("ext")),
+            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n\
+             extendedKeyUsage = clientAuth\n",
+        )
+        .expect("write the extensions");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &f("csr"),
+                "-CA",
+                &self.ca.display().to_string(),
+                "-CAkey",
+                &ca_key.display().to_string(),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &f("cert.pem"),
+                "-extfile",
+                &f("ext"),
+            ],
+        );
+        (dir.join(f("cert.pem")), dir.join(f("key.pem")))
+    }
 }
 
 /// A running `stunnel` that accepts TLS on 127.0.0.1 and forwards the plain bytes.
@@ -113,12 +161,22 @@ impl TlsProxy {
     /// Starts a proxy with `ca`'s server certificate, accepting on `port` and forwarding
     /// to 127.0.0.1:`target`; returns once it accepts connections.
     pub fn start(ca: &TestCa, dir: &Path, port: u16, target: u16) -> Self {
+        Self::start_with(ca, dir, port, target, "")
+    }
+
+    /// As [`TlsProxy::start`], refusing clients without a certificate `ca` signed.
+    pub fn start_requiring_client_certs(ca: &TestCa, dir: &Path, port: u16, target: u16) -> Self {
+        let verify = format!("verifyChain = yes\nCAfile = {}\n", ca.ca.display());
+        Self::start_with(ca, dir, port, target, &verify)
+    }
+
+    fn start_with(ca: &TestCa, dir: &Path, port: u16, target: u16, extra: &str) -> Self {
         let conf = dir.join(format!("stunnel-{port}.conf"));
         std::fs::write(
             &conf,
             format!(
                 "foreground = yes\npid =\ndebug = notice\n[proxy]\naccept = 127.0.0.1:{port}\n\
-                 connect = 127.0.0.1:{target}\ncert = {}\nkey = {}\n",
+                 connect = 127.0.0.1:{target}\ncert = {}\nkey = {}\n{extra}",
                 ca.cert.display(),
                 ca.key.display()
             ),

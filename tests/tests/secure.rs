@@ -20,6 +20,7 @@ use eventbus_tests::tls::{TestCa, TlsProxy};
 use eventbus_tests::{JobProcess, Tansu, eventbus_bin, free_port, read_table, table_duplicates};
 
 const TOPIC: &str = "vehicle.state.v1";
+const DLQ: &str = "vehicle.state.v1.dlq";
 
 /// Runs `eventbus ARGS` with `env`, RUST_LOG=debug so that the logs say as much as they
 /// ever do; returns its output.
@@ -319,8 +320,8 @@ fn sasl_scram_over_tls_logs_in_with_a_password_file_and_a_wrong_password_is_refu
     ));
     tokio::runtime::Runtime::new()
         .expect("runtime")
-        .block_on(topic_io::create_topics(&logged_in, &[(TOPIC, 3)]))
-        .expect("create the topic over SASL_SSL");
+        .block_on(topic_io::create_topics(&logged_in, &[(TOPIC, 3), (DLQ, 1)]))
+        .expect("create the topics over SASL_SSL");
     let generated = ok(
         eventbus(
             &[
@@ -330,6 +331,10 @@ fn sasl_scram_over_tls_logs_in_with_a_password_file_and_a_wrong_password_is_refu
         ),
         "generate over SASL_SSL",
     );
+    // Records no producer of ours would write: dead-lettered through the DLQ writer,
+    // which logs in as the job does.
+    let foreign = (0..3).map(|i| (format!("foreign-{i}"), format!("not avro {i}").into_bytes()));
+    topic_io::produce(&logged_in, TOPIC, foreign, |_| {}).expect("produce foreign records");
     let mut run = JobProcess::warehouse(&config, dir.path(), "warehouse", &["--until-caught-up"]);
     let status = run.wait(Duration::from_secs(180));
     let log = std::fs::read_to_string(dir.path().join("warehouse.log")).expect("log");
@@ -337,11 +342,27 @@ fn sasl_scram_over_tls_logs_in_with_a_password_file_and_a_wrong_password_is_refu
         status.success(),
         "the warehouse over SASL_SSL failed:\n{log}"
     );
+    let letters = topic_io::read_all(&logged_in, DLQ, Duration::from_secs(60)).expect("letters");
+    assert_eq!(letters.len(), 3, "each foreign record is a dead letter");
+    let mut headers = String::new();
+    for letter in &letters {
+        use rdkafka::message::{Headers as _, Message as _};
+        for h in letter.headers().into_iter().flat_map(|hs| hs.iter()) {
+            headers.push_str(h.key);
+            headers.push('=');
+            headers.push_str(&String::from_utf8_lossy(h.value.unwrap_or_default()));
+            headers.push('\n');
+        }
+    }
+    assert!(
+        headers.contains("vehicle.state.v1"),
+        "letters carry their context:\n{headers}"
+    );
     let store = object_store::local::LocalFileSystem::new_with_prefix(&table).expect("table");
     let rows = tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(read_table(&store, &object_store::path::Path::from(TOPIC)));
-    assert_eq!(table_duplicates(&rows), (0, 1500), "every record once");
+    assert_eq!(table_duplicates(&rows), (0, 1500), "every good record once");
 
     // The password from the environment instead, and wrong: refused by the broker, and
     // said so at once.
@@ -381,7 +402,8 @@ fn sasl_scram_over_tls_logs_in_with_a_password_file_and_a_wrong_password_is_refu
             .expect("ends")
             .values()
             .sum::<i64>(),
-        1500
+        1503,
+        "1500 generated and 3 foreign records"
     );
     let help = ok(
         eventbus(
@@ -412,6 +434,7 @@ fn sasl_scram_over_tls_logs_in_with_a_password_file_and_a_wrong_password_is_refu
     );
     for (what, output) in [
         ("generate's output", &generated),
+        ("the dead letters' headers", &headers),
         ("the warehouse log", &log),
         ("the refused run's output", &refused),
         ("--help", &help),
@@ -481,6 +504,41 @@ fn the_registry_client_talks_https_with_a_test_ca_with_basic_auth_and_with_a_bea
     assert!(
         client.fetch_schema(id).expect("lookup").is_some(),
         "the schema reads back by id"
+    );
+
+    // A registry that asks for a client certificate: refused without one, served with
+    // the one cert_file and key_file name.
+    let mutual =
+        TlsProxy::start_requiring_client_certs(&ca, dir.path(), free_port(), port_of(&bearer.url));
+    let (cert, key) = ca.client_cert(dir.path(), "registry");
+    let section = |client: &str| {
+        eventbus_jobs::config::JobFile::parse(&format!(
+            "[registry]\nurl = \"https://127.0.0.1:{}\"\ntoken = \"token-7a3e9c\"\n\
+             ca_file = \"{ca_file}\"\n{client}",
+            mutual.port
+        ))
+        .expect("[registry]")
+        .registry
+    };
+    let anonymous = section("").http().expect("client").expect("HTTP");
+    assert!(
+        anonymous.fetch_schema(id).is_err(),
+        "a registry that wants a client certificate refuses a client without one"
+    );
+    let with_cert = section(&format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
+    .http()
+    .expect("client")
+    .expect("HTTP");
+    assert!(
+        with_cert
+            .fetch_schema(id)
+            .expect("lookup with a client certificate")
+            .is_some(),
+        "the schema reads back over mutual TLS"
     );
 
     // The wrong CA: refused, named as a certificate problem; the token stays hidden.
