@@ -6,11 +6,17 @@ S3 := scripts/test-s3.sh
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 EVENTBUS_BIN := $(TARGET_DIR)/debug/eventbus
 
-.PHONY: test lint unit schemas-check ops-check real-broker dev-native-check demo bench clean-broker dev dev.down dev.native dev.native.down
+.PHONY: test build-deps lint unit schemas-check ops-check real-broker dev-native-check demo bench clean-broker dev dev.down dev.native dev.native.down
 
 ## Everything: lint, unit and mock-cluster tests, the schema compatibility check, then
 ## the real-broker tests on tansu.
-test: lint unit schemas-check ops-check real-broker dev-native-check
+test: build-deps lint unit schemas-check ops-check real-broker dev-native-check
+
+## What the build needs beyond a Rust toolchain, a C compiler and make: the full Perl
+## (OpenSSL's configure script, compiled in for librdkafka's TLS, uses IPC::Cmd, which
+## Debian's minimal perl-base lacks).
+build-deps:
+	scripts/debian-tools.sh perl=perl perl:IPC::Cmd=perl
 
 ## Formatting and clippy, warnings as errors.
 lint:

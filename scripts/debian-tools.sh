@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Installs Debian packages that provide the given commands, when a command is missing.
-# Idempotent: once installed, it only checks.
+# Installs Debian packages that provide the given commands (or Perl modules), when one is
+# missing. Idempotent: once installed, it only checks.
 #
-#   scripts/debian-tools.sh COMMAND=PACKAGE ...
-#   scripts/debian-tools.sh promtool=prometheus stunnel4=stunnel4
+#   scripts/debian-tools.sh COMMAND=PACKAGE ... | perl:MODULE=PACKAGE ...
+#   scripts/debian-tools.sh promtool=prometheus stunnel4=stunnel4 perl:IPC::Cmd=perl
 set -euo pipefail
 
 need=()
 for pair in "$@"; do
-  command -v "${pair%%=*}" >/dev/null || need+=("${pair#*=}")
+  check="${pair%%=*}"
+  case "$check" in
+    perl:*) perl -M"${check#perl:}" -e1 2>/dev/null || need+=("${pair#*=}") ;;
+    *) command -v "$check" >/dev/null || need+=("${pair#*=}") ;;
+  esac
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} from Debian (once per machine)" >&2
