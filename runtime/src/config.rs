@@ -227,9 +227,13 @@ impl KafkaProperties {
     /// letters, replays): these properties less the consumer-only ones, with the
     /// idempotent producer and `acks=all` forced, and `linger.ms` 5 unless set.
     ///
+    /// Secrets named by `*_file` settings are read (see
+    /// [`KafkaProperties::read_secret_files`]).
+    ///
     /// # Errors
     /// [`RuntimeError::Config`] when `enable.idempotence` or `acks` is set to something
-    /// weaker; `what` names the producer in the message.
+    /// weaker (`what` names the producer in the message), or a secret file cannot be
+    /// read.
     pub fn durable_producer(&self, what: &str) -> Result<rdkafka::ClientConfig, RuntimeError> {
         for (key, allowed) in [
             ("enable.idempotence", &["true"][..]),
@@ -245,8 +249,10 @@ impl KafkaProperties {
                 ));
             }
         }
+        let mut resolved = self.clone();
+        resolved.read_secret_files()?;
         let mut cfg = rdkafka::ClientConfig::new();
-        for (k, v) in self.producer_properties() {
+        for (k, v) in resolved.producer_properties() {
             cfg.set(k, v);
         }
         cfg.set("enable.idempotence", "true").set("acks", "all");
@@ -513,6 +519,12 @@ mod tests {
             shown.contains("sasl_ssl") && shown.contains(MASK),
             "{shown}"
         );
+        // A producer built from properties that still name a file reads it.
+        let mut named = KafkaProperties::new();
+        named.set("sasl.password_file", path.display().to_string());
+        let producer = named.durable_producer("the test").expect("readable");
+        assert_eq!(producer.get("sasl.password"), Some("s3cr3t-value"));
+        assert_eq!(producer.get("sasl.password_file"), None);
         let mut missing = KafkaProperties::new();
         missing.set("ssl.key.password_file", "/nonexistent/key-password");
         let err = missing

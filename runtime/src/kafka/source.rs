@@ -77,7 +77,10 @@ impl KafkaSource {
             .set_default("client.id", format!("eventbus-{job}"))
             .set("group.id", self.config.group_id.clone())
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            // Job files have theirs read already; a job built in code may still name
+            // secret files.
+            .read_secret_files()?;
         let mut cfg = ClientConfig::new();
         for (k, v) in props.consumer_properties() {
             cfg.set(k, v);
@@ -474,6 +477,21 @@ mod tests {
             lane.records
                 .push(Record::new(tp.topic.clone(), tp.partition, o, Bytes::new()));
         }
+    }
+
+    #[test]
+    fn the_consumer_reads_secrets_named_by_file_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("password");
+        std::fs::write(&path, "from-a-file\n").expect("write");
+        let mut props = KafkaProperties::new();
+        props
+            .set("bootstrap.servers", "127.0.0.1:9092")
+            .set("sasl.password_file", path.display().to_string());
+        let source = KafkaSource::new(props, SourceConfig::new("g", ["t"]));
+        let cfg = source.client_config("job").expect("config");
+        assert_eq!(cfg.get("sasl.password"), Some("from-a-file"));
+        assert_eq!(cfg.get("sasl.password_file"), None);
     }
 
     #[test]
