@@ -226,7 +226,8 @@ where
         (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
     ) -> Result<(), SinkError> {
         let value = self.inner.agg.finish(&acc);
-        let outcome = send_result(&self.inner.out, tp, window, key, value, &holds).await?;
+        let newest = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
+        let outcome = send_result(&self.inner.out, tp, window, key, value, newest).await?;
         tokio::spawn(async move { settle(outcome.await, holds) });
         Ok(())
     }

@@ -7,11 +7,15 @@
 //! allowed lateness. A record behind that for every window it belongs to is late: it is
 //! counted ([`Windowed::late`]) and taken as done.
 //!
-//! **Delivery.** A record added to a window is held in state ([`StateHold`]): it no
-//! longer counts as in flight, so a long window over a busy partition never stalls
-//! backpressure, but nothing is committed past it until the result of every window it
-//! is in has been acknowledged by the result sink. After a crash the partition is read
-//! again from its oldest held record.
+//! **Delivery.** The first record of each (window, key) is held in state
+//! ([`StateHold`]) until the window's result has been acknowledged by the result sink;
+//! the window's later records are done at once. A partition's records arrive in offset
+//! order, so that first record is the window's oldest: nothing is committed past it
+//! while the window is open, and after a crash the partition is read again from the
+//! oldest open window's first record, which brings back every record of every open
+//! window. No record counts as in flight while its window is open, so a long window
+//! over a busy partition never stalls backpressure; and a record costs no hold of its
+//! own.
 //!
 //! **Progress.** [`Windowed::progress`] tells, per partition, through which window end
 //! every result has been acknowledged; [`Windowed::finish`] closes every open window of
@@ -67,7 +71,19 @@ fn slot_bytes<K>() -> usize {
     std::mem::size_of::<K>() + 48
 }
 
-type Open<K, Acc> = BTreeMap<Window, HashMap<K, (Acc, Vec<StateHold>)>>;
+/// Per open window and key: the aggregate, the hold of its first record (and its splits
+/// kept for nothing else), and the offset of its newest record.
+/// Looked up for every record, so hashed with foldhash rather than SipHash.
+type Open<K, Acc> = BTreeMap<Window, HashMap<K, Slot<Acc>, foldhash::fast::RandomState>>;
+
+/// One (window, key) of a partition.
+struct Slot<Acc> {
+    acc: Acc,
+    /// The first record's hold; empty only while the slot is being created.
+    holds: Vec<StateHold>,
+    /// The offset of the newest record: the result's offset.
+    newest: i64,
+}
 
 struct Part<K, Acc> {
     max_event: Option<i64>,
@@ -103,7 +119,13 @@ impl<K, Acc> Part<K, Acc> {
         for w in windows {
             if let Some(keys) = self.open.remove(&w) {
                 *self.pending.entry(w.end).or_default() += keys.len();
-                closed.extend(keys.into_iter().map(|(k, (acc, holds))| (w, k, acc, holds)));
+                closed.extend(keys.into_iter().map(|(k, slot)| Closing {
+                    window: w,
+                    key: k,
+                    acc: slot.acc,
+                    holds: slot.holds,
+                    newest: slot.newest,
+                }));
             }
         }
         closed
@@ -125,7 +147,16 @@ pub struct PartitionProgress {
     pub last_offset: i64,
 }
 
-type Closed<K, Acc> = Vec<(Window, K, Acc, Vec<StateHold>)>;
+type Closed<K, Acc> = Vec<Closing<K, Acc>>;
+
+/// A (window, key) whose result is due.
+struct Closing<K, Acc> {
+    window: Window,
+    key: K,
+    acc: Acc,
+    holds: Vec<StateHold>,
+    newest: i64,
+}
 
 /// What adding a record did: the windows it closed (with the partition state's
 /// generation), or nothing, the record being late.
@@ -293,30 +324,49 @@ where
             });
             return Added::Windows(part.generation, Vec::new());
         }
-        let hold = ack.into_state_hold();
-        let last = targets.len() - 1;
-        let mut hold = Some(hold);
-        for (i, w) in targets.into_iter().enumerate() {
-            let this = if i == last {
-                hold.take()
-            } else {
-                hold.as_ref().map(StateHold::split)
-            };
+        let offset = ack.origin().offset;
+        // Only a window's first record for a key is held; a record first in none of its
+        // windows is done at once.
+        let firsts = targets
+            .iter()
+            .filter(|w| part.open.get(w).is_none_or(|keys| !keys.contains_key(&key)))
+            .count();
+        let mut hold = if firsts == 0 {
+            ack.done();
+            None
+        } else {
+            Some(ack.into_state_hold())
+        };
+        let mut splits = firsts.saturating_sub(1);
+        for w in targets {
             let keys = part.open.entry(w).or_default();
             // The key is cloned only for a new slot.
             if !keys.contains_key(&key) {
-                keys.insert(key.clone(), (self.inner.agg.create(), Vec::new()));
+                let this = if splits > 0 {
+                    splits -= 1;
+                    hold.as_ref().map(StateHold::split)
+                } else {
+                    hold.take()
+                };
                 self.inner
                     .state_bytes
-                    .fetch_add(slot_bytes::<K>(), Ordering::Relaxed);
+                    .fetch_add(slot_bytes::<K>() + HOLD_BYTES, Ordering::Relaxed);
+                keys.insert(
+                    key.clone(),
+                    Slot {
+                        acc: self.inner.agg.create(),
+                        holds: this.into_iter().collect(),
+                        newest: offset,
+                    },
+                );
             }
             let Some(slot) = keys.get_mut(&key) else {
                 continue;
             };
-            let before = self.inner.agg.size(&slot.0);
-            self.inner.agg.add(&mut slot.0, &value);
-            slot.1.extend(this);
-            let after = self.inner.agg.size(&slot.0) + HOLD_BYTES;
+            let before = self.inner.agg.size(&slot.acc);
+            self.inner.agg.add(&mut slot.acc, &value);
+            slot.newest = slot.newest.max(offset);
+            let after = self.inner.agg.size(&slot.acc);
             self.inner
                 .state_bytes
                 .fetch_add(after.wrapping_sub(before), Ordering::Relaxed);
@@ -330,7 +380,7 @@ where
             .copied()
             .collect();
         let closed = part.close(due);
-        self.forget(closed.iter().map(|(_, _, acc, holds)| (acc, holds.len())));
+        self.forget(closed.iter().map(|c| (&c.acc, c.holds.len())));
         Added::Windows(part.generation, closed)
     }
 
@@ -427,7 +477,7 @@ where
                 let all: Vec<Window> = part.open.keys().copied().collect();
                 (part.generation, part.close(all))
             };
-            self.forget(closed.1.iter().map(|(_, _, acc, holds)| (acc, holds.len())));
+            self.forget(closed.1.iter().map(|c| (&c.acc, c.holds.len())));
             for window in closed.1 {
                 self.emit(tp, closed.0, window).await?;
             }
@@ -452,12 +502,18 @@ where
         &self,
         tp: &TopicPartition,
         generation: u64,
-        (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
+        Closing {
+            window,
+            key,
+            acc,
+            holds,
+            newest,
+        }: Closing<K, A::Acc>,
     ) -> Result<(), SinkError> {
         let value = self.inner.agg.finish(&acc);
         metrics::counter!("eventbus_windows_emitted_total", "topic" => tp.topic.to_string())
             .increment(1);
-        let outcome = send_result(&self.inner.out, tp, window, key, value, &holds).await?;
+        let outcome = send_result(&self.inner.out, tp, window, key, value, newest).await?;
         let this = self.clone();
         let tp = tp.clone();
         tokio::spawn(async move {
@@ -478,16 +534,15 @@ where
 }
 
 /// Sends one window's result for `key` to `out`, as a record of the source partition at
-/// the offset of its newest held record; returns the outcome of its delivery.
+/// `offset` (that of the window's newest record); returns the outcome of its delivery.
 pub(crate) async fn send_result<K, O, S: Sink<WindowResult<K, O>>>(
     out: &S,
     tp: &TopicPartition,
     window: Window,
     key: K,
     value: O,
-    holds: &[StateHold],
+    offset: i64,
 ) -> Result<AckOutcome, SinkError> {
-    let offset = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
     let result = WindowResult { key, window, value };
     let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
     let (ack, outcome) = Ack::channel(record.origin());
@@ -573,11 +628,11 @@ where
             self.forget(
                 part.open
                     .values()
-                    .flat_map(|keys| keys.values().map(|(acc, holds)| (acc, holds.len()))),
+                    .flat_map(|keys| keys.values().map(|slot| (&slot.acc, slot.holds.len()))),
             );
             for (_, keys) in part.open {
-                for (_, (_, holds)) in keys {
-                    holds.into_iter().for_each(StateHold::abandon);
+                for (_, slot) in keys {
+                    slot.holds.into_iter().for_each(StateHold::abandon);
                 }
             }
         }
