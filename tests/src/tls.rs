@@ -33,8 +33,9 @@ fn openssl(dir: &Path, args: &[&str]) {
 impl TestCa {
     /// Makes a CA named `name` and a server certificate it signs, under `dir`.
     pub fn new(dir: &Path, name: &str) -> Self {
-        let f = |suffix: &str| format!("{name}-{suffix}");
+        let ca = dir.join(format!("{name}-ca.pem"));
         let subject = format!("/CN=eventbus test CA {name}");
+        let ca_key = ca.with_extension("key");
         openssl(
             dir,
             &[
@@ -48,106 +49,81 @@ impl TestCa {
                 "-subj",
                 &subject,
                 "-keyout",
-                &f("ca.key"),
+                &path(&ca_key),
                 "-out",
-                &f("ca.pem"),
+                &path(&ca),
             ],
         );
-        openssl(
+        let (cert, key) = sign(
             dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                &f("server.key"),
-                "-out",
-                &f("server.csr"),
-            ],
-        );
-        std::fs::write(
-            dir.join(f("server.ext")),
+            &ca,
+            &format!("{name}-server"),
+            "/CN=127.0.0.1",
             "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
              keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
-        )
-        .expect("write the extensions");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &f("server.csr"),
-                "-CA",
-                &f("ca.pem"),
-                "-CAkey",
-                &f("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &f("server.pem"),
-                "-extfile",
-                &f("server.ext"),
-            ],
         );
-        Self {
-            ca: dir.join(f("ca.pem")),
-            cert: dir.join(f("server.pem")),
-            key: dir.join(f("server.key")),
-        }
+        Self { ca, cert, key }
     }
 
     /// A client certificate this CA signs, with its key: (certificate, key) PEM files.
     pub fn client_cert(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let f = |suffix: &str| format!("{name}-client-{suffix}");
-        let ca_key = self.ca.with_extension("key");
-        openssl(
+        sign(
             dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=eventbus-client",
-                "-keyout",
-                &f("key.pem"),
-                "-out",
-                &f("csr"),
-            ],
-        );
-        std::fs::write(
-            dir.join(f("ext")),
+            &self.ca,
+            &format!("{name}-client"),
+            "/CN=eventbus-client",
             "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n\
              extendedKeyUsage = clientAuth\n",
         )
-        .expect("write the extensions");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &f("csr"),
-                "-CA",
-                &self.ca.display().to_string(),
-                "-CAkey",
-                &ca_key.display().to_string(),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &f("cert.pem"),
-                "-extfile",
-                &f("ext"),
-            ],
-        );
-        (dir.join(f("cert.pem")), dir.join(f("key.pem")))
     }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A key and a certificate for `subject` with the extensions `ext`, signed by the CA at
+/// `ca` (its key beside it, `.key`), as `<prefix>.pem` and `<prefix>.key` in `dir`.
+fn sign(dir: &Path, ca: &Path, prefix: &str, subject: &str, ext: &str) -> (PathBuf, PathBuf) {
+    let file = |suffix: &str| dir.join(format!("{prefix}.{suffix}"));
+    let (cert, key, csr, ext_file) = (file("pem"), file("key"), file("csr"), file("ext"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            &path(&key),
+            "-out",
+            &path(&csr),
+        ],
+    );
+    std::fs::write(&ext_file, ext).expect("write the extensions");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path(ca),
+            "-CAkey",
+            &path(&ca.with_extension("key")),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &path(&cert),
+            "-extfile",
+            &path(&ext_file),
+        ],
+    );
+    (cert, key)
 }
 
 /// A running `stunnel` that accepts TLS on 127.0.0.1 and forwards the plain bytes.
