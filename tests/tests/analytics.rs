@@ -187,8 +187,11 @@ async fn two_members_one_killed_mid_run_give_the_same_exact_result() {
         b.wait_log("partitions assigned", 2, Duration::from_secs(90));
         std::thread::sleep(Duration::from_millis(1_500));
         a.kill();
-        // b takes a's partitions after the session timeout and goes on with them.
+        // b takes a's partitions after the session timeout and goes on with them, until
+        // the output has its first fleet-minute (on a loaded machine that can take
+        // longer than a fixed wait), so that the final run starts mid-way.
         std::thread::sleep(Duration::from_secs(15));
+        wait_records(&shared_brokers(), &output, 1, Duration::from_secs(120));
         assert!(b.exited().is_none(), "b stopped:\n{}", b.log_tail());
         b.signal("TERM");
         let status = b.wait(Duration::from_secs(60));
