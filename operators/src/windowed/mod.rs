@@ -27,7 +27,7 @@
 //! after a crash a window whose result was acknowledged may be emitted again with only
 //! the records read again; the analytics job's final stage drops those.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,9 @@ use eventbus_runtime::sink::AckOutcome;
 use eventbus_runtime::{Ack, Record, Sink, SinkError, StateHold, TopicPartition};
 
 use crate::window::{Aggregate, Window, Windows};
+
+mod part;
+use part::{Closed, Closing, HOLD_BYTES, Part, Slot, slot_bytes};
 
 /// One window's result for one key.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,74 +67,6 @@ pub struct WindowSettings {
     pub max_state_bytes: usize,
 }
 
-/// Bytes a held record costs in the state, beside its aggregate.
-const HOLD_BYTES: usize = std::mem::size_of::<StateHold>();
-/// Bytes a (window, key) slot costs beside its aggregate: the key and the map entry.
-fn slot_bytes<K>() -> usize {
-    std::mem::size_of::<K>() + 48
-}
-
-/// Per open window and key: the aggregate, the hold of its first record (and its splits
-/// kept for nothing else), and the offset of its newest record.
-/// Looked up for every record, so hashed with foldhash rather than SipHash.
-type Open<K, Acc> = BTreeMap<Window, HashMap<K, Slot<Acc>, foldhash::fast::RandomState>>;
-
-/// One (window, key) of a partition.
-struct Slot<Acc> {
-    acc: Acc,
-    /// The first record's hold; empty only while the slot is being created.
-    holds: Vec<StateHold>,
-    /// The offset of the newest record: the result's offset.
-    newest: i64,
-}
-
-struct Part<K, Acc> {
-    max_event: Option<i64>,
-    open: Open<K, Acc>,
-    /// Results sent and not yet acknowledged, by window end.
-    pending: BTreeMap<i64, usize>,
-    /// Records taken (on time or late).
-    records: u64,
-    /// Offset of the last record taken.
-    last_offset: i64,
-    /// Every window is closed: the end of input.
-    finished: bool,
-    /// Tells this partition state from one after a revoke and re-assign.
-    generation: u64,
-}
-
-impl<K, Acc> Part<K, Acc> {
-    fn new(generation: u64) -> Self {
-        Self {
-            max_event: None,
-            open: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            records: 0,
-            last_offset: -1,
-            finished: false,
-            generation,
-        }
-    }
-
-    /// Moves windows out of the open set into the pending one.
-    fn close(&mut self, windows: impl IntoIterator<Item = Window>) -> Closed<K, Acc> {
-        let mut closed = Vec::new();
-        for w in windows {
-            if let Some(keys) = self.open.remove(&w) {
-                *self.pending.entry(w.end).or_default() += keys.len();
-                closed.extend(keys.into_iter().map(|(k, slot)| Closing {
-                    window: w,
-                    key: k,
-                    acc: slot.acc,
-                    holds: slot.holds,
-                    newest: slot.newest,
-                }));
-            }
-        }
-        closed
-    }
-}
-
 /// How far one partition's windows are done; see [`Windowed::progress`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionProgress {
@@ -145,17 +80,6 @@ pub struct PartitionProgress {
     pub records: u64,
     /// Offset of the last record taken; -1 before the first.
     pub last_offset: i64,
-}
-
-type Closed<K, Acc> = Vec<Closing<K, Acc>>;
-
-/// A (window, key) whose result is due.
-struct Closing<K, Acc> {
-    window: Window,
-    key: K,
-    acc: Acc,
-    holds: Vec<StateHold>,
-    newest: i64,
 }
 
 /// What adding a record did: the windows it closed (with the partition state's
