@@ -1,10 +1,13 @@
-//! The hand-written VehicleState decoder agrees with the generic one.
+//! The hand-written decoders (VehicleState, FleetMinutePartial) agree with the generic
+//! one, on what our code writes and on bytes it never would.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
 
-use eventbus_schemas::events::{Position, VehicleState, VehicleStatus};
-use eventbus_schemas::fast::VehicleStateDecoder;
+use eventbus_schemas::events::{
+    FleetMinutePartial, PartialKind, Position, VehicleState, VehicleStatus,
+};
+use eventbus_schemas::fast::{FleetMinutePartialDecoder, VehicleStateDecoder};
 use eventbus_schemas::{DecodeError, Decoder, FileRegistry, bundled_dir, encode};
 use proptest::prelude::*;
 
@@ -162,4 +165,143 @@ fn another_writer_version_goes_through_the_generic_path() {
     let bytes = eventbus_schemas::encode_value(2, &v2_schema, value).unwrap();
     let event = VehicleStateDecoder::new(reg).decode(&bytes, None).unwrap();
     assert_eq!(event.vehicle_id, "veh-0042");
+}
+
+fn kind() -> impl Strategy<Value = PartialKind> {
+    prop_oneof![
+        Just(PartialKind::Partial),
+        Just(PartialKind::Watermark),
+        Just(PartialKind::Progress),
+    ]
+}
+
+prop_compose! {
+    fn partial()(
+        kind in kind(),
+        source_partition in any::<i32>(),
+        source_partitions in any::<i32>(),
+        fleet_id in "\\PC{0,12}",
+        minute in any::<i64>(),
+        watermark in any::<i64>(),
+        idle in any::<bool>(),
+        events in any::<i64>(),
+        vehicles in proptest::collection::vec("\\PC{0,10}", 0..12),
+        driving_events in any::<i64>(),
+        driving_speed_sum in any::<f64>(),
+        min_battery_pct in any::<f64>(),
+        status_counts in proptest::collection::hash_map("[A-Z]{0,12}", any::<i64>(), 0..6),
+    ) -> FleetMinutePartial {
+        FleetMinutePartial {
+            kind, source_partition, source_partitions, fleet_id, minute, watermark, idle,
+            events, vehicles, driving_events, driving_speed_sum, min_battery_pct, status_counts,
+        }
+    }
+}
+
+fn same_partial(a: &FleetMinutePartial, b: &FleetMinutePartial) -> bool {
+    let f = |x: f64| x.to_bits();
+    a.kind == b.kind
+        && a.source_partition == b.source_partition
+        && a.source_partitions == b.source_partitions
+        && a.fleet_id == b.fleet_id
+        && a.minute == b.minute
+        && a.watermark == b.watermark
+        && a.idle == b.idle
+        && a.events == b.events
+        && a.vehicles == b.vehicles
+        && a.driving_events == b.driving_events
+        && f(a.driving_speed_sum) == f(b.driving_speed_sum)
+        && f(a.min_battery_pct) == f(b.min_battery_pct)
+        && a.status_counts == b.status_counts
+}
+
+fn partial_bytes(p: &FleetMinutePartial) -> Vec<u8> {
+    let reg = registry();
+    let (id, schema) = reg
+        .latest_of("analytics.fleet_minute_partials.v1-value")
+        .unwrap();
+    encode(id, &schema, p).unwrap()
+}
+
+proptest! {
+    #[test]
+    fn fast_and_generic_decode_the_same_partials(p in partial()) {
+        let reg = registry();
+        let bytes = partial_bytes(&p);
+        let fast = FleetMinutePartialDecoder::new(reg.clone()).decode(&bytes, None).unwrap();
+        let generic: FleetMinutePartial = Decoder::new(reg).decode_typed(&bytes, None).unwrap();
+        prop_assert!(same_partial(&fast, &p), "{fast:?} != {p:?}");
+        prop_assert!(same_partial(&generic, &p), "{generic:?} != {p:?}");
+    }
+
+    /// Bytes from any producer: a valid partial with bytes changed and cut, or bytes
+    /// with no structure at all after the wire header.
+    #[test]
+    fn arbitrary_partial_bytes_never_panic_and_never_disagree(
+        p in partial(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in 0usize..16,
+        noise in proptest::collection::vec(any::<u8>(), 0..64),
+        structured in any::<bool>(),
+    ) {
+        let reg = registry();
+        let mut bytes = partial_bytes(&p);
+        if structured {
+            let n = bytes.len();
+            for (i, to) in edits {
+                // The wire header (magic byte and id) stays, so the body is what varies.
+                bytes[5 + i % (n - 5)] = to;
+            }
+            bytes.truncate(n - cut.min(n - 5));
+        } else {
+            bytes.truncate(5);
+            bytes.extend(noise);
+        }
+        let fast = FleetMinutePartialDecoder::new(reg.clone()).decode(&bytes, None);
+        let generic = Decoder::new(reg).decode_typed::<FleetMinutePartial>(&bytes, None);
+        if let (Ok(a), Ok(b)) = (&fast, &generic) {
+            prop_assert!(same_partial(a, b), "{a:?} != {b:?}");
+        }
+        if fast.is_ok() {
+            prop_assert!(generic.is_ok(), "fast accepted what the generic path refuses: {generic:?}");
+        }
+    }
+}
+
+#[test]
+fn a_negative_block_count_with_its_size_reads_like_a_positive_one() {
+    // Avro lets a writer give an array's block count negated, followed by the block's
+    // size in bytes; other writers (Java's buffered encoder) do.
+    let p = FleetMinutePartial {
+        kind: PartialKind::Partial,
+        source_partition: 3,
+        source_partitions: 8,
+        fleet_id: "fleet-01".into(),
+        minute: 60_000,
+        watermark: 0,
+        idle: false,
+        events: 2,
+        vehicles: vec!["a".into(), "b".into()],
+        driving_events: 0,
+        driving_speed_sum: 0.0,
+        min_battery_pct: 50.0,
+        status_counts: [("IDLE".to_owned(), 2)].into(),
+    };
+    let bytes = partial_bytes(&p);
+    // The array starts after kind, the two ints, the fleet, minute, watermark, idle
+    // and events: find its count (2 → zigzag 4) followed by "a" (len 1 → 2, 'a').
+    let at = bytes
+        .windows(3)
+        .position(|w| w == [4, 2, b'a'])
+        .expect("the vehicles block");
+    let mut forged = bytes[..at].to_vec();
+    forged.extend([3, 8]); // count -2 (zigzag 3), then a size of 4 bytes (zigzag 8)
+    forged.extend(&bytes[at + 1..]);
+    let reg = registry();
+    let fast = FleetMinutePartialDecoder::new(reg.clone())
+        .decode(&forged, None)
+        .unwrap();
+    let generic: FleetMinutePartial = Decoder::new(reg).decode_typed(&forged, None).unwrap();
+    assert!(same_partial(&fast, &p), "{fast:?}");
+    assert!(same_partial(&generic, &p), "{generic:?}");
 }

@@ -48,7 +48,7 @@ use eventbus_runtime::{
     Job, JobReport, KafkaProperties, KafkaSource, RuntimeConfig, SourceConfig, TopicPartition,
 };
 use eventbus_schemas::events::{FleetMinutePartial, VehicleState};
-use eventbus_schemas::fast::VehicleStateDecoder;
+use eventbus_schemas::fast::{FleetMinutePartialDecoder, VehicleStateDecoder};
 use eventbus_schemas::{Decoder, FileRegistry, SchemaRegistry};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -360,7 +360,7 @@ pub async fn run(
         .build()?;
 
     // Stage 2: partials → results.
-    let generic = Decoder::new(registry.clone() as Arc<dyn SchemaRegistry>);
+    let partials = FleetMinutePartialDecoder::new(registry.clone());
     let final_stage = FinalStage::new(FinalSettings {
         out: KafkaSink::new(&kafka, KafkaSinkConfig::new(config.output.clone()))?,
         out_schema,
@@ -378,7 +378,7 @@ pub async fn run(
     }
     let stage2 = stage2
         .try_map(move |b: Bytes| {
-            let p = generic.decode_typed::<FleetMinutePartial>(&b, None)?;
+            let p = partials.decode(&b, None)?;
             partial::check(&p)?;
             Ok::<_, eventbus_schemas::DecodeError>(p)
         })
