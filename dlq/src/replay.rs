@@ -13,11 +13,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use eventbus_runtime::kafka::EventProducer;
 use eventbus_runtime::{Headers, KafkaProperties, REPLAY_GROUP};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::DlqError;
@@ -186,7 +187,7 @@ impl ProducerContext for Deliveries {
 }
 
 /// A producer for replays and parking: idempotent, `acks=all`.
-pub(crate) fn producer(props: &KafkaProperties) -> Result<ThreadedProducer<Deliveries>, DlqError> {
+pub(crate) fn producer(props: &KafkaProperties) -> Result<EventProducer<Deliveries>, DlqError> {
     props
         .durable_producer("the replay")?
         .create_with_context(Deliveries::default())
@@ -244,7 +245,7 @@ pub fn replay(
     let mut done: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_checkpoint = Instant::now();
     let mut first_send: Option<Instant> = None;
-    let checkpoint = |producer: &ThreadedProducer<Deliveries>,
+    let checkpoint = |producer: &EventProducer<Deliveries>,
                       done: &BTreeMap<i32, i64>|
      -> Result<(), DlqError> {
         producer.flush(Duration::from_secs(60)).map_err(|e| {
@@ -357,7 +358,7 @@ pub fn replay(
 }
 
 fn send(
-    producer: &ThreadedProducer<Deliveries>,
+    producer: &EventProducer<Deliveries>,
     l: &StoredLetter,
     target: &str,
     id: &str,

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventbus_runtime::kafka::EventProducer;
 use eventbus_runtime::redact::Redact;
 use eventbus_runtime::{
     Ack, DeadLetter, DeadLetterQueue, ErrorClass, KafkaProperties, Record, RuntimeError, SinkError,
@@ -21,7 +22,7 @@ use eventbus_schemas::{FileRegistry, SchemaRegistry};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use tokio::runtime::Handle;
 
 use crate::envelope::{VALUE_OMITTED, letter_record};
@@ -102,7 +103,7 @@ struct Inner {
     producer_config: ClientConfig,
     /// Created with the first letter: a job whose records never fail holds no producer
     /// (no connection, no producer id at the broker).
-    producer: OnceLock<Result<ThreadedProducer<Deliveries>, String>>,
+    producer: OnceLock<Result<EventProducer<Deliveries>, String>>,
     config: DlqConfig,
     /// Masks the values of the PII fields, found in each letter's decoded value.
     redactor: PiiRedactor,

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use eventbus_dlq::LetterContext;
 use eventbus_dlq::classify::{Classifier, Rule};
 use eventbus_dlq::replay::replayed_headers;
+use eventbus_runtime::kafka::EventProducer;
 use eventbus_runtime::{
     Ack, ErrorClass, Job, KafkaProperties, KafkaSource, Record, RunnableJob, RuntimeError, Sink,
     SinkError, TopicPartition,
@@ -41,7 +42,7 @@ use eventbus_runtime::{
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rdkafka::ClientContext;
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use serde::Deserialize;
 
 use crate::config::JobFile;
@@ -118,7 +119,7 @@ pub type CountTable = Arc<Mutex<BTreeMap<(String, String), Counts>>>;
 pub struct ProcessorSink {
     config: Arc<ProcessorConfig>,
     classifier: Arc<Classifier>,
-    producer: Arc<ThreadedProducer<Deliveries>>,
+    producer: Arc<EventProducer<Deliveries>>,
     limiter: Arc<DefaultDirectRateLimiter>,
     counts: CountTable,
     replay_id: String,

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use eventbus_runtime::KafkaProperties;
+use eventbus_runtime::kafka::EventProducer;
 use eventbus_runtime::kafka::{Diagnosing, LastError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -144,7 +145,7 @@ where
             config.set(key, default);
         }
     }
-    let producer: ThreadedProducer<Counting> = config
+    let producer: EventProducer<Counting> = config
         .create_with_context(Counting::default())
         .context("cannot create the producer")?;
     let mut sent = 0u64;

@@ -48,8 +48,10 @@
 //! println!("consumed {}", report.consumed);
 //! # Ok(()) }
 //! ```
-// `deny`, not `forbid`: `kafka::headers` alone calls librdkafka's header functions
-// directly, because rdkafka's accessors panic on a header key that is not UTF-8.
+// `deny`, not `forbid`: two modules call librdkafka directly. `kafka::headers` reads
+// and writes headers, because rdkafka's accessors panic on a header key that is not
+// UTF-8; `kafka::producer` has librdkafka wake its report thread through a socket,
+// because rdkafka's `ThreadedProducer` spins while it waits.
 #![deny(unsafe_code)]
 
 pub mod config;

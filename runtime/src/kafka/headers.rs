@@ -7,8 +7,8 @@
 //! bytes the producer wrote, and it survives byte for byte into anything eventbus
 //! produces from the record (a Kafka sink's output, a dead letter).
 //!
-//! This is the runtime's only unsafe code; each block is librdkafka's documented use of
-//! a headers object that the caller borrows or owns.
+//! Each unsafe block is librdkafka's documented use of a headers object that the caller
+//! borrows or owns (the only other unsafe code is `kafka::producer`'s queue wake-up).
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_void};

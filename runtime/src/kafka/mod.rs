@@ -12,17 +12,19 @@ mod context;
 mod diagnose;
 pub mod headers;
 mod offsets;
+mod producer;
 mod source;
 
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 pub use diagnose::{Diagnosing, LastError, Remembers, fetch_metadata};
 pub use offsets::{committed, topic_partitions, watermarks};
+pub use producer::EventProducer;
 pub use source::KafkaSource;
 
 use crate::record::TopicPartition;
@@ -43,7 +45,7 @@ pub fn offsets_of(list: &rdkafka::TopicPartitionList) -> Vec<(TopicPartition, i6
 /// sending thread drains the queue as delivery reports come back.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
-/// What `ThreadedProducer::send` returns: on a refusal, the record comes back to its
+/// What `BaseProducer::send` returns: on a refusal, the record comes back to its
 /// caller with the error.
 pub type SendResult<'a, K, P, D> = Result<(), (KafkaError, BaseRecord<'a, K, P, D>)>;
 
@@ -55,7 +57,7 @@ pub type SendResult<'a, K, P, D> = Result<(), (KafkaError, BaseRecord<'a, K, P, 
 /// librdkafka refused the record for a reason other than a full queue.
 #[allow(clippy::result_large_err)]
 pub fn send_waiting<'a, C, K, P>(
-    producer: &ThreadedProducer<C>,
+    producer: &BaseProducer<C>,
     mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
 ) -> SendResult<'a, K, P, C::DeliveryOpaque>
 where
@@ -83,7 +85,7 @@ where
 /// librdkafka refused the record for a reason other than a full queue.
 #[allow(clippy::result_large_err)]
 pub async fn send<'a, C, K, P>(
-    producer: &ThreadedProducer<C>,
+    producer: &BaseProducer<C>,
     mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
 ) -> SendResult<'a, K, P, C::DeliveryOpaque>
 where

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventbus_runtime::config::KafkaProperties;
+use eventbus_runtime::kafka::EventProducer;
 use eventbus_runtime::{Ack, Classify, Record, RuntimeError, Sink, SinkError};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::config::{KafkaSinkConfig, Partitioning};
 
@@ -22,7 +23,7 @@ const NAME: &str = "kafka";
 /// records within a partition.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: Arc<ThreadedProducer<Deliveries>>,
+    producer: Arc<EventProducer<Deliveries>>,
     config: Arc<KafkaSinkConfig>,
     brokers: String,
 }
@@ -47,7 +48,7 @@ impl KafkaSink {
         config: KafkaSinkConfig,
     ) -> Result<Self, RuntimeError> {
         let brokers = properties.require_brokers()?.to_owned();
-        let producer: ThreadedProducer<Deliveries> = properties
+        let producer: EventProducer<Deliveries> = properties
             .durable_producer("the Kafka sink")?
             .create_with_context(Deliveries {
                 topic: config.topic.clone(),
