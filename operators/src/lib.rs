@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod avro_time;
+pub mod partitioned;
 pub mod retry;
 pub mod sessions;
 pub mod sinks;

@@ -16,10 +16,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use apache_avro::Schema;
 use eventbus_operators::KafkaSink;
+use eventbus_operators::partitioned::Partitioned;
 use eventbus_runtime::sink::AckOutcome;
 use eventbus_runtime::{Ack, Record, Sink, SinkError, StateHold, TopicPartition};
 use eventbus_schemas::events::{FleetMinutePartial, PartialKind};
@@ -52,7 +53,7 @@ pub struct FinalStage {
 
 struct Inner {
     settings: FinalSettings,
-    parts: Mutex<HashMap<i32, Part>>,
+    parts: Partitioned<i32, Part>,
     generations: AtomicU64,
     duplicates: AtomicU64,
     emitted: AtomicU64,
@@ -189,7 +190,7 @@ impl FinalStage {
         Self {
             inner: Arc::new(Inner {
                 settings,
-                parts: Mutex::new(HashMap::new()),
+                parts: Partitioned::new(),
                 generations: AtomicU64::new(0),
                 duplicates: AtomicU64::new(0),
                 emitted: AtomicU64::new(0),
@@ -197,10 +198,6 @@ impl FinalStage {
                 releasing: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
-    }
-
-    fn parts(&self) -> MutexGuard<'_, HashMap<i32, Part>> {
-        self.inner.parts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Partials dropped as copies of what was already merged or emitted.
@@ -227,31 +224,38 @@ impl FinalStage {
         if assigned.is_empty() {
             return None;
         }
-        let parts = self.parts();
         // A partition assigned but not read yet (taken over from a member that had
-        // finished it) is judged like one another member holds: by its commits.
-        let done = self.inner.releasing.load(Ordering::Relaxed) == 0
-            && assigned.iter().filter(|r| parts.contains_key(r)).all(|r| {
-                parts.get(r).is_some_and(|p| {
-                    p.source_partitions > 0
-                        && p.open.is_empty()
-                        && p.pending.is_empty()
-                        && (0..p.source_partitions).all(|s| {
-                            p.marks
-                                .get(&s)
-                                .is_some_and(|m| m.closed_through == i64::MAX)
-                        })
+        // finished it) is judged like one another member holds: by its commits. Each
+        // partition is looked at once, so it counts as one or the other, never neither.
+        let mut done = self.inner.releasing.load(Ordering::Relaxed) == 0;
+        let mut others = Vec::new();
+        for r in 0..partitions {
+            let finished = assigned
+                .contains(&r)
+                .then(|| {
+                    self.inner.parts.with_existing(&r, |p| {
+                        p.source_partitions > 0
+                            && p.open.is_empty()
+                            && p.pending.is_empty()
+                            && (0..p.source_partitions).all(|s| {
+                                p.marks
+                                    .get(&s)
+                                    .is_some_and(|m| m.closed_through == i64::MAX)
+                            })
+                    })
                 })
-            });
-        let others = (0..partitions)
-            .filter(|r| !assigned.contains(r) || !parts.contains_key(r))
-            .collect();
+                .flatten();
+            match finished {
+                Some(finished) => done &= finished,
+                None => others.push(r),
+            }
+        }
         Some((done, others))
     }
 
     /// Reads partition `r`'s progress back on its first record after an assignment.
     async fn ensure(&self, r: i32) -> Result<(), SinkError> {
-        if self.parts().contains_key(&r) {
+        if self.inner.parts.contains(&r) {
             return Ok(());
         }
         let reader = self.inner.settings.progress_reader.clone();
@@ -270,9 +274,9 @@ impl FinalStage {
                 class: eventbus_runtime::ErrorClass::Transient,
             })?;
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-        self.parts()
-            .entry(r)
-            .or_insert_with(|| Part::new(generation, progress));
+        self.inner
+            .parts
+            .with(&r, || Part::new(generation, progress), |_| ());
         Ok(())
     }
 
@@ -280,14 +284,24 @@ impl FinalStage {
     /// generation.
     fn take(&self, record: Record<FleetMinutePartial>, ack: Ack) -> Option<(u64, Vec<Ready>)> {
         let r = record.partition;
-        let v = record.value;
-        let window_ms = self.inner.settings.window_ms;
-        let mut parts = self.parts();
-        let Some(part) = parts.get_mut(&r) else {
+        let mut taking = Some((record.value, ack));
+        let taken = self.inner.parts.with_existing(&r, |part| {
+            taking.take().map(|(v, ack)| self.take_into(part, v, ack))
+        });
+        if let Some((_, ack)) = taking {
             // Revoked between `ensure` and here: the next owner reads it again.
             ack.into_state_hold().abandon();
-            return None;
-        };
+        }
+        taken.flatten()
+    }
+
+    fn take_into(&self, part: &mut Part, v: FleetMinutePartial, ack: Ack) -> (u64, Vec<Ready>) {
+        let window_ms = self.inner.settings.window_ms;
+        // Only a watermark, or a wider count of source partitions, moves the minimum
+        // watermark; after each move every minute it passed is taken (and
+        // `emitted_through` reaches it), so a partial alone never makes one due.
+        let moved =
+            v.kind == PartialKind::Watermark || v.source_partitions > part.source_partitions;
         part.source_partitions = part.source_partitions.max(v.source_partitions);
         match v.kind {
             PartialKind::Partial => {
@@ -308,7 +322,7 @@ impl FinalStage {
                     self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
                     ack.done();
                 } else {
-                    slot.insert(v.source_partition, FleetAcc::from_partial(&v));
+                    slot.insert(v.source_partition, FleetAcc::from_partial(v));
                     minute.holds.push(ack.into_state_hold());
                 }
             }
@@ -323,7 +337,8 @@ impl FinalStage {
             }
             PartialKind::Progress => ack.done(),
         }
-        Some((part.generation, part.due()))
+        let ready = if moved { part.due() } else { Vec::new() };
+        (part.generation, ready)
     }
 
     async fn emit(
@@ -380,11 +395,10 @@ impl FinalStage {
     /// One result of `minute` in partition `r` is delivered (or failed): releases, in
     /// minute order, what is fully delivered, once its progress record is delivered.
     async fn delivered(&self, r: i32, generation: u64, minute: i64, failure: Option<SinkError>) {
-        let (through, holds) = {
-            let mut parts = self.parts();
-            let Some(part) = parts.get_mut(&r).filter(|p| p.generation == generation) else {
-                return;
-            };
+        let released = self.inner.parts.with_existing(&r, |part| {
+            if part.generation != generation {
+                return None;
+            }
             if let Some(e) = failure {
                 if let Some(p) = part.pending.remove(&minute) {
                     let mut holds = p.holds.into_iter();
@@ -393,7 +407,7 @@ impl FinalStage {
                     }
                     holds.for_each(StateHold::abandon);
                 }
-                return;
+                return None;
             }
             if let Some(p) = part.pending.get_mut(&minute) {
                 p.remaining = 0;
@@ -408,10 +422,13 @@ impl FinalStage {
                 holds.extend(p.holds);
             }
             if holds.is_empty() {
-                return;
+                return None;
             }
             self.inner.releasing.fetch_add(1, Ordering::Relaxed);
-            (part.acked_through, holds)
+            Some((part.acked_through, holds))
+        });
+        let Some((through, holds)) = released.flatten() else {
+            return;
         };
         self.release_after_progress(r, through, holds).await;
         self.inner.releasing.fetch_sub(1, Ordering::Relaxed);
@@ -488,13 +505,10 @@ impl Sink<FleetMinutePartial> for FinalStage {
                 assigned.remove(&tp.partition);
             }
         }
-        let gone: Vec<Part> = {
-            let mut parts = self.parts();
-            partitions
-                .iter()
-                .filter_map(|tp| parts.remove(&tp.partition))
-                .collect()
-        };
+        let gone = self
+            .inner
+            .parts
+            .remove(partitions.iter().map(|tp| &tp.partition));
         gone.into_iter().for_each(Part::abandon);
         Ok(())
     }

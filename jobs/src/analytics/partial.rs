@@ -116,18 +116,14 @@ impl FleetAcc {
     }
 
     /// The accumulator a partial record carries.
-    pub fn from_partial(p: &FleetMinutePartial) -> Self {
+    pub fn from_partial(p: FleetMinutePartial) -> Self {
         Self {
             events: p.events,
-            vehicles: p.vehicles.iter().cloned().collect(),
+            vehicles: p.vehicles.into_iter().collect(),
             driving_events: p.driving_events,
             driving_speed_sum: p.driving_speed_sum,
             min_battery_pct: p.min_battery_pct,
-            status_counts: p
-                .status_counts
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            status_counts: p.status_counts.into_iter().collect(),
         }
     }
 
@@ -461,7 +457,7 @@ mod tests {
                     let mut acc = agg.create();
                     readings[w[0]..w[1]].iter().for_each(|r| agg.add(&mut acc, r));
                     // Through the wire record and back, as the final stage sees it.
-                    FleetAcc::from_partial(&acc.to_partial("f", 0, 0, 1))
+                    FleetAcc::from_partial(acc.to_partial("f", 0, 0, 1))
                 })
                 .collect();
             // Another order: sorted by an arbitrary key per partial.

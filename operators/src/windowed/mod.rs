@@ -27,7 +27,6 @@
 //! after a crash a window whose result was acknowledged may be emitted again with only
 //! the records read again; the analytics job's final stage drops those.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +35,7 @@ use eventbus_runtime::event_time::EventTime;
 use eventbus_runtime::sink::AckOutcome;
 use eventbus_runtime::{Ack, Record, Sink, SinkError, StateHold, TopicPartition};
 
+use crate::partitioned::Partitioned;
 use crate::window::{Aggregate, Window, Windows};
 
 mod part;
@@ -115,7 +115,7 @@ struct Inner<T, K, A: Aggregate, S> {
     value: Field<T, A::In>,
     agg: A,
     out: S,
-    parts: Mutex<HashMap<TopicPartition, Part<K, A::Acc>>>,
+    parts: Partitioned<TopicPartition, Part<K, A::Acc>>,
     generations: AtomicU64,
     late: AtomicU64,
     state_bytes: std::sync::atomic::AtomicUsize,
@@ -165,7 +165,7 @@ where
                 value: Box::new(value),
                 agg,
                 out,
-                parts: Mutex::new(HashMap::new()),
+                parts: Partitioned::new(),
                 generations: AtomicU64::new(0),
                 late: AtomicU64::new(0),
                 state_bytes: std::sync::atomic::AtomicUsize::new(0),
@@ -201,12 +201,23 @@ where
     /// Adds a record to its windows; returns the windows the watermark closed, with the
     /// partition state's generation.
     fn add(&self, record: &Record<T>, ack: Ack) -> Added<K, A::Acc> {
-        let s = &self.inner.settings;
         let time = self.inner.event_time.of(record);
-        let mut parts = self.parts();
-        let part = parts
-            .entry(record.topic_partition())
-            .or_insert_with(|| Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed)));
+        let make = || Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed));
+        self.inner
+            .parts
+            .with(&record.topic_partition(), make, |part| {
+                self.add_to(part, time, record, ack)
+            })
+    }
+
+    fn add_to(
+        &self,
+        part: &mut Part<K, A::Acc>,
+        time: Option<i64>,
+        record: &Record<T>,
+        ack: Ack,
+    ) -> Added<K, A::Acc> {
+        let s = &self.inner.settings;
         part.records += 1;
         part.last_offset = part.last_offset.max(record.offset);
         let Some(t) = time else {
@@ -352,36 +363,29 @@ where
         self.inner.state_bytes.load(Ordering::Relaxed)
     }
 
-    fn parts(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, Part<K, A::Acc>>> {
-        self.inner.parts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Per assigned partition (and any that has had a record): through which window end
     /// every result is acknowledged. A consumer of the results that has this from every source
     /// partition has every result of the windows ending there.
     pub fn progress(&self) -> Vec<PartitionProgress> {
         let s = &self.inner.settings;
-        self.parts()
-            .iter()
-            .map(|(tp, part)| {
-                let closed_through = if part.finished && part.pending.is_empty() {
-                    i64::MAX
-                } else {
-                    let watermark = part.max_event.map_or(i64::MIN, |m| {
-                        m.saturating_sub(s.out_of_orderness_ms)
-                            .saturating_sub(s.lateness_ms)
-                    });
-                    let unacked = part.pending.keys().next().map_or(i64::MAX, |e| e - 1);
-                    watermark.min(unacked)
-                };
-                PartitionProgress {
-                    partition: tp.clone(),
-                    closed_through,
-                    records: part.records,
-                    last_offset: part.last_offset,
-                }
-            })
-            .collect()
+        self.inner.parts.map_all(|tp, part| {
+            let closed_through = if part.finished && part.pending.is_empty() {
+                i64::MAX
+            } else {
+                let watermark = part.max_event.map_or(i64::MIN, |m| {
+                    m.saturating_sub(s.out_of_orderness_ms)
+                        .saturating_sub(s.lateness_ms)
+                });
+                let unacked = part.pending.keys().next().map_or(i64::MAX, |e| e - 1);
+                watermark.min(unacked)
+            };
+            PartitionProgress {
+                partition: tp.clone(),
+                closed_through,
+                records: part.records,
+                last_offset: part.last_offset,
+            }
+        })
     }
 
     /// The end of input for `partitions`: closes every open window, sends the results,
@@ -392,27 +396,24 @@ where
     /// The result sink refused a result.
     pub async fn finish(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
         for tp in partitions {
-            let closed = {
-                let mut parts = self.parts();
-                let part = parts.entry(tp.clone()).or_insert_with(|| {
-                    Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed))
-                });
+            let make = || Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed));
+            let closed = self.inner.parts.with(tp, make, |part| {
                 part.finished = true;
                 let all: Vec<Window> = part.open.keys().copied().collect();
                 (part.generation, part.close(all))
-            };
+            });
             self.forget(closed.1.iter().map(|c| (&c.acc, c.holds.len())));
             for window in closed.1 {
                 self.emit(tp, closed.0, window).await?;
             }
         }
         loop {
-            let waiting = {
-                let parts = self.parts();
-                partitions
-                    .iter()
-                    .any(|tp| parts.get(tp).is_some_and(|p| !p.pending.is_empty()))
-            };
+            let waiting = partitions.iter().any(|tp| {
+                self.inner
+                    .parts
+                    .with_existing(tp, |p| !p.pending.is_empty())
+                    .unwrap_or(false)
+            });
             if !waiting {
                 return Ok(());
             }
@@ -442,15 +443,16 @@ where
         let tp = tp.clone();
         tokio::spawn(async move {
             let result = outcome.await;
-            if let Some(part) = this.parts().get_mut(&tp)
-                && part.generation == generation
-                && let Some(n) = part.pending.get_mut(&window.end)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    part.pending.remove(&window.end);
+            this.inner.parts.with_existing(&tp, |part| {
+                if part.generation == generation
+                    && let Some(n) = part.pending.get_mut(&window.end)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        part.pending.remove(&window.end);
+                    }
                 }
-            }
+            });
             settle(result, holds);
         });
         Ok(())
@@ -530,24 +532,15 @@ where
     /// Assigned partitions are known before their first record, so
     /// [`Windowed::progress`] covers an empty one too.
     fn partitions_assigned(&self, partitions: &[TopicPartition]) {
-        let mut parts = self.parts();
-        for tp in partitions {
-            parts.entry(tp.clone()).or_insert_with(|| {
-                Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed))
-            });
-        }
+        self.inner.parts.insert_missing(partitions, || {
+            Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed))
+        });
     }
 
     /// Open windows of revoked partitions are given up: their records were never
     /// committed past, and the partitions' next owner reads them again.
     async fn partitions_revoked(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
-        let dropped: Vec<Part<K, A::Acc>> = {
-            let mut parts = self.parts();
-            partitions
-                .iter()
-                .filter_map(|tp| parts.remove(tp))
-                .collect()
-        };
+        let dropped = self.inner.parts.remove(partitions);
         for part in dropped {
             self.forget(
                 part.open
