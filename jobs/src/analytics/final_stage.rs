@@ -25,7 +25,7 @@ use eventbus_runtime::sink::AckOutcome;
 use eventbus_runtime::{Ack, Record, Sink, SinkError, StateHold, TopicPartition};
 use eventbus_schemas::events::{FleetMinutePartial, PartialKind};
 
-use super::partial::{FleetAcc, PartialWriter};
+use super::partial::{FleetAcc, PartialWriter, result_of};
 
 /// Reads the progress of a partials partition back: the end of the last minute whose
 /// results were all delivered, `i64::MIN` when none. Blocks.
@@ -68,7 +68,7 @@ struct Inner {
 struct Minute {
     end: i64,
     /// Fleet → source partition → its partial.
-    fleets: BTreeMap<String, BTreeMap<i32, FleetAcc>>,
+    fleets: BTreeMap<String, BTreeMap<i32, FleetMinutePartial>>,
     holds: Vec<StateHold>,
 }
 
@@ -152,13 +152,7 @@ impl Part {
             let results = m
                 .fleets
                 .iter()
-                .map(|(fleet, parts)| {
-                    let mut acc = FleetAcc::empty();
-                    for partial in parts.values() {
-                        acc.merge(partial);
-                    }
-                    acc.finish(fleet, minute)
-                })
+                .map(|(fleet, parts)| result_of(fleet, minute, parts.values()))
                 .collect::<Vec<_>>();
             self.pending.insert(
                 minute,
@@ -322,7 +316,7 @@ impl FinalStage {
                     self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
                     ack.done();
                 } else {
-                    slot.insert(v.source_partition, FleetAcc::from_partial(v));
+                    slot.insert(v.source_partition, v);
                     minute.holds.push(ack.into_state_hold());
                 }
             }

@@ -115,18 +115,6 @@ impl FleetAcc {
         }
     }
 
-    /// The accumulator a partial record carries.
-    pub fn from_partial(p: FleetMinutePartial) -> Self {
-        Self {
-            events: p.events,
-            vehicles: p.vehicles.into_iter().collect(),
-            driving_events: p.driving_events,
-            driving_speed_sum: p.driving_speed_sum,
-            min_battery_pct: p.min_battery_pct,
-            status_counts: p.status_counts.into_iter().collect(),
-        }
-    }
-
     /// The published result.
     pub fn finish(&self, fleet_id: &str, minute: i64) -> FleetMinute {
         FleetMinute {
@@ -151,6 +139,36 @@ impl FleetAcc {
                 .collect(),
         }
     }
+}
+
+/// The result of a fleet-minute from its partials (one per source partition, in
+/// partition order, so the speed sum adds up in the same order every time). Reads the
+/// partials where they are: no vehicle id is copied to count the distinct ones.
+pub(super) fn result_of<'a>(
+    fleet_id: &str,
+    minute: i64,
+    partials: impl IntoIterator<Item = &'a FleetMinutePartial>,
+) -> FleetMinute {
+    let mut vehicles: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut statuses: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut acc = FleetAcc::empty();
+    for p in partials {
+        acc.events += p.events;
+        vehicles.extend(p.vehicles.iter().map(String::as_str));
+        acc.driving_events += p.driving_events;
+        acc.driving_speed_sum += p.driving_speed_sum;
+        acc.min_battery_pct = acc.min_battery_pct.min(p.min_battery_pct);
+        for (status, n) in &p.status_counts {
+            *statuses.entry(status).or_default() += n;
+        }
+    }
+    let mut result = acc.finish(fleet_id, minute);
+    result.vehicles_active = i32::try_from(vehicles.len()).unwrap_or(i32::MAX);
+    result.status_counts = statuses
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    result
 }
 
 /// The fleet-minute aggregate, for [`eventbus_operators::windowed::Windowed`].
@@ -456,10 +474,16 @@ mod tests {
                 .map(|w| {
                     let mut acc = agg.create();
                     readings[w[0]..w[1]].iter().for_each(|r| agg.add(&mut acc, r));
-                    // Through the wire record and back, as the final stage sees it.
-                    FleetAcc::from_partial(acc.to_partial("f", 0, 0, 1))
+                    acc
                 })
                 .collect();
+            // As the final stage sees them: wire records, merged in partition order.
+            let records: Vec<FleetMinutePartial> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, acc)| acc.to_partial("f", 0, i as i32, parts.len() as i32))
+                .collect();
+            let fin = result_of("f", 0, &records);
             // Another order: sorted by an arbitrary key per partial.
             let mut keyed: Vec<(u64, usize)> =
                 (0..parts.len()).map(|i| (order[i % order.len()], i)).collect();
@@ -469,13 +493,15 @@ mod tests {
                 .map(|(_, i)| std::mem::replace(&mut parts[i], FleetAcc::empty()))
                 .collect();
             let merged = parts.into_iter().fold(FleetAcc::empty(), |a, b| agg.merge(a, b));
-            let (a, b) = (whole.finish("f", 0), merged.finish("f", 0));
-            prop_assert_eq!(a.vehicles_active, b.vehicles_active);
-            prop_assert_eq!(a.events, b.events);
-            prop_assert_eq!(a.min_battery_pct, b.min_battery_pct);
-            prop_assert_eq!(a.status_counts, b.status_counts);
-            let tolerance = 1e-9 * a.avg_speed_kph.abs().max(b.avg_speed_kph.abs());
-            prop_assert!((a.avg_speed_kph - b.avg_speed_kph).abs() <= tolerance);
+            let a = whole.finish("f", 0);
+            for b in [merged.finish("f", 0), fin] {
+                prop_assert_eq!(a.vehicles_active, b.vehicles_active);
+                prop_assert_eq!(a.events, b.events);
+                prop_assert_eq!(a.min_battery_pct, b.min_battery_pct);
+                prop_assert_eq!(&a.status_counts, &b.status_counts);
+                let tolerance = 1e-9 * a.avg_speed_kph.abs().max(b.avg_speed_kph.abs());
+                prop_assert!((a.avg_speed_kph - b.avg_speed_kph).abs() <= tolerance);
+            }
         }
     }
 }
