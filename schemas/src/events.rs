@@ -61,6 +61,25 @@ pub struct VehicleState {
     pub firmware_version: Option<String>,
 }
 
+/// What per-fleet aggregates read of a [`VehicleState`]: the same record, decoded
+/// without the fields they do not use (the event id, the position, the odometer, the
+/// driver and the firmware are checked, not kept).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VehicleReading {
+    /// The vehicle.
+    pub vehicle_id: String,
+    /// Fleet the vehicle belongs to.
+    pub fleet_id: String,
+    /// When the vehicle observed this state, ms since the epoch (UTC).
+    pub event_time: i64,
+    /// Speed in km/h.
+    pub speed_kph: f32,
+    /// State of charge in percent.
+    pub battery_pct: f32,
+    /// What the vehicle is doing.
+    pub status: VehicleStatus,
+}
+
 /// Kinds of vehicle command (`com.atlasmesh.fleet.CommandType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

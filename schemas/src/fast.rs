@@ -1,5 +1,6 @@
-//! Hand-written decoders for the hottest records: `VehicleState` version 1, and the
-//! analytics job's own `FleetMinutePartial`.
+//! Hand-written decoders for the hottest records: `VehicleState` version 1 (whole, or
+//! as the `VehicleReading` that per-fleet aggregates need), and the analytics job's own
+//! `FleetMinutePartial`.
 //!
 //! The generic path (apache-avro) builds a name table and a `Value` tree for every
 //! record. When the writer schema is exactly the committed one, these read the binary
@@ -16,7 +17,9 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::Decoder;
 use crate::error::DecodeError;
-use crate::events::{FleetMinutePartial, PartialKind, Position, VehicleState, VehicleStatus};
+use crate::events::{
+    FleetMinutePartial, PartialKind, Position, VehicleReading, VehicleState, VehicleStatus,
+};
 use crate::registry::SchemaRegistry;
 use crate::wire;
 
@@ -41,6 +44,9 @@ pub struct FastDecoder<R, T> {
 
 /// Decodes `VehicleState` records, on the fast path when the writer is version 1.
 pub type VehicleStateDecoder<R> = FastDecoder<R, VehicleState>;
+
+/// Decodes `VehicleState` records into the fields per-fleet aggregates read.
+pub type VehicleReadingDecoder<R> = FastDecoder<R, VehicleReading>;
 
 /// Decodes the analytics job's `FleetMinutePartial` records.
 pub type FleetMinutePartialDecoder<R> = FastDecoder<R, FleetMinutePartial>;
@@ -118,6 +124,46 @@ impl Layout for VehicleState {
     }
 }
 
+impl Layout for VehicleReading {
+    const SCHEMA: &'static str = include_str!("../VehicleState.avsc");
+    const NAME: &'static str = "VehicleState v1";
+    /// Reads and checks every field as [`read_v1`] does, keeping six.
+    fn read(c: &mut Cursor<'_>) -> Option<Self> {
+        c.uuid_str()?;
+        let vehicle_id = c.string()?.to_owned();
+        let fleet_id = c.string()?.to_owned();
+        let event_time = c.long()?;
+        c.double()?;
+        c.double()?;
+        c.optional(Cursor::float)?;
+        let speed_kph = c.float()?;
+        let battery_pct = c.float()?;
+        let status = status_v1(c.long()?)?;
+        c.optional(Cursor::double)?;
+        c.optional(Cursor::string)?;
+        c.optional(Cursor::string)?;
+        Some(Self {
+            vehicle_id,
+            fleet_id,
+            event_time,
+            speed_kph,
+            battery_pct,
+            status,
+        })
+    }
+}
+
+fn status_v1(index: i64) -> Option<VehicleStatus> {
+    Some(match index {
+        0 => VehicleStatus::Driving,
+        1 => VehicleStatus::Idle,
+        2 => VehicleStatus::Charging,
+        3 => VehicleStatus::Maintenance,
+        4 => VehicleStatus::Offline,
+        _ => return None,
+    })
+}
+
 impl Layout for FleetMinutePartial {
     const SCHEMA: &'static str = include_str!("../FleetMinutePartial.avsc");
     const NAME: &'static str = "FleetMinutePartial";
@@ -177,14 +223,7 @@ fn read_v1(c: &mut Cursor<'_>) -> Option<VehicleState> {
     let heading_deg = c.optional(Cursor::float)?;
     let speed_kph = c.float()?;
     let battery_pct = c.float()?;
-    let status = match c.long()? {
-        0 => VehicleStatus::Driving,
-        1 => VehicleStatus::Idle,
-        2 => VehicleStatus::Charging,
-        3 => VehicleStatus::Maintenance,
-        4 => VehicleStatus::Offline,
-        _ => return None,
-    };
+    let status = status_v1(c.long()?)?;
     let odometer_km = c.optional(Cursor::double)?;
     let driver_id = c.optional(|c| c.string().map(str::to_owned))?;
     let firmware_version = c.optional(|c| c.string().map(str::to_owned))?;
@@ -282,14 +321,18 @@ impl<'a> Cursor<'a> {
 
     /// A string that must read as a UUID in its usual 8-4-4-4-12 form, as the generic
     /// path requires for the `uuid` logical type.
-    fn uuid(&mut self) -> Option<String> {
+    fn uuid_str(&mut self) -> Option<&'a str> {
         let s = self.string()?;
         let ok = s.len() == 36
             && s.bytes().enumerate().all(|(i, b)| match i {
                 8 | 13 | 18 | 23 => b == b'-',
                 _ => b.is_ascii_hexdigit(),
             });
-        ok.then(|| s.to_owned())
+        ok.then_some(s)
+    }
+
+    fn uuid(&mut self) -> Option<String> {
+        self.uuid_str().map(str::to_owned)
     }
 
     /// A `["null", T]` union.

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use eventbus_schemas::events::{
-    FleetMinutePartial, PartialKind, Position, VehicleState, VehicleStatus,
+    FleetMinutePartial, PartialKind, Position, VehicleReading, VehicleState, VehicleStatus,
 };
-use eventbus_schemas::fast::{FleetMinutePartialDecoder, VehicleStateDecoder};
+use eventbus_schemas::fast::{
+    FleetMinutePartialDecoder, VehicleReadingDecoder, VehicleStateDecoder,
+};
 use eventbus_schemas::{DecodeError, Decoder, FileRegistry, bundled_dir, encode};
 use proptest::prelude::*;
 
@@ -81,9 +83,13 @@ proptest! {
         let (id, schema) = reg.latest_of("vehicle.state.v1-value").unwrap();
         let bytes = encode(id, &schema, &e).unwrap();
         let fast = VehicleStateDecoder::new(reg.clone()).decode(&bytes, None).unwrap();
-        let generic: VehicleState = Decoder::new(reg).decode_typed(&bytes, None).unwrap();
+        let generic: VehicleState = Decoder::new(reg.clone()).decode_typed(&bytes, None).unwrap();
         prop_assert!(same(&fast, &e), "{fast:?} != {e:?}");
         prop_assert!(same(&generic, &e), "{generic:?} != {e:?}");
+        let reading = VehicleReadingDecoder::new(reg.clone()).decode(&bytes, None).unwrap();
+        let generic: VehicleReading = Decoder::new(reg).decode_typed(&bytes, None).unwrap();
+        prop_assert!(same_reading(&reading, &e), "{reading:?} != {e:?}");
+        prop_assert!(same_reading(&generic, &e), "{generic:?} != {e:?}");
     }
 
     #[test]
@@ -101,7 +107,22 @@ proptest! {
         if fast.is_ok() {
             prop_assert!(generic.is_ok(), "fast accepted what the generic path refuses: {generic:?}");
         }
+        // The projection accepts exactly what the full fast decoder does.
+        let reading = VehicleReadingDecoder::new(registry()).decode(&bytes, None);
+        prop_assert_eq!(reading.is_ok(), fast.is_ok(), "{:?}", reading);
+        if let (Ok(r), Ok(v)) = (&reading, &fast) {
+            prop_assert!(same_reading(r, v));
+        }
     }
+}
+
+fn same_reading(r: &VehicleReading, v: &VehicleState) -> bool {
+    r.vehicle_id == v.vehicle_id
+        && r.fleet_id == v.fleet_id
+        && r.event_time == v.event_time
+        && r.speed_kph.to_bits() == v.speed_kph.to_bits()
+        && r.battery_pct.to_bits() == v.battery_pct.to_bits()
+        && r.status == v.status
 }
 
 #[test]

@@ -47,15 +47,19 @@ use eventbus_runtime::event_time::EventTime;
 use eventbus_runtime::{
     Job, JobReport, KafkaProperties, KafkaSource, RuntimeConfig, SourceConfig, TopicPartition,
 };
-use eventbus_schemas::events::{FleetMinutePartial, VehicleState};
-use eventbus_schemas::fast::{FleetMinutePartialDecoder, VehicleStateDecoder};
+use eventbus_schemas::events::FleetMinutePartial;
+use eventbus_schemas::fast::{
+    FleetMinutePartialDecoder, VehicleReadingDecoder, VehicleStateDecoder,
+};
 use eventbus_schemas::{Decoder, FileRegistry, SchemaRegistry};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
 pub use final_stage::{FinalSettings, FinalStage, ProgressReader};
-pub use partial::{FleetAcc, FleetAggregate, LateWriter, PartialWriter, Reading, partition_of};
+pub use partial::{
+    FleetAcc, FleetAggregate, Input, LateWriter, PartialWriter, Reading, partition_of,
+};
 
 use crate::config::JobFile;
 
@@ -299,7 +303,7 @@ pub async fn run(
             })
         };
     let writer = partial_sink(&partials_schema, &config.partials)?;
-    let windowed = Windowed::new(
+    let windowed = Windowed::by_value(
         WindowSettings {
             windows: Windows::Tumbling {
                 size_ms: config.window_ms,
@@ -308,11 +312,10 @@ pub async fn run(
             lateness_ms: config.lateness_ms,
             max_state_bytes: config.max_state_bytes,
         },
-        EventTime::Extract(Arc::new(|r: &eventbus_runtime::Record<VehicleState>| {
-            Some(r.value.event_time)
+        EventTime::Extract(Arc::new(|r: &eventbus_runtime::Record<Input>| {
+            Some(r.value.reading.event_time)
         })),
-        |v: &VehicleState| v.fleet_id.clone(),
-        Reading::of,
+        Input::split,
         FleetAggregate,
         writer.clone(),
     );
@@ -320,10 +323,11 @@ pub async fn run(
         Some(topic) => windowed.with_late_output(LateWriter {
             sink: KafkaSink::new(&kafka, KafkaSinkConfig::new(topic.clone()))?,
             schema: subject("vehicle.state.v1-value")?,
+            decoder: Arc::new(VehicleStateDecoder::new(registry.clone())),
         }),
         None => windowed,
     };
-    let decoder = VehicleStateDecoder::new(registry.clone());
+    let decoder = VehicleReadingDecoder::new(registry.clone());
     let mut first = SourceConfig::new(group.clone(), [config.input.clone()]);
     first.commit_interval_ms = 1000;
     let mut stage1 = Job::builder("analytics")
@@ -355,7 +359,10 @@ pub async fn run(
             }
             r
         })
-        .try_map(move |b: Bytes| decoder.decode(&b, None))
+        .try_map(move |raw: Bytes| {
+            let reading = decoder.decode(&raw, None)?;
+            Ok::<_, eventbus_schemas::DecodeError>(Input { reading, raw })
+        })
         .sink(windowed.clone())
         .build()?;
 

@@ -9,7 +9,11 @@ use eventbus_operators::KafkaSink;
 use eventbus_operators::window::Aggregate;
 use eventbus_operators::windowed::WindowResult;
 use eventbus_runtime::{Ack, Record, Sink, SinkError};
-use eventbus_schemas::events::{FleetMinute, FleetMinutePartial, PartialKind, VehicleState};
+use eventbus_schemas::FileRegistry;
+use eventbus_schemas::events::{
+    FleetMinute, FleetMinutePartial, PartialKind, VehicleReading, VehicleState, VehicleStatus,
+};
+use eventbus_schemas::fast::VehicleStateDecoder;
 
 /// What one vehicle-state event adds to its fleet-minute.
 #[derive(Debug, Clone)]
@@ -31,14 +35,38 @@ impl Reading {
             vehicle_id: event.vehicle_id.clone(),
             speed_kph: event.speed_kph,
             battery_pct: event.battery_pct,
-            status: status_symbol(event),
+            status: status_symbol(event.status),
         }
     }
 }
 
-fn status_symbol(event: &VehicleState) -> &'static str {
-    use eventbus_schemas::events::VehicleStatus as S;
-    match event.status {
+/// An input record as the first stage takes it: what the aggregates read, and the
+/// record's bytes, which the late output decodes again in full.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The fields the aggregates read.
+    pub reading: VehicleReading,
+    /// The record's value as it came.
+    pub raw: bytes::Bytes,
+}
+
+impl Input {
+    /// Takes the input apart into its fleet (the key) and its reading, moving both.
+    pub fn split(self) -> (String, Reading) {
+        let v = self.reading;
+        let reading = Reading {
+            vehicle_id: v.vehicle_id,
+            speed_kph: v.speed_kph,
+            battery_pct: v.battery_pct,
+            status: status_symbol(v.status),
+        };
+        (v.fleet_id, reading)
+    }
+}
+
+fn status_symbol(status: VehicleStatus) -> &'static str {
+    use VehicleStatus as S;
+    match status {
         S::Driving => "DRIVING",
         S::Idle => "IDLE",
         S::Charging => "CHARGING",
@@ -396,22 +424,32 @@ pub struct LateWriter {
     pub sink: KafkaSink,
     /// Registry id and schema of `VehicleState`.
     pub schema: (u32, Arc<Schema>),
+    /// Decodes a late record in full again (the first stage keeps only a reading).
+    pub decoder: Arc<VehicleStateDecoder<Arc<FileRegistry>>>,
 }
 
-impl Sink<VehicleState> for LateWriter {
-    async fn send(&self, record: Record<VehicleState>, ack: Ack) -> Result<(), SinkError> {
-        match eventbus_schemas::encode(self.schema.0, &self.schema.1, &record.value) {
+impl Sink<Input> for LateWriter {
+    async fn send(&self, record: Record<Input>, ack: Ack) -> Result<(), SinkError> {
+        let encoded = self
+            .decoder
+            .decode(&record.value.raw, Some(&record.origin()))
+            .map_err(|e| e.to_string())
+            .and_then(|event| {
+                eventbus_schemas::encode(self.schema.0, &self.schema.1, &event)
+                    .map_err(|e| format!("cannot encode a late VehicleState again: {e}"))
+            });
+        match encoded {
             Ok(bytes) => {
                 self.sink
                     .send(record.with_value(bytes::Bytes::from(bytes)), ack)
                     .await
             }
-            Err(e) => {
+            Err(reason) => {
                 let origin = ack.origin();
                 ack.fail(SinkError::Delivery {
                     sink: "analytics late records",
                     origin,
-                    reason: format!("cannot encode a late VehicleState again: {e}"),
+                    reason,
                     class: eventbus_runtime::ErrorClass::Permanent,
                 });
                 Ok(())

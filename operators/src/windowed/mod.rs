@@ -84,9 +84,9 @@ pub struct PartitionProgress {
 
 /// What adding a record did: the windows it closed (with the partition state's
 /// generation), or nothing, the record being late.
-enum Added<K, Acc> {
+enum Added<T, K, Acc> {
     Windows(u64, Closed<K, Acc>),
-    Late(Ack),
+    Late(Record<T>, Ack),
 }
 
 /// Where late records go, when somewhere: a sink's `send`, boxed.
@@ -100,8 +100,8 @@ type LateOutput<T> = Arc<
         + Sync,
 >;
 
-/// A function of a record's value.
-type Field<T, U> = Box<dyn Fn(&T) -> U + Send + Sync>;
+/// Takes a record's value apart into its key and what the aggregate adds.
+type Split<T, K, In> = Box<dyn Fn(T) -> (K, In) + Send + Sync>;
 
 /// The keyed windowed aggregation; see the module docs.
 pub struct Windowed<T, K, A: Aggregate, S> {
@@ -111,8 +111,7 @@ pub struct Windowed<T, K, A: Aggregate, S> {
 struct Inner<T, K, A: Aggregate, S> {
     settings: WindowSettings,
     event_time: EventTime<T>,
-    key: Field<T, K>,
-    value: Field<T, A::In>,
+    split: Split<T, K, A::In>,
     agg: A,
     out: S,
     parts: Partitioned<TopicPartition, Part<K, A::Acc>>,
@@ -157,12 +156,26 @@ where
         agg: A,
         out: S,
     ) -> Self {
+        let split = move |t: T| (key(&t), value(&t));
+        Self::by_value(settings, event_time, split, agg, out)
+    }
+
+    /// Like [`Windowed::new`], with one function that takes each record's value apart
+    /// into its key and what the aggregate adds, so that neither has to be copied out of
+    /// it. It is called only for a record that is not late (a late one goes to the late
+    /// output whole).
+    pub fn by_value(
+        settings: WindowSettings,
+        event_time: EventTime<T>,
+        split: impl Fn(T) -> (K, A::In) + Send + Sync + 'static,
+        agg: A,
+        out: S,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
                 event_time,
-                key: Box::new(key),
-                value: Box::new(value),
+                split: Box::new(split),
                 agg,
                 out,
                 parts: Partitioned::new(),
@@ -200,29 +213,27 @@ where
 
     /// Adds a record to its windows; returns the windows the watermark closed, with the
     /// partition state's generation.
-    fn add(&self, record: &Record<T>, ack: Ack) -> Added<K, A::Acc> {
-        let time = self.inner.event_time.of(record);
+    fn add(&self, tp: &TopicPartition, record: Record<T>, ack: Ack) -> Added<T, K, A::Acc> {
+        let time = self.inner.event_time.of(&record);
         let make = || Part::new(self.inner.generations.fetch_add(1, Ordering::Relaxed));
         self.inner
             .parts
-            .with(&record.topic_partition(), make, |part| {
-                self.add_to(part, time, record, ack)
-            })
+            .with(tp, make, |part| self.add_to(part, time, record, ack))
     }
 
     fn add_to(
         &self,
         part: &mut Part<K, A::Acc>,
         time: Option<i64>,
-        record: &Record<T>,
+        record: Record<T>,
         ack: Ack,
-    ) -> Added<K, A::Acc> {
+    ) -> Added<T, K, A::Acc> {
         let s = &self.inner.settings;
         part.records += 1;
         part.last_offset = part.last_offset.max(record.offset);
         let Some(t) = time else {
-            self.count_late(record);
-            return Added::Late(ack);
+            self.count_late(&record);
+            return Added::Late(record, ack);
         };
         let watermark = |p: &Part<K, A::Acc>| {
             p.max_event
@@ -236,11 +247,10 @@ where
             .filter(|w| w.end.saturating_add(s.lateness_ms) > before)
             .collect();
         if targets.is_empty() {
-            self.count_late(record);
-            return Added::Late(ack);
+            self.count_late(&record);
+            return Added::Late(record, ack);
         }
-        let key = (self.inner.key)(&record.value);
-        let value = (self.inner.value)(&record.value);
+        let (key, value) = (self.inner.split)(record.value);
         // The bound, checked with what this record adds at most: a new slot per window.
         let held = self.inner.state_bytes.load(Ordering::Relaxed);
         let adds = targets.len() * (HOLD_BYTES + slot_bytes::<K>() + std::mem::size_of::<A::Acc>());
@@ -507,9 +517,9 @@ where
 {
     async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
         let tp = record.topic_partition();
-        let (generation, closed) = match self.add(&record, ack) {
+        let (generation, closed) = match self.add(&tp, record, ack) {
             Added::Windows(generation, closed) => (generation, closed),
-            Added::Late(ack) => {
+            Added::Late(record, ack) => {
                 return match &self.inner.late_output {
                     Some(out) => out(record, ack).await,
                     None => {
