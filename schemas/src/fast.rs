@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use apache_avro::Schema;
 use eventbus_runtime::Origin;
@@ -39,6 +40,9 @@ pub struct FastDecoder<R, T> {
     committed: Schema,
     /// Per writer id: is it exactly the committed schema?
     layout: RwLock<HashMap<u32, bool>>,
+    /// The last writer id found to be the committed schema (or `u64::MAX`): nearly every
+    /// record has it, and it is checked without the lock.
+    last_committed: AtomicU64,
     record: PhantomData<fn() -> T>,
 }
 
@@ -63,6 +67,7 @@ impl<R: SchemaRegistry + Clone, T: Layout> FastDecoder<R, T> {
             generic: Decoder::new(registry),
             committed,
             layout: RwLock::new(HashMap::new()),
+            last_committed: AtomicU64::new(u64::MAX),
             record: PhantomData,
         }
     }
@@ -70,12 +75,18 @@ impl<R: SchemaRegistry + Clone, T: Layout> FastDecoder<R, T> {
 
 impl<R: SchemaRegistry, T: Layout> FastDecoder<R, T> {
     fn is_committed(&self, id: u32, registry: &R) -> bool {
+        if self.last_committed.load(Ordering::Relaxed) == u64::from(id) {
+            return true;
+        }
         if let Some(&known) = self
             .layout
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
         {
+            if known {
+                self.last_committed.store(u64::from(id), Ordering::Relaxed);
+            }
             return known;
         }
         // An id the registry cannot resolve goes the generic way, which reports why.
