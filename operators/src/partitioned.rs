@@ -11,15 +11,19 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, RwLock};
 
+use foldhash::fast::RandomState;
+
 /// Per-partition state `V` under keys `K` (a topic-partition, or a partition number).
 pub struct Partitioned<K, V> {
-    map: RwLock<HashMap<K, Mutex<V>>>,
+    /// Hashed with foldhash: a topic-partition is hashed for every record, and SipHash
+    /// over the topic's name cost more than the lookup.
+    map: RwLock<HashMap<K, Mutex<V>, RandomState>>,
 }
 
 impl<K, V> Default for Partitioned<K, V> {
     fn default() -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
         }
     }
 }

@@ -413,9 +413,7 @@ where
                 (part.generation, part.close(all))
             });
             self.forget(closed.1.iter().map(|c| (&c.acc, c.holds.len())));
-            for window in closed.1 {
-                self.emit(tp, closed.0, window).await?;
-            }
+            self.emit(tp, closed.0, closed.1).await?;
         }
         loop {
             let waiting = partitions.iter().any(|tp| {
@@ -431,41 +429,57 @@ where
         }
     }
 
-    /// Sends one window's result; its records' holds go once the result sink
-    /// acknowledged it.
+    /// Sends the results of windows that closed together; each window's holds go once
+    /// the result sink has acknowledged its result. One task waits for all of them.
     async fn emit(
         &self,
         tp: &TopicPartition,
         generation: u64,
-        Closing {
+        closed: Closed<K, A::Acc>,
+    ) -> Result<(), SinkError> {
+        if closed.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("eventbus_windows_emitted_total", "topic" => tp.topic.to_string())
+            .increment(closed.len() as u64);
+        let mut sent = Vec::with_capacity(closed.len());
+        let mut failed = None;
+        for Closing {
             window,
             key,
             acc,
             holds,
             newest,
-        }: Closing<K, A::Acc>,
-    ) -> Result<(), SinkError> {
-        let value = self.inner.agg.finish(&acc);
-        metrics::counter!("eventbus_windows_emitted_total", "topic" => tp.topic.to_string())
-            .increment(1);
-        let outcome = send_result(&self.inner.out, tp, window, key, value, newest).await?;
+        } in closed
+        {
+            let value = self.inner.agg.finish(&acc);
+            match send_result(&self.inner.out, tp, window, key, value, newest).await {
+                Ok(outcome) => sent.push((window.end, outcome, holds)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
         let this = self.clone();
         let tp = tp.clone();
         tokio::spawn(async move {
-            let result = outcome.await;
-            this.inner.parts.with_existing(&tp, |part| {
-                if part.generation == generation
-                    && let Some(n) = part.pending.get_mut(&window.end)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        part.pending.remove(&window.end);
+            for (end, outcome, holds) in sent {
+                let result = outcome.await;
+                this.inner.parts.with_existing(&tp, |part| {
+                    if part.generation == generation
+                        && let Some(n) = part.pending.get_mut(&end)
+                    {
+                        *n -= 1;
+                        if *n == 0 {
+                            part.pending.remove(&end);
+                        }
                     }
-                }
-            });
-            settle(result, holds);
+                });
+                settle(result, holds);
+            }
         });
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -529,10 +543,7 @@ where
                 };
             }
         };
-        for window in closed {
-            self.emit(&tp, generation, window).await?;
-        }
-        Ok(())
+        self.emit(&tp, generation, closed).await
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
