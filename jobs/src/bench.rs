@@ -23,7 +23,9 @@ use bytes::Bytes;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use crate::bench_sides::{analytics, bare_consumer, executor, warehouse, warehouse_root};
+use crate::bench_sides::{
+    analytics, bare_consumer, executor, handoff_floor, warehouse, warehouse_root,
+};
 use crate::{progress, topic_io};
 
 const TOPIC: &str = "bench.records.v1";
@@ -116,6 +118,13 @@ pub struct BenchResult {
     /// Warehouse only: the warehouse's CPU per record over that floor's
     /// (`cpu_ratio / encode_floor_ratio`). The goal is at most 1.25.
     pub cpu_over_floor: Option<f64>,
+    /// Discard only: process CPU seconds per million records of the hand-off floor (the
+    /// bare poll loop, records copied into shared buffers and handed per partition to
+    /// tokio tasks, nothing else; see `bench_sides::handoff_floor`), best round.
+    pub handoff_cpu_s_per_million: Option<f64>,
+    /// Discard only: the hand-off floor's CPU per record over the bare consumer's: the
+    /// least a runtime built that way can reach, against the 1.3 goal.
+    pub handoff_floor_ratio: Option<f64>,
 }
 
 /// The goals a run is held to, as printed beside its figures.
@@ -231,6 +240,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
 
     let (mut bare, mut exec) = (0f64, 0f64);
     let (mut bare_cpu, mut exec_cpu) = (f64::INFINITY, f64::INFINITY);
+    let mut handoff_cpu = None::<f64>;
     for round in 0..opts.rounds {
         let start = cpu_seconds();
         let b = if opts.exporter {
@@ -289,6 +299,16 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             }
         };
         let end = cpu_seconds();
+        if opts.job == BenchJob::Discard && !opts.exporter {
+            let group = format!("bench-handoff-{run_id}-{round}");
+            let h = handoff_floor(&brokers, &topic, &group, n).await?;
+            let h_cpu = per_million(cpu_seconds().zip(end).map(|(a, b)| a - b), n);
+            eprintln!(
+                "round {}: hand-off floor {h:>10.0} records/s {h_cpu:>6.2} cpu-s/M",
+                round + 1
+            );
+            handoff_cpu = Some(handoff_cpu.map_or(h_cpu, |c| c.min(h_cpu)));
+        }
         // Removing the scratch table is the benchmark's own work, not the job's.
         let _ = std::fs::remove_dir_all(warehouse_root(&group));
         let b_cpu = per_million(mid.zip(start).map(|(m, s)| m - s), n);
@@ -331,6 +351,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         encode_cpu_s_per_million: encode_cpu,
         encode_floor_ratio: encode_cpu.map(|c| (bare_cpu + c) / bare_cpu),
         cpu_over_floor: encode_cpu.map(|c| exec_cpu / (bare_cpu + c)),
+        handoff_cpu_s_per_million: handoff_cpu,
+        handoff_floor_ratio: handoff_cpu.map(|h| h / bare_cpu),
     })
 }
 
@@ -408,6 +430,14 @@ pub fn render(r: &BenchResult, opts: &BenchOptions) -> String {
         r.partitions,
         opts.rounds
     ));
+    if let (Some(h), Some(f)) = (r.handoff_cpu_s_per_million, r.handoff_floor_ratio) {
+        out.push_str(&format!(
+            "hand-off floor {h:>30.2} cpu-s per million (poll, copy, batches to partition tasks; nothing else)\n\
+             floor (hand-off)/bare {f:>17.3} cpu: the least a runtime built that way costs\n\
+             executor over the floor {:>15.3} cpu\n",
+            r.executor_cpu_s_per_million / h
+        ));
+    }
     if let (Some(c), Some(f), Some(over)) = (
         r.encode_cpu_s_per_million,
         r.encode_floor_ratio,

@@ -1,10 +1,12 @@
 //! The sides `eventbus bench` measures: the bare rdkafka consumer, the executor with the
-//! discard sink, the warehouse and the analytics job, each timed from its first record.
+//! discard sink, the hand-off floor, the warehouse and the analytics job, each timed
+//! from its first record.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use eventbus_operators::DiscardSink;
 use eventbus_runtime::{Job, KafkaProperties, KafkaSource, SourceConfig};
 use rdkafka::config::ClientConfig;
@@ -189,4 +191,105 @@ pub(crate) async fn warehouse(
         );
     }
     Ok(n as f64 / end.duration_since(first).as_secs_f64().max(1e-9))
+}
+
+/// The floor under any runtime built as the issue asks (a consumer thread that hands
+/// each partition's records to that partition's task): the bare consumer's poll loop,
+/// with each record's key and value copied into a buffer its batch shares (a record
+/// cannot outlive librdkafka's message otherwise), and every poll batch's records of a
+/// partition sent to that partition's tokio task, which reads them. Nothing else: no
+/// offsets tracked, acknowledged or committed, no flow control. Discard job only.
+pub(crate) async fn handoff_floor(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+) -> anyhow::Result<f64> {
+    /// Records per hand-off at most, as the executor's poll batches.
+    const BATCH: usize = 1024;
+    /// The shared buffer's chunk.
+    const CHUNK: usize = 64 * 1024;
+    type Batch = Vec<(i64, Option<Bytes>, Bytes)>;
+    let mut config = ClientConfig::new();
+    for (k, v) in kafka(brokers)?.consumer_properties() {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let runtime = tokio::runtime::Handle::current();
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work = move || -> anyhow::Result<f64> {
+        let mut lanes: HashMap<i32, tokio::sync::mpsc::UnboundedSender<Batch>> = HashMap::new();
+        let mut pending: HashMap<i32, Batch> = HashMap::new();
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        let (mut polled, mut in_batch) = (0u64, 0usize);
+        let mut first = None;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let copy = |bytes: &[u8], buf: &mut BytesMut| {
+            if buf.capacity() - buf.len() < bytes.len() {
+                *buf = BytesMut::with_capacity(CHUNK.max(bytes.len()));
+            }
+            buf.extend_from_slice(bytes);
+            buf.split_to(bytes.len()).freeze()
+        };
+        while counted.load(std::sync::atomic::Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                return Err(anyhow::anyhow!(
+                    "the hand-off floor read only {polled} of {n}"
+                ));
+            }
+            let message = if polled < n {
+                consumer.poll(Duration::from_millis(100))
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+                None
+            };
+            if let Some(Ok(m)) = &message {
+                first.get_or_insert_with(Instant::now);
+                let key = m.key().map(|k| copy(k, &mut buf));
+                let value = copy(m.payload().unwrap_or_default(), &mut buf);
+                pending
+                    .entry(m.partition())
+                    .or_default()
+                    .push((m.offset(), key, value));
+                polled += 1;
+                in_batch += 1;
+            }
+            if in_batch >= BATCH || (message.is_none() && in_batch > 0) {
+                for (p, batch) in pending.drain() {
+                    let lane = lanes.entry(p).or_insert_with(|| {
+                        let (lane, mut records) = tokio::sync::mpsc::unbounded_channel::<Batch>();
+                        let counted = counted.clone();
+                        runtime.spawn(async move {
+                            while let Some(batch) = records.recv().await {
+                                let bytes: usize = batch.iter().map(|r| r.2.len()).sum();
+                                std::hint::black_box(bytes);
+                                counted.fetch_add(
+                                    batch.len() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                            }
+                        });
+                        lane
+                    });
+                    let _ = lane.send(batch);
+                }
+                in_batch = 0;
+            }
+        }
+        let secs = first.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64());
+        Ok(n as f64 / secs.max(1e-9))
+    };
+    std::thread::Builder::new()
+        .name("bench-handoff".to_owned())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })?;
+    rx.await?
 }
