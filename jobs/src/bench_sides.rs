@@ -124,13 +124,20 @@ pub(crate) async fn executor(
     let stats = job.stats();
     let timing = tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(300);
-        let mut first = None;
+        let mut first = None::<Instant>;
         while stats.delivered() < n && Instant::now() < deadline {
             if first.is_none() && stats.consumed() > 0 {
                 first = Some(Instant::now());
             }
-
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Looks about a hundred times per run, never more often than every
+            // millisecond: the side's CPU is the job's, not this loop's (every 5 ms, as
+            // it was, cost the discard job 0.05-0.1 CPU-s per million on tansu), and the
+            // clock still stops within 1 % of the end.
+            let since = first.map_or(Duration::ZERO, |t| t.elapsed());
+            tokio::time::sleep(
+                (since / 100).clamp(Duration::from_millis(1), Duration::from_millis(50)),
+            )
+            .await;
         }
         (first.map(|t| t.elapsed().as_secs_f64()), stats.delivered())
     });
