@@ -72,12 +72,9 @@ pub(crate) async fn analytics(
     Ok(n as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
-pub(crate) fn bare_consumer(
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    n: u64,
-) -> anyhow::Result<f64> {
+/// A consumer of `topic` in `group` from the earliest offset, committing nothing: the
+/// librdkafka client both the bare side and the hand-off floor poll.
+fn plain_consumer(brokers: &str, topic: &str, group: &str) -> anyhow::Result<BaseConsumer> {
     let mut config = ClientConfig::new();
     for (k, v) in kafka(brokers)?.consumer_properties() {
         config.set(k, v);
@@ -89,6 +86,16 @@ pub(crate) fn bare_consumer(
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()?;
     consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+pub(crate) fn bare_consumer(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+) -> anyhow::Result<f64> {
+    let consumer = plain_consumer(brokers, topic, group)?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut first = None;
     let (mut count, mut bytes) = (0u64, 0usize);
@@ -217,17 +224,7 @@ pub(crate) async fn handoff_floor(
     /// The shared buffer's chunk.
     const CHUNK: usize = 64 * 1024;
     type Batch = Vec<(i64, Option<Bytes>, Bytes)>;
-    let mut config = ClientConfig::new();
-    for (k, v) in kafka(brokers)?.consumer_properties() {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()?;
-    consumer.subscribe(&[topic])?;
+    let consumer = plain_consumer(brokers, topic, group)?;
     let runtime = tokio::runtime::Handle::current();
     let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (tx, rx) = tokio::sync::oneshot::channel();
