@@ -10,14 +10,15 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use eventbus_runtime::event_time::EventTime;
 use eventbus_runtime::{Ack, ErrorClass, Record, Sink, SinkError, StateHold, TopicPartition};
 
+use crate::partitioned::Partitioned;
 use crate::window::{Aggregate, Sessions, Window};
-use crate::windowed::{WindowResult, send_result, settle};
+use crate::windowed::{WindowResult, send_results, settle};
 
 /// Settings of a [`SessionWindowed`].
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +60,7 @@ struct Inner<T, K, A: Aggregate, S> {
     value: Field<T, A::In>,
     agg: A,
     out: S,
-    parts: Mutex<HashMap<TopicPartition, Part<K, A::Acc>>>,
+    parts: Partitioned<TopicPartition, Part<K, A::Acc>>,
     late: AtomicU64,
     state_bytes: AtomicUsize,
 }
@@ -102,7 +103,7 @@ where
                 value: Box::new(value),
                 agg,
                 out,
-                parts: Mutex::new(HashMap::new()),
+                parts: Partitioned::new(),
                 late: AtomicU64::new(0),
                 state_bytes: AtomicUsize::new(0),
             }),
@@ -114,26 +115,30 @@ where
         self.inner.late.load(Ordering::Relaxed)
     }
 
-    fn parts(&self) -> MutexGuard<'_, HashMap<TopicPartition, Part<K, A::Acc>>> {
-        self.inner.parts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn bytes(&self, acc: &A::Acc, holds: usize) -> usize {
         self.inner.agg.size(acc) + holds * HOLD_BYTES + std::mem::size_of::<K>() + 48
     }
 
     /// Adds a record; returns the sessions the watermark closed.
-    fn add(&self, record: &Record<T>, ack: Ack) -> Closed<K, A::Acc> {
+    fn add(&self, tp: &TopicPartition, record: &Record<T>, ack: Ack) -> Closed<K, A::Acc> {
+        let make = || Part {
+            max_event: None,
+            keys: HashMap::new(),
+            next_end: None,
+        };
+        self.inner
+            .parts
+            .with(tp, make, |part| self.add_to(part, record, ack))
+    }
+
+    fn add_to(
+        &self,
+        part: &mut Part<K, A::Acc>,
+        record: &Record<T>,
+        ack: Ack,
+    ) -> Closed<K, A::Acc> {
         let s = self.inner.settings;
         let gap = s.gap_ms.max(1);
-        let mut parts = self.parts();
-        let part = parts
-            .entry(record.topic_partition())
-            .or_insert_with(|| Part {
-                max_event: None,
-                keys: HashMap::new(),
-                next_end: None,
-            });
         let watermark = |p: &Part<K, A::Acc>| {
             p.max_event
                 .map_or(i64::MIN, |m| m.saturating_sub(s.out_of_orderness_ms))
@@ -220,16 +225,24 @@ where
         closed
     }
 
-    async fn emit(
-        &self,
-        tp: &TopicPartition,
-        (window, key, acc, holds): (Window, K, A::Acc, Vec<StateHold>),
-    ) -> Result<(), SinkError> {
-        let value = self.inner.agg.finish(&acc);
-        let newest = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
-        let outcome = send_result(&self.inner.out, tp, window, key, value, newest).await?;
-        tokio::spawn(async move { settle(outcome.await, holds) });
-        Ok(())
+    /// Sends the results of sessions that closed together; one task waits for them
+    /// and releases each one's holds once it is acknowledged.
+    async fn emit(&self, tp: &TopicPartition, closed: Closed<K, A::Acc>) -> Result<(), SinkError> {
+        if closed.is_empty() {
+            return Ok(());
+        }
+        let agg = &self.inner.agg;
+        let results = closed.into_iter().map(|(window, key, acc, holds)| {
+            let newest = holds.iter().map(|h| h.origin().offset).max().unwrap_or(-1);
+            (window, key, agg.finish(&acc), newest, holds)
+        });
+        let (sent, failed) = send_results(&self.inner.out, tp, results).await;
+        tokio::spawn(async move {
+            for (_, outcome, holds) in sent {
+                settle(outcome.await, holds);
+            }
+        });
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -244,10 +257,8 @@ where
 {
     async fn send(&self, record: Record<T>, ack: Ack) -> Result<(), SinkError> {
         let tp = record.topic_partition();
-        for session in self.add(&record, ack) {
-            self.emit(&tp, session).await?;
-        }
-        Ok(())
+        let closed = self.add(&tp, &record, ack);
+        self.emit(&tp, closed).await
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
@@ -257,13 +268,7 @@ where
     /// Open sessions of revoked partitions are given up: the next owner reads their
     /// records again.
     async fn partitions_revoked(&self, partitions: &[TopicPartition]) -> Result<(), SinkError> {
-        let dropped: Vec<Part<K, A::Acc>> = {
-            let mut parts = self.parts();
-            partitions
-                .iter()
-                .filter_map(|tp| parts.remove(tp))
-                .collect()
-        };
+        let dropped = self.inner.parts.remove(partitions);
         for part in dropped {
             for ks in part.keys.into_values() {
                 for (acc, holds) in ks.state.into_values() {

@@ -442,37 +442,29 @@ where
         }
         metrics::counter!("eventbus_windows_emitted_total", "topic" => tp.topic.to_string())
             .increment(closed.len() as u64);
-        let mut sent = Vec::with_capacity(closed.len());
-        let mut failed = None;
-        for Closing {
-            window,
-            key,
-            acc,
-            holds,
-            newest,
-        } in closed
-        {
-            let value = self.inner.agg.finish(&acc);
-            match send_result(&self.inner.out, tp, window, key, value, newest).await {
-                Ok(outcome) => sent.push((window.end, outcome, holds)),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
+        let agg = &self.inner.agg;
+        let results = closed.into_iter().map(
+            |Closing {
+                 window,
+                 key,
+                 acc,
+                 holds,
+                 newest,
+             }| (window, key, agg.finish(&acc), newest, holds),
+        );
+        let (sent, failed) = send_results(&self.inner.out, tp, results).await;
         let this = self.clone();
         let tp = tp.clone();
         tokio::spawn(async move {
-            for (end, outcome, holds) in sent {
+            for (window, outcome, holds) in sent {
                 let result = outcome.await;
                 this.inner.parts.with_existing(&tp, |part| {
                     if part.generation == generation
-                        && let Some(n) = part.pending.get_mut(&end)
+                        && let Some(n) = part.pending.get_mut(&window.end)
                     {
                         *n -= 1;
                         if *n == 0 {
-                            part.pending.remove(&end);
+                            part.pending.remove(&window.end);
                         }
                     }
                 });
@@ -483,26 +475,32 @@ where
     }
 }
 
-/// Sends one window's result for `key` to `out`, as a record of the source partition at
-/// `offset` (that of the window's newest record); returns the outcome of its delivery.
-pub(crate) async fn send_result<K, O, S: Sink<WindowResult<K, O>>>(
+/// One window's result on its way: the window, the key, the value, the offset of the
+/// window's newest record (the result record's offset) and the holds it releases.
+pub(crate) type Outgoing<K, O> = (Window, K, O, i64, Vec<StateHold>);
+
+/// Sends `results` to `out` in turn, each as a record of the source partition `tp`,
+/// stopping at the first refusal. Returns what was sent (each window, the outcome of its
+/// delivery and its holds, for [`settle`]) and the refusal, if any; the holds of what was
+/// not sent are dropped with it.
+pub(crate) async fn send_results<K, O, S: Sink<WindowResult<K, O>>>(
     out: &S,
     tp: &TopicPartition,
-    window: Window,
-    key: K,
-    value: O,
-    offset: i64,
-) -> Result<AckOutcome, SinkError> {
-    let result = WindowResult { key, window, value };
-    let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
-    let (ack, outcome) = Ack::channel(record.origin());
-    out.send(record, ack).await?;
-    Ok(outcome)
+    results: impl IntoIterator<Item = Outgoing<K, O>>,
+) -> (Vec<(Window, AckOutcome, Vec<StateHold>)>, Option<SinkError>) {
+    let mut sent = Vec::new();
+    for (window, key, value, offset, holds) in results {
+        let result = WindowResult { key, window, value };
+        let record = Record::new(tp.topic.clone(), tp.partition, offset, result);
+        let (ack, outcome) = Ack::channel(record.origin());
+        if let Err(e) = out.send(record, ack).await {
+            return (sent, Some(e));
+        }
+        sent.push((window, outcome, holds));
+    }
+    (sent, None)
 }
 
-/// A result's delivery settles its records' holds: released once it is delivered; on a
-/// failure the first fails (stopping the job) and the rest are abandoned, so nothing is
-/// committed past any.
 pub(crate) fn settle(
     delivered: Result<Result<(), SinkError>, tokio::sync::oneshot::error::RecvError>,
     holds: Vec<StateHold>,
