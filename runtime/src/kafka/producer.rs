@@ -41,7 +41,6 @@ struct MainQueue(*mut rdsys::rd_kafka_queue_t);
 
 // librdkafka's queue handles may be used from any thread.
 unsafe impl Send for MainQueue {}
-unsafe impl Sync for MainQueue {}
 
 impl MainQueue {
     fn len(&self) -> usize {
@@ -70,9 +69,9 @@ pub struct EventProducer<C: ProducerContext + 'static> {
     stop: Arc<AtomicBool>,
     /// The socket librdkafka writes to; the drop writes to it too, to wake the thread.
     wake: UnixStream,
+    /// Owns the queue handle, so that it is destroyed when the thread ends (in `Drop`),
+    /// before the producer: librdkafka wants its queue handles gone first.
     thread: Option<JoinHandle<()>>,
-    /// Destroyed before the producer: librdkafka wants its queue handles gone first.
-    queue: Option<Arc<MainQueue>>,
     /// Rounds the serving thread has made (a wake-up, or a timeout, each).
     rounds: Arc<AtomicU64>,
 }
@@ -89,19 +88,19 @@ impl<C: ProducerContext + 'static> FromClientConfigAndContext<C> for EventProduc
         waiting.set_read_timeout(Some(ROUND)).map_err(failed)?;
         // SAFETY: the client pointer is live for the producer's life; the returned handle
         // is owned by `MainQueue`. librdkafka copies the one-byte payload, and the socket
-        // outlives the queue handle (it is dropped after it, in `Drop`).
+        // outlives the queue handle (the thread that owns the handle is joined first, in
+        // `Drop`).
         let queue = unsafe {
             let q = rdsys::rd_kafka_queue_get_main(producer.client().native_ptr());
             rdsys::rd_kafka_queue_io_event_enable(q, wake.as_raw_fd(), b"1".as_ptr().cast(), 1);
-            Arc::new(MainQueue(q))
+            MainQueue(q)
         };
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
             .name("kafka-reports".into())
             .spawn({
-                let (producer, stop, queue) = (producer.clone(), stop.clone(), queue.clone());
-                let rounds = rounds.clone();
+                let (producer, stop, rounds) = (producer.clone(), stop.clone(), rounds.clone());
                 move || serve(&producer, &stop, &queue, &rounds, waiting)
             })
             .map_err(failed)?;
@@ -110,7 +109,6 @@ impl<C: ProducerContext + 'static> FromClientConfigAndContext<C> for EventProduc
             stop,
             wake,
             thread: Some(thread),
-            queue: Some(queue),
             rounds,
         })
     }
@@ -164,13 +162,11 @@ impl<C: ProducerContext + 'static> Drop for EventProducer<C> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = (&self.wake).write(b"0");
+        // The thread's end destroys the queue handle. Reports that came after it stopped
+        // are served by the producer's own drop (it purges and flushes), which follows.
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // The thread's handle went with it; this is the last. Reports that came after
-        // the thread stopped are served by the producer's own drop (it purges and
-        // flushes), which follows.
-        drop(self.queue.take());
     }
 }
 
