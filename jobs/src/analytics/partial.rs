@@ -11,7 +11,7 @@ use eventbus_operators::windowed::WindowResult;
 use eventbus_runtime::{Ack, Record, Sink, SinkError};
 use eventbus_schemas::FileRegistry;
 use eventbus_schemas::events::{
-    FleetMinute, FleetMinutePartial, PartialKind, VehicleReading, VehicleState, VehicleStatus,
+    FleetMinute, FleetMinutePartial, PartialKind, VehicleReading, VehicleStatus,
 };
 use eventbus_schemas::fast::VehicleStateDecoder;
 
@@ -26,18 +26,6 @@ pub struct Reading {
     pub battery_pct: f32,
     /// The status symbol.
     pub status: &'static str,
-}
-
-impl Reading {
-    /// The parts of `event` the aggregates need.
-    pub fn of(event: &VehicleState) -> Self {
-        Self {
-            vehicle_id: event.vehicle_id.clone(),
-            speed_kph: event.speed_kph,
-            battery_pct: event.battery_pct,
-            status: status_symbol(event.status),
-        }
-    }
 }
 
 /// An input record as the first stage takes it: what the aggregates read, and the
@@ -104,14 +92,26 @@ impl FleetAcc {
     /// Adds the aggregates of other events. Every field but the speed sum is exact in
     /// any order; the sum is a double, and the final stage merges in partition order.
     pub fn merge(&mut self, other: &Self) {
-        self.events += other.events;
+        self.add_totals(
+            other.events,
+            other.driving_events,
+            other.driving_speed_sum,
+            other.min_battery_pct,
+        );
         self.vehicles.extend(other.vehicles.iter().cloned());
-        self.driving_events += other.driving_events;
-        self.driving_speed_sum += other.driving_speed_sum;
-        self.min_battery_pct = self.min_battery_pct.min(other.min_battery_pct);
         for (status, n) in &other.status_counts {
             *self.status_counts.entry(status.clone()).or_default() += n;
         }
+    }
+
+    /// Adds other events' counts, speed sum and lowest battery: everything but the
+    /// vehicles and the statuses, which [`FleetAcc::merge`] and [`result_of`] keep
+    /// differently.
+    fn add_totals(&mut self, events: i64, driving_events: i64, speed_sum: f64, min_battery: f64) {
+        self.events += events;
+        self.driving_events += driving_events;
+        self.driving_speed_sum += speed_sum;
+        self.min_battery_pct = self.min_battery_pct.min(min_battery);
     }
 
     /// The partial record of this accumulator.
@@ -181,11 +181,13 @@ pub(super) fn result_of<'a>(
     let mut statuses: BTreeMap<&str, i64> = BTreeMap::new();
     let mut acc = FleetAcc::empty();
     for p in partials {
-        acc.events += p.events;
+        acc.add_totals(
+            p.events,
+            p.driving_events,
+            p.driving_speed_sum,
+            p.min_battery_pct,
+        );
         vehicles.extend(p.vehicles.iter().map(String::as_str));
-        acc.driving_events += p.driving_events;
-        acc.driving_speed_sum += p.driving_speed_sum;
-        acc.min_battery_pct = acc.min_battery_pct.min(p.min_battery_pct);
         for (status, n) in &p.status_counts {
             *statuses.entry(status).or_default() += n;
         }
