@@ -236,11 +236,16 @@ async fn late_records_beyond_the_allowance_are_counted() {
                 )
             })
             .collect();
-    // And two records no producer of ours writes: they go to the DLQ, and the partition
-    // goes on.
+    // And four records no producer of ours writes: they go to the DLQ, and the partition
+    // goes on. Not Avro; a forged body; an empty one (what a tombstone becomes); and a
+    // real record cut short, which the first stage's own decoder reads (its writer id
+    // is the committed schema's).
     let mut late = late;
+    let cut = late[0].1[..late[0].1.len() - 3].to_vec();
     late.push(("veh-x".to_owned(), b"not avro at all".to_vec()));
     late.push(("veh-y".to_owned(), vec![0, 0, 0, 0, 1, 0xff, 0xff]));
+    late.push(("veh-z".to_owned(), Vec::new()));
+    late.push(("veh-w".to_owned(), cut));
     let (b, t) = (shared_brokers(), fx.input.clone());
     tokio::task::spawn_blocking(move || topic_io::produce(&b, &t, late, |_| {}))
         .await
@@ -263,12 +268,12 @@ async fn late_records_beyond_the_allowance_are_counted() {
         .find(|v| v["fields"]["message"] == "analytics job finished")
         .unwrap_or_else(|| panic!("no closing line in:\n{log}"));
     assert_eq!(finished["fields"]["late"], 37, "{finished}");
-    assert_eq!(finished["fields"]["consumed"], 3_039, "{finished}");
+    assert_eq!(finished["fields"]["consumed"], 3_041, "{finished}");
     let dlq = format!("{}.dlq", fx.input);
     assert_eq!(
         topic_io::available(&shared_brokers(), &dlq).expect("dlq"),
-        2,
-        "the two foreign records are dead-lettered"
+        4,
+        "the four foreign records are dead-lettered"
     );
     // ... and each is in the side output.
     let late_topic = format!("{}.late", fx.input);
