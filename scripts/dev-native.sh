@@ -80,10 +80,22 @@ check() {
 }
 
 stop() {
+  # The jobs drain and commit on TERM, so the broker stays up until they have exited
+  # (up to 30 s); one that has not by then is killed, so nothing outlives the stack.
+  local pids=()
   for pidfile in "$STATE"/*.pid; do
     [ -f "$pidfile" ] || continue
-    kill "$(cat "$pidfile")" 2>/dev/null || true
+    pids+=("$(cat "$pidfile")")
+    kill "${pids[-1]}" 2>/dev/null || true
     rm -f "$pidfile"
+  done
+  local deadline=$((SECONDS + 30))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "pid $pid did not exit 30 s after TERM; killing it" >&2
+      kill -9 "$pid" 2>/dev/null || true
+    fi
   done
   scripts/test-broker.sh stop || true
   scripts/test-s3.sh stop || true
