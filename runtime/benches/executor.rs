@@ -81,8 +81,7 @@ fn per_record(rounds: u32, mut f: impl FnMut(Vec<Record<Bytes>>)) -> f64 {
 
 fn bench(c: &mut Criterion) {
     let rt = runtime();
-    // The figure the goal is about, first, on a fresh heap (what criterion's own runs and
-    // analysis leave allocated skews it by tens of ns), alternating the two sides.
+    // The figure the goal is about, first, alternating the two sides.
     let (mut plain, mut job) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..3 {
         plain = plain.min(per_record(3, plain_loop));

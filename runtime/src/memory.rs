@@ -25,6 +25,9 @@ use crate::record::{Record, TopicPartition};
 use crate::sink::{Ack, Sink};
 use crate::source::Source;
 
+/// Records per batch [`MemorySource`] hands over at most.
+const BATCH: usize = 1024;
+
 /// Delivers a fixed list of records, then ends once every one is settled. Records keep
 /// their partitions and, within each, the order given.
 #[derive(Debug)]
@@ -45,34 +48,33 @@ impl<T: Send + 'static> Source for MemorySource<T> {
     type Item = T;
 
     async fn run(self, dispatch: Dispatch<T>) -> Result<(), RuntimeError> {
-        // Each run of consecutive records of one partition is a batch, delivered in
-        // input order (so each partition's order holds). Runs are split off the end, so
-        // a record moves at most once.
-        let mut records = self.records;
-        let mut runs: Vec<(TopicPartition, Vec<Record<T>>)> = Vec::new();
-        while let Some(last) = records.last() {
-            let same = |r: &Record<T>| {
-                r.partition == last.partition
-                    && (Arc::ptr_eq(&r.topic, &last.topic) || r.topic == last.topic)
-            };
-            let start = records.iter().rposition(|r| !same(r)).map_or(0, |i| i + 1);
-            let tp = last.topic_partition();
-            let run = if start == 0 {
-                std::mem::take(&mut records)
-            } else {
-                records.split_off(start)
-            };
-            runs.push((tp, run));
-        }
+        // Records are handed over front to back, each run of consecutive records of one
+        // partition in batches of at most [`BATCH`] (so each partition's order holds),
+        // and the source yields after each batch, as a Kafka source hands over poll
+        // batches: the partition tasks take a batch while the next is built, so batches
+        // are small allocations used again, not one copy of the whole input at once.
+        let mut records = self.records.into_iter().peekable();
         let mut order: Vec<TopicPartition> = Vec::new();
-        for (tp, batch) in runs.into_iter().rev() {
+        while let Some(first) = records.next() {
             if dispatch.is_stopping() {
                 break;
+            }
+            let tp = first.topic_partition();
+            let mut batch = Vec::with_capacity(BATCH.min(records.len() + 1));
+            batch.push(first);
+            while batch.len() < BATCH
+                && let Some(next) = records.next_if(|r| {
+                    r.partition == tp.partition
+                        && (Arc::ptr_eq(&r.topic, &tp.topic) || r.topic == tp.topic)
+                })
+            {
+                batch.push(next);
             }
             dispatch.deliver(&tp, batch);
             if !order.contains(&tp) {
                 order.push(tp);
             }
+            tokio::task::yield_now().await;
         }
         let finals = dispatch.revoke(&order).await;
         dispatch.committed(&finals);
