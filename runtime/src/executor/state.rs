@@ -163,6 +163,8 @@ impl Settled {
 #[derive(Debug, Default)]
 pub struct JobStats {
     consumed: AtomicU64,
+    /// When the source handed over its first records.
+    first_consumed: std::sync::OnceLock<std::time::Instant>,
     live: Mutex<Vec<Arc<Settled>>>,
     retired: Settled,
     committed: Mutex<BTreeMap<TopicPartition, i64>>,
@@ -176,6 +178,9 @@ pub struct JobStats {
 
 impl JobStats {
     pub(crate) fn add_consumed(&self, n: u64) {
+        if self.first_consumed.get().is_none() {
+            let _ = self.first_consumed.set(std::time::Instant::now());
+        }
         self.consumed.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -219,6 +224,13 @@ impl JobStats {
     /// Records handed to the executor by the source.
     pub fn consumed(&self) -> u64 {
         self.consumed.load(Ordering::Relaxed)
+    }
+
+    /// When the source handed the executor its first records; `None` before that. A
+    /// job's throughput is best timed from here: it leaves out start-up and the group
+    /// join.
+    pub fn first_consumed_at(&self) -> Option<std::time::Instant> {
+        self.first_consumed.get().copied()
     }
 
     /// Records the sink acknowledged as durable.
@@ -317,5 +329,22 @@ impl JobReport {
     /// committed.
     pub fn committed_total(&self) -> i64 {
         self.committed.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_records_time_is_kept_once() {
+        let stats = JobStats::default();
+        assert_eq!(stats.first_consumed_at(), None);
+        stats.add_consumed(3);
+        let first = stats.first_consumed_at().expect("set by the first batch");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        stats.add_consumed(5);
+        assert_eq!(stats.first_consumed_at(), Some(first));
+        assert_eq!(stats.consumed(), 8);
     }
 }
