@@ -47,6 +47,19 @@ struct Lane<T> {
     stamps: std::collections::VecDeque<(i64, i64)>,
 }
 
+/// Records and bytes held by all the job's partitions.
+fn job_held<T>(lanes: &HashMap<TopicPartition, Lane<T>>) -> (usize, usize) {
+    lanes.values().fold((0, 0), |(n, b), l| {
+        (n + l.state.held(), b + l.state.held_bytes())
+    })
+}
+
+/// Whether a partition holds as many records or bytes as its bounds allow.
+fn lane_full(cfg: &RuntimeConfig, state: &PartitionState) -> bool {
+    state.held() >= cfg.max_in_flight_per_partition
+        || state.held_bytes() >= cfg.max_in_flight_bytes_per_partition
+}
+
 /// Pause and resume decisions for the source to apply at the consumer.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -226,16 +239,13 @@ impl<T: Send + 'static> Dispatch<T> {
     pub fn flow(&self) -> Flow {
         let cfg = &self.inner.config;
         let lanes = self.lanes();
-        let (job_held, job_bytes) = lanes.values().fold((0, 0), |(n, b), l| {
-            (n + l.state.held(), b + l.state.held_bytes())
-        });
+        let (job_held, job_bytes) = job_held(&lanes);
         let job_full = job_held >= cfg.max_in_flight || job_bytes >= cfg.max_in_flight_bytes;
         let job_low = job_held <= cfg.max_in_flight / 2 && job_bytes <= cfg.max_in_flight_bytes / 2;
         let mut flow = Flow::default();
         for (tp, lane) in lanes.iter() {
             let (held, bytes) = (lane.state.held(), lane.state.held_bytes());
-            let full = held >= cfg.max_in_flight_per_partition
-                || bytes >= cfg.max_in_flight_bytes_per_partition;
+            let full = lane_full(cfg, &lane.state);
             let low = held <= cfg.max_in_flight_per_partition / 2
                 && bytes <= cfg.max_in_flight_bytes_per_partition / 2;
             let paused = lane.state.is_paused();
@@ -249,6 +259,24 @@ impl<T: Send + 'static> Dispatch<T> {
             }
         }
         flow
+    }
+
+    /// Whether a partition that flows holds as many records or bytes as the bounds allow,
+    /// so that [`Dispatch::flow`] would pause it now.
+    pub fn over_bound(&self) -> bool {
+        let cfg = &self.inner.config;
+        let lanes = self.lanes();
+        let (held, bytes) = job_held(&lanes);
+        let job_full = held >= cfg.max_in_flight || bytes >= cfg.max_in_flight_bytes;
+        lanes
+            .values()
+            .any(|l| !l.state.is_paused() && (job_full || lane_full(cfg, &l.state)))
+    }
+
+    /// Whether flow control holds any partition paused: the source should then look
+    /// again soon, since a resume is decided when it asks for [`Dispatch::flow`].
+    pub fn any_paused(&self) -> bool {
+        self.lanes().values().any(|l| l.state.is_paused())
     }
 
     /// Refreshes each partition's records waiting and done, for health probes (see

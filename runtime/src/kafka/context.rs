@@ -54,6 +54,11 @@ impl Assignment {
         self.owned().get(tp).copied()
     }
 
+    /// The partitions owned now.
+    pub(super) fn partitions(&self) -> Vec<TopicPartition> {
+        self.owned().keys().cloned().collect()
+    }
+
     /// Changes so far: equal readings mean no assign or revoke happened in between.
     pub(super) fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)

@@ -8,7 +8,8 @@
 //! produces from the record (a Kafka sink's output, a dead letter).
 //!
 //! Each unsafe block is librdkafka's documented use of a headers object that the caller
-//! borrows or owns (the only other unsafe code is `kafka::producer`'s queue wake-up).
+//! borrows or owns (the other unsafe code is `kafka::producer`'s queue wake-up and
+//! `kafka::fetch`'s batch reads).
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_void};
@@ -21,15 +22,27 @@ use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
 /// a null header.
 ///
 /// A key is read up to its first NUL byte, since librdkafka stores keys as C strings.
-pub fn for_each(headers: &BorrowedHeaders, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
+pub fn for_each(headers: &BorrowedHeaders, f: impl FnMut(&[u8], Option<&[u8]>)) {
     // `BorrowedHeaders` is a zero-sized view whose address is librdkafka's headers object.
     let native = ptr::from_ref(headers).cast::<rdsys::rd_kafka_headers_t>();
+    // SAFETY: the object lives as long as `headers` is borrowed, which spans the call.
+    unsafe { for_each_native(native, f) }
+}
+
+/// [`for_each`] over librdkafka's headers object itself.
+///
+/// # Safety
+/// `native` must be a live headers object for the whole call.
+pub(super) unsafe fn for_each_native(
+    native: *const rdsys::rd_kafka_headers_t,
+    mut f: impl FnMut(&[u8], Option<&[u8]>),
+) {
     for idx in 0.. {
         let mut name: *const c_char = ptr::null();
         let mut value: *const c_void = ptr::null();
         let mut size = 0usize;
-        // SAFETY: `native` is a live headers object for as long as `headers` is borrowed;
-        // librdkafka fills the three out-pointers, or returns an error past the last index.
+        // SAFETY: `native` is a live headers object (the caller's promise); librdkafka
+        // fills the three out-pointers, or returns an error past the last index.
         let err = unsafe {
             rdsys::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size)
         };

@@ -12,6 +12,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use tokio::runtime::Handle;
 
 use super::context::{Assignment, SourceContext, commit};
+use super::fetch::{Fetch, Fetched};
 use crate::config::{KafkaProperties, SourceConfig, config_error};
 use crate::error::{Classify, ErrorClass, RuntimeError};
 use crate::executor::Dispatch;
@@ -27,6 +28,15 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// How long one poll waits for a first message; bounds how late a stop is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// How long, in all, a partition over its bound is given to drain before it is paused.
+const GRACE_STEP: Duration = Duration::from_micros(500);
+const GRACE_STEPS: u32 = 10;
+
+/// How long one poll waits while flow control holds a partition paused: its resume is
+/// decided between polls, and a paused partition's drained records are refetched only
+/// after it, so a long wait stalls the partition (by 100 ms per pause on tansu).
+const PAUSED_WAIT: Duration = Duration::from_millis(2);
 
 /// Reads a consumer group's topics with at-least-once semantics.
 ///
@@ -162,16 +172,51 @@ fn consume(
         records: MAX_BATCH.min((dispatch.config().max_in_flight_per_partition / 4).max(64)),
         bytes: dispatch.config().max_in_flight_bytes_per_partition,
     };
+    let mut fetch = Fetch::new(&consumer).map_err(|e| RuntimeError::Source {
+        reason: format!("cannot set up the consumer's message queue: {e}"),
+    })?;
+    let assignment = &consumer.context().assignment;
+    let mut forwarded = (u64::MAX, Instant::now());
     let mut outcome = Ok(());
     while !dispatch.is_stopping() {
+        // A partition over its bound is mostly one whose task has not yet taken the
+        // batches just handed to it: a broker often returns a run of one partition's
+        // records, read in a few batches within a millisecond. A pause makes librdkafka
+        // drop the partition's prefetched messages and fetch them again, so the tasks
+        // get a few milliseconds first; a partition still over its bound then pauses.
+        for _ in 0..GRACE_STEPS {
+            if !dispatch.over_bound() {
+                break;
+            }
+            std::thread::sleep(GRACE_STEP);
+        }
         apply_flow(&consumer, &dispatch);
-        if let Err(e) = poll_batch(&consumer, &mut batcher, only_topic, batch_limit) {
+        let wait = if dispatch.any_paused() {
+            PAUSED_WAIT
+        } else {
+            POLL_WAIT
+        };
+        let polled = poll_batch(
+            &consumer,
+            &mut fetch,
+            &mut batcher,
+            only_topic,
+            batch_limit,
+            wait,
+        );
+        if let Err(e) = polled {
             outcome = Err(e);
             break;
         }
-        batcher.deliver(&consumer.context().assignment, |tp, records, bytes| {
+        batcher.deliver(assignment, |tp, records, bytes| {
             dispatch.deliver_sized(tp, records, bytes);
         });
+        // After any assign or revoke, and every second (see `fetch` on why), every owned
+        // partition's messages go to the batch queue.
+        if assignment.changes() != forwarded.0 || Instant::now() >= forwarded.1 {
+            forwarded = (assignment.changes(), Instant::now() + TICK);
+            fetch.forward(&assignment.partitions());
+        }
         if Instant::now() >= next_commit {
             let mut points = dispatch.commit_points();
             points.sort();
@@ -189,6 +234,8 @@ fn consume(
         }
     }
 
+    // What is left in the batch queue was never registered: the next owner reads it.
+    drop(fetch);
     let all = dispatch.partitions();
     tracing::info!(
         job = dispatch.job_name(),
@@ -258,30 +305,69 @@ struct BatchLimit {
     bytes: usize,
 }
 
-/// Polls one batch: waits up to [`POLL_WAIT`] for a first message, then takes what is
-/// already fetched, up to `limit`.
+/// Polls one batch: waits up to `wait` for a first message, then takes what is
+/// already fetched, up to `limit`. The consumer queue (events, and messages of
+/// partitions not forwarded yet) is served first, at least once per batch, since
+/// librdkafka counts its polls toward `max.poll.interval.ms`; the batch queue is read
+/// only once the consumer queue is empty, so each partition's messages keep their order
+/// (see [`super::fetch`]).
 fn poll_batch(
     consumer: &BaseConsumer<SourceContext>,
+    fetch: &mut Fetch<'_>,
     batcher: &mut Batcher,
     only_topic: Option<&str>,
     limit: BatchLimit,
+    wait: Duration,
 ) -> Result<(), RuntimeError> {
-    let mut wait = POLL_WAIT;
-    for _ in 0..limit.records {
-        if batcher.bytes >= limit.bytes {
-            break;
-        }
-        match consumer.poll(wait) {
-            None => break,
-            Some(Ok(m)) => batcher.push(&m, only_topic, &consumer.context().assignment),
-            Some(Err(e)) => {
-                consumer_error(e)?;
+    let assignment = &consumer.context().assignment;
+    let full =
+        |batcher: &Batcher, taken: usize| taken >= limit.records || batcher.bytes >= limit.bytes;
+    let mut taken = 0;
+    let mut waited = false;
+    loop {
+        loop {
+            if full(batcher, taken) {
+                return Ok(());
+            }
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    batcher.push(&m, only_topic, assignment);
+                    taken += 1;
+                }
+                Some(Err(e)) => consumer_error(e)?,
+                None => {}
+            }
+            if !fetch.consumer_queue_waiting() {
                 break;
             }
         }
-        wait = Duration::ZERO;
+        let mut errors = Vec::new();
+        while !full(batcher, taken) {
+            // Read in steps that cannot overshoot the byte bound by much: as many
+            // messages as the batch's average size so far leaves room for.
+            let room = limit.records - taken;
+            let step = match (batcher.bytes, taken) {
+                (0, _) | (_, 0) => room.min(16),
+                (bytes, n) => room.min((limit.bytes - bytes) / (bytes / n).max(1)).max(1),
+            };
+            let read = fetch.take(step, |m| match m.error() {
+                Some(code) => errors.push(code),
+                None => batcher.push(m, only_topic, assignment),
+            });
+            taken += read;
+            if read < step {
+                break;
+            }
+        }
+        for code in errors {
+            consumer_error(KafkaError::MessageConsumption(code))?;
+        }
+        if taken > 0 || waited {
+            return Ok(());
+        }
+        fetch.wait(wait);
+        waited = true;
     }
-    Ok(())
 }
 
 /// Decides whether a consumer error stops the job: a Fatal one does. Connection
@@ -325,7 +411,7 @@ impl Batcher {
     /// Adds a polled message. `only_topic` is the topic of every message when the
     /// subscription names just one: its name then need not be read (and checked as
     /// UTF-8) per message.
-    fn push(&mut self, m: &BorrowedMessage<'_>, only_topic: Option<&str>, assignment: &Assignment) {
+    fn push(&mut self, m: &impl Polled, only_topic: Option<&str>, assignment: &Assignment) {
         let topic = match only_topic {
             Some(t) => t,
             None => m.topic(),
@@ -444,21 +530,81 @@ impl Arena {
     }
 }
 
-fn to_record(m: &BorrowedMessage<'_>, topic: &Arc<str>, arena: &mut Arena) -> Record<Bytes> {
+fn to_record(m: &impl Polled, topic: &Arc<str>, arena: &mut Arena) -> Record<Bytes> {
     let mut headers = crate::record::Headers::new();
-    if let Some(hs) = m.headers() {
-        super::headers::for_each(hs, |k, v| {
-            headers.push_raw(arena.copy(k), v.map(|v| arena.copy(v)))
-        });
-    }
+    m.headers(|k, v| headers.push_raw(arena.copy(k), v.map(|v| arena.copy(v))));
     Record {
         topic: topic.clone(),
         partition: m.partition(),
         offset: m.offset(),
         key: m.key().map(|k| arena.copy(k)),
         headers,
-        timestamp: m.timestamp().to_millis(),
+        timestamp: m.timestamp(),
         value: m.payload().map(|v| arena.copy(v)).unwrap_or_default(),
+    }
+}
+
+/// A message as the consumer thread reads it: from rdkafka's `poll` (the consumer
+/// queue) or from a batch read (the batch queue).
+trait Polled {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    /// Milliseconds, when the record has a timestamp.
+    fn timestamp(&self) -> Option<i64>;
+    /// Calls `f(key, value)` for every header, keys byte for byte.
+    fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>));
+}
+
+impl Polled for BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        Message::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Message::payload(self)
+    }
+    fn timestamp(&self) -> Option<i64> {
+        Message::timestamp(self).to_millis()
+    }
+    fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>)) {
+        if let Some(hs) = Message::headers(self) {
+            super::headers::for_each(hs, f);
+        }
+    }
+}
+
+impl Polled for Fetched<'_> {
+    fn topic(&self) -> &str {
+        Fetched::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        Fetched::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Fetched::offset(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Fetched::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Fetched::payload(self)
+    }
+    fn timestamp(&self) -> Option<i64> {
+        Fetched::timestamp(self)
+    }
+    fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>)) {
+        Fetched::headers(self, f);
     }
 }
 
