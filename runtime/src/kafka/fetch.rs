@@ -183,6 +183,20 @@ impl Drop for Fetch<'_> {
     }
 }
 
+/// A message as the consumer thread reads it: from rdkafka's `poll` (the consumer
+/// queue) or from a batch read (the batch queue).
+pub(super) trait Polled {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    /// Milliseconds, when the record has a timestamp.
+    fn timestamp(&self) -> Option<i64>;
+    /// Calls `f(key, value)` for every header, keys byte for byte.
+    fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>));
+}
+
 /// One message read from our queue, valid while [`Fetch::take`]'s callback runs.
 pub(super) struct Fetched<'a> {
     m: *mut rdsys::rd_kafka_message_t,
@@ -200,8 +214,10 @@ impl Fetched<'_> {
         let err = self.message().err;
         (err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| err.into())
     }
+}
 
-    pub(super) fn topic(&self) -> &str {
+impl Polled for Fetched<'_> {
+    fn topic(&self) -> &str {
         let rkt = self.message().rkt;
         if rkt.is_null() {
             return "";
@@ -212,37 +228,35 @@ impl Fetched<'_> {
             .unwrap_or_default()
     }
 
-    pub(super) fn partition(&self) -> i32 {
+    fn partition(&self) -> i32 {
         self.message().partition
     }
 
-    pub(super) fn offset(&self) -> i64 {
+    fn offset(&self) -> i64 {
         self.message().offset
     }
 
-    pub(super) fn key(&self) -> Option<&[u8]> {
+    fn key(&self) -> Option<&[u8]> {
         let m = self.message();
         // SAFETY: `key_len` bytes at `key`, owned by the live message.
         (!m.key.is_null()).then(|| unsafe { std::slice::from_raw_parts(m.key.cast(), m.key_len) })
     }
 
-    pub(super) fn payload(&self) -> Option<&[u8]> {
+    fn payload(&self) -> Option<&[u8]> {
         let m = self.message();
         // SAFETY: `len` bytes at `payload`, owned by the live message.
         (!m.payload.is_null())
             .then(|| unsafe { std::slice::from_raw_parts(m.payload.cast(), m.len) })
     }
 
-    /// The Kafka timestamp in milliseconds, when the record has one.
-    pub(super) fn timestamp(&self) -> Option<i64> {
+    fn timestamp(&self) -> Option<i64> {
         let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
         // SAFETY: the message is live; librdkafka writes the kind.
         let ts = unsafe { rdsys::rd_kafka_message_timestamp(self.m, &mut kind) };
         (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE).then_some(ts)
     }
 
-    /// Calls `f(key, value)` for every header, keys byte for byte.
-    pub(super) fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>)) {
+    fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>)) {
         let mut headers = std::ptr::null_mut();
         // SAFETY: the message is live and owns the headers object librdkafka returns.
         unsafe {

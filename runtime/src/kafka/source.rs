@@ -12,7 +12,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use tokio::runtime::Handle;
 
 use super::context::{Assignment, SourceContext, commit};
-use super::fetch::{Fetch, Fetched};
+use super::fetch::{Fetch, Polled};
 use crate::config::{KafkaProperties, SourceConfig, config_error};
 use crate::error::{Classify, ErrorClass, RuntimeError};
 use crate::executor::Dispatch;
@@ -544,20 +544,6 @@ fn to_record(m: &impl Polled, topic: &Arc<str>, arena: &mut Arena) -> Record<Byt
     }
 }
 
-/// A message as the consumer thread reads it: from rdkafka's `poll` (the consumer
-/// queue) or from a batch read (the batch queue).
-trait Polled {
-    fn topic(&self) -> &str;
-    fn partition(&self) -> i32;
-    fn offset(&self) -> i64;
-    fn key(&self) -> Option<&[u8]>;
-    fn payload(&self) -> Option<&[u8]>;
-    /// Milliseconds, when the record has a timestamp.
-    fn timestamp(&self) -> Option<i64>;
-    /// Calls `f(key, value)` for every header, keys byte for byte.
-    fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>));
-}
-
 impl Polled for BorrowedMessage<'_> {
     fn topic(&self) -> &str {
         Message::topic(self)
@@ -581,30 +567,6 @@ impl Polled for BorrowedMessage<'_> {
         if let Some(hs) = Message::headers(self) {
             super::headers::for_each(hs, f);
         }
-    }
-}
-
-impl Polled for Fetched<'_> {
-    fn topic(&self) -> &str {
-        Fetched::topic(self)
-    }
-    fn partition(&self) -> i32 {
-        Fetched::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        Fetched::offset(self)
-    }
-    fn key(&self) -> Option<&[u8]> {
-        Fetched::key(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        Fetched::payload(self)
-    }
-    fn timestamp(&self) -> Option<i64> {
-        Fetched::timestamp(self)
-    }
-    fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>)) {
-        Fetched::headers(self, f);
     }
 }
 
