@@ -143,16 +143,20 @@ pub mod goals {
     pub const EXPORTER_CPU_RATIO: f64 = 1.05;
 }
 
-/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
-/// (Linux; clock ticks of 1/100 s). `None` where that file cannot be read.
+/// CPU seconds this process has used so far, all its threads (finished ones included),
+/// from the scheduler's own accounting (`CLOCK_PROCESS_CPUTIME_ID`, nanoseconds).
+/// `/proc/self/stat`, read here before, counts in ticks of 10 ms: a tansu side of
+/// 300,000 records uses 0.12-0.2 s, so one tick moved a side's figure by 5-8 %.
+#[allow(unsafe_code)]
 fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill; the clock id is a constant
+    // every Linux has.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
 }
 
 fn per_million(cpu: Option<f64>, n: u64) -> f64 {
