@@ -204,12 +204,13 @@ pub(crate) async fn warehouse(
     Ok(n as f64 / end.duration_since(first).as_secs_f64().max(1e-9))
 }
 
-/// The floor under any runtime built as the issue asks (a consumer thread that hands
-/// each partition's records to that partition's task): the bare consumer's poll loop,
-/// with each record's key and value copied into a buffer its batch shares (a record
-/// cannot outlive librdkafka's message otherwise), and every poll batch's records of a
-/// partition sent to that partition's tokio task, which reads them. Nothing else: no
-/// offsets tracked, acknowledged or committed, no flow control. Discard job only.
+/// What handing records to partition tasks costs on its own (a consumer thread that
+/// hands each partition's records to that partition's task): the bare consumer's poll
+/// loop, one message per call, with each record's key and value copied into a buffer
+/// its batch shares (a record cannot outlive librdkafka's message otherwise), and every
+/// poll batch's records of a partition sent to that partition's tokio task, which reads
+/// them. Nothing else: no offsets tracked, acknowledged or committed, no flow control.
+/// Discard job only.
 pub(crate) async fn handoff_floor(
     brokers: &str,
     topic: &str,
