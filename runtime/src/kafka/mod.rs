@@ -9,6 +9,7 @@
 //! `drain_timeout_ms`) and its offsets committed synchronously before librdkafka hands it
 //! to another member.
 
+mod batcher;
 mod context;
 mod diagnose;
 mod fetch;
