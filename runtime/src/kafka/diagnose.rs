@@ -32,7 +32,11 @@ impl LastError {
         use rdkafka::types::RDKafkaErrorCode as Code;
         tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
         let code = error.rdkafka_error_code();
-        let tls = code == Some(Code::SSL) || reason.contains("SSL handshake failed");
+        // librdkafka says "SSL handshake failed" for most refusals, but a certificate
+        // that does not verify can come as a transport failure with OpenSSL's own text.
+        let tls = code == Some(Code::SSL)
+            || reason.contains("SSL handshake failed")
+            || reason.contains("SSL routines");
         let sasl = code == Some(Code::Authentication) || reason.contains("SASL authentication");
         let text = if tls {
             format!("TLS handshake with the broker failed: {reason}")
@@ -112,11 +116,12 @@ pub fn fetch_metadata<C: Remembers>(
         match consumer.fetch_metadata(topic, slice) {
             Ok(md) => return Ok(md),
             Err(e) => {
-                // Serves the error callbacks queued meanwhile, one event per poll.
-                for _ in 0..1000 {
-                    if consumer.poll(std::time::Duration::ZERO).is_none() {
-                        break;
-                    }
+                // Serves the error callbacks queued meanwhile, one event per poll. A poll
+                // that served an event also returns `None`, so the count bounds the loop,
+                // not the first `None` (stopping there served one event per try, and a
+                // refusal queued behind "all brokers down" was seen only at the timeout).
+                for _ in 0..100 {
+                    let _ = consumer.poll(std::time::Duration::ZERO);
                 }
                 if let Some(refused) = last.refused() {
                     return Err(refused);
@@ -182,6 +187,19 @@ mod tests {
             "1/1 brokers are down",
         );
         assert!(other.refused().is_none(), "a refused TCP connect may heal");
+        let openssl = LastError::default();
+        openssl.record(
+            &KafkaError::Global(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure),
+            "ssl://127.0.0.1:9/bootstrap: ssl/statem/statem_clnt.c:2125:\
+             tls_post_process_server_certificate error:0A000086:SSL routines::\
+             certificate verify failed",
+        );
+        assert!(
+            openssl
+                .refused()
+                .is_some_and(|r| r.starts_with("TLS handshake with the broker failed")),
+            "a certificate OpenSSL refused, reported as a transport failure, is a TLS refusal"
+        );
         assert!(
             other.explain("x").contains("Connection refused"),
             "the cause is not hidden by 'all brokers down'"
