@@ -257,6 +257,90 @@ mod tests {
         assert_eq!(sink.values(), (0..40).collect::<Vec<_>>());
     }
 
+    /// A collecting sink that takes runs.
+    struct Runs(CollectSink<i64>);
+    impl Sink<i64> for Runs {
+        const TAKES_RUNS: bool = true;
+
+        async fn send(&self, record: Record<i64>, ack: Ack) -> Result<(), SinkError> {
+            self.0.send(record, ack).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_records_before_an_operator_failure_reach_a_sink_that_takes_runs() {
+        let sink = CollectSink::new();
+        let job = Job::builder("t")
+            .source(MemorySource::new(records(1, 100)))
+            .try_map(|v: i64| {
+                if v == 40 {
+                    Err(ProcessError::permanent("no"))
+                } else {
+                    Ok(v)
+                }
+            })
+            .sink(Runs(sink.clone()))
+            .build()
+            .expect("valid job");
+        let stats = job.stats();
+        job.run(std::future::pending())
+            .await
+            .expect_err("job fails");
+        assert_eq!(sink.values(), (0..40).collect::<Vec<_>>());
+        assert_eq!(
+            stats.committed().get(&TopicPartition::new("in", 0)),
+            Some(&40)
+        );
+    }
+
+    /// Fails record 40 (stopping the job) and keeps the highest offset it was given. It
+    /// takes runs, through the default `send_batch`.
+    struct FailsAt40(Arc<std::sync::atomic::AtomicI64>);
+    impl Sink<i64> for FailsAt40 {
+        const TAKES_RUNS: bool = true;
+
+        async fn send(&self, record: Record<i64>, ack: Ack) -> Result<(), SinkError> {
+            self.0
+                .fetch_max(record.offset, std::sync::atomic::Ordering::Relaxed);
+            if record.offset == 40 {
+                let origin = ack.origin();
+                ack.fail(SinkError::Delivery {
+                    sink: "test",
+                    origin,
+                    reason: "refused".into(),
+                    class: ErrorClass::Fatal,
+                });
+            } else {
+                ack.done();
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_at_the_sink_stops_the_rest_of_its_batch() {
+        // MemorySource hands over 100 records in one batch, and the sink takes them in
+        // runs: it must see none after the failed one, as it would one by one.
+        let highest = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+        let job = Job::builder("t")
+            .source(MemorySource::new(records(1, 100)))
+            .sink(FailsAt40(highest.clone()))
+            .build()
+            .expect("valid job");
+        let stats = job.stats();
+        let err = job
+            .run(std::future::pending())
+            .await
+            .expect_err("job fails");
+        assert!(err.to_string().contains("offset 40"), "{err}");
+        assert_eq!(highest.load(std::sync::atomic::Ordering::Relaxed), 40);
+        assert_eq!(
+            stats.committed().get(&TopicPartition::new("in", 0)),
+            Some(&40),
+            "committed up to the failed record, not past it"
+        );
+    }
+
     struct DroppingSink;
     impl Sink<i64> for DroppingSink {
         async fn send(&self, _record: Record<i64>, ack: Ack) -> Result<(), SinkError> {

@@ -306,6 +306,10 @@ impl Settle for PartitionState {
         self.held_back.store(hold, Ordering::Relaxed);
     }
 
+    fn abandoned(&self) -> bool {
+        self.is_revoked() || self.job.has_failed()
+    }
+
     fn state_hold(&self, offset: i64, hold: bool) {
         let mut t = self.tracker();
         if hold {

@@ -62,8 +62,14 @@ where
     }
 }
 
-/// Runs one partition: records in order through the chain into the sink. Woken once
-/// per batch the dispatcher hands over.
+/// The most records handed to a sink in one run: enough to find the sink's partition
+/// state once for many records, few enough that the run is still in the core's cache
+/// when the sink reads it.
+const RUN: usize = 64;
+
+/// Runs one partition: records in order through the chain into the sink, one at a time
+/// or, to a sink that [`Sink::TAKES_RUNS`], in runs. Woken once per batch the dispatcher
+/// hands over.
 async fn run_partition<T, Op, K>(
     chain: Arc<Chain<T, Op, K>>,
     part: Arc<PartitionState>,
@@ -74,6 +80,7 @@ async fn run_partition<T, Op, K>(
     K: Sink<Op::Out>,
 {
     let mut collected = Collected::default();
+    let mut out = Vec::new();
     while let Some(batch) = rx.recv().await {
         for record in batch {
             let offset = record.offset;
@@ -93,16 +100,23 @@ async fn run_partition<T, Op, K>(
             // are shared, not copied) until the record is settled.
             let original = chain.letters.as_ref().map(|l| (l.original)(&record));
             match chain.op.apply(record) {
-                Outcome::Emit(out) => {
+                Outcome::Emit(record) => {
                     let ack = Ack::new(part.clone(), offset, original.map(Box::new));
-                    let inner = std::pin::pin!(chain.sink.send(out, ack));
-                    let send = Collecting {
-                        part: &part,
-                        collected: &mut collected,
-                        inner,
-                    };
-                    if let Err(e) = send.await {
-                        part.job().fail(e.into());
+                    if K::TAKES_RUNS {
+                        out.push((record, ack));
+                        if out.len() == RUN {
+                            deliver(&chain.sink, &part, &mut collected, &mut out).await;
+                        }
+                    } else {
+                        let inner = std::pin::pin!(chain.sink.send(record, ack));
+                        let send = Collecting {
+                            part: &part,
+                            collected: &mut collected,
+                            inner,
+                        };
+                        if let Err(e) = send.await {
+                            part.job().fail(e.into());
+                        }
                     }
                 }
                 Outcome::Filtered => collected.push(offset, Resolution::Filtered),
@@ -124,6 +138,9 @@ async fn run_partition<T, Op, K>(
                         letters.queue.send(letter, ack).await;
                     }
                     _ => {
+                        // The records before it reach the sink first, as they would one
+                        // by one: the failure stops what comes after it, not before.
+                        deliver(&chain.sink, &part, &mut collected, &mut out).await;
                         part.resolve(offset, Resolution::Failed);
                         let class = error.class();
                         part.job().fail(RuntimeError::Operator {
@@ -135,13 +152,43 @@ async fn run_partition<T, Op, K>(
                 },
             }
         }
+        deliver(&chain.sink, &part, &mut collected, &mut out).await;
         // The batch's settlements, under one lock.
         part.apply(&mut collected);
     }
 }
 
-/// Polls a sink's `send` with this thread collecting the partition's settlements, so
-/// acks the sink settles right away cost no lock of their own.
+/// Hands the records `out` holds to the sink in one run, collecting what it settles
+/// right away. A sink error fails the job; what it left untaken is dropped unsettled,
+/// never committed.
+async fn deliver<T, K: Sink<T>>(
+    sink: &K,
+    part: &PartitionState,
+    collected: &mut Collected,
+    out: &mut Vec<(Record<T>, Ack)>,
+) where
+    T: Send,
+{
+    if out.is_empty() {
+        return;
+    }
+    let result = {
+        let inner = std::pin::pin!(sink.send_batch(out));
+        Collecting {
+            part,
+            collected,
+            inner,
+        }
+        .await
+    };
+    out.clear();
+    if let Err(e) = result {
+        part.job().fail(e.into());
+    }
+}
+
+/// Polls a sink's `send` or `send_batch` with this thread collecting the partition's
+/// settlements, so acks the sink settles right away cost no lock of their own.
 struct Collecting<'a, F> {
     part: &'a PartitionState,
     collected: &'a mut Collected,
