@@ -77,6 +77,7 @@
 //! is exact as long as one writer owns a partition at a time (the consumer group ensures
 //! that except for a member that lost its session while still writing).
 
+mod accept;
 mod config;
 mod decode;
 mod encode;
@@ -91,11 +92,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use accept::Then;
+
 use arrow_avro::reader::Decoder;
 use bytes::Bytes;
-use eventbus_runtime::{Ack, Acks, ErrorClass, Record, Sink, SinkError, TopicPartition};
+use eventbus_runtime::{Ack, Acks, Record, Sink, SinkError, TopicPartition};
 use eventbus_schemas::validate::BodyCheck;
-use eventbus_schemas::wire;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use tokio::sync::Mutex;
@@ -140,6 +142,10 @@ struct PartBuf {
 impl PartBuf {
     fn rows(&self) -> usize {
         self.acks.len()
+    }
+
+    fn saw(&mut self, offset: i64) {
+        self.seen = Some(self.seen.map_or(offset, |s| s.max(offset)));
     }
 
     /// Removes the first `n` buffered records and returns their acknowledgements. The
@@ -457,106 +463,40 @@ impl ParquetSink {
 }
 
 impl Sink<Bytes> for ParquetSink {
+    /// Each record needs its partition's buffer, found under a lock shared by every
+    /// partition and then locked itself: once per run instead.
+    const TAKES_RUNS: bool = true;
+
     async fn send(&self, record: Record<Bytes>, ack: Ack) -> Result<(), SinkError> {
+        self.send_batch(&mut vec![(record, ack)]).await
+    }
+
+    /// Finds and locks each partition's buffer once per run of its records.
+    async fn send_batch(&self, batch: &mut Vec<(Record<Bytes>, Ack)>) -> Result<(), SinkError> {
         self.start_timer();
-        let tp = TopicPartition::new(record.topic.clone(), record.partition);
-        let part = self.part(&tp);
-        let mut p = part.lock().await;
-        p.seen = Some(p.seen.map_or(record.offset, |s| s.max(record.offset)));
-        // Fails a record to the dead-letter queue; its origin is built only then, not for
-        // every record.
-        // Without dead letters, such a record stops the job.
-        let class = if self.inner.config.dead_letters {
-            ErrorClass::Permanent
-        } else {
-            ErrorClass::Fatal
-        };
-        let bad = |ack: Ack, reason: String| {
-            let origin = ack.origin();
-            ack.fail(SinkError::Delivery {
-                sink: SINK,
-                origin,
-                reason,
-                class,
-            });
-        };
-        // The rare paths (recovery, reading the commit chain, publishing) are boxed: their
-        // futures hold the store's, and inline they made this per-record future kilobytes
-        // large, copied on every call.
-        let next = match p.next {
-            Some(next) => next,
-            None => Box::pin(self.recover(&mut p)).await?,
-        };
-        if let Some(next) = next
-            && record.offset < next
-        {
-            // In the table, or dead-lettered by the writer of the entry that covers it
-            // (whose letter may have been lost with that writer): dead-letter it again.
-            match Box::pin(self.skipped_reason(&mut p, record.offset)).await? {
-                Some(reason) => bad(ack, reason),
-                None => ack.done(),
-            }
-            return Ok(());
-        }
-        // A record that cannot be decoded: dead-lettered, and listed as skipped by the
-        // next commit entry.
-        let skip = |p: &mut PartBuf, ack: Ack, reason: String| {
-            // Written to the commit entry, which loaders read: never with personal data.
-            let reason =
-                eventbus_runtime::redact::redact(&ack.origin(), Some(&record.value), &reason);
-            p.failed.push(SkippedRecord {
-                offset: record.offset,
-                reason: reason.clone(),
-            });
-            bad(ack, reason);
-        };
-        let bytes = &record.value;
-        let id = match wire::split(bytes, None) {
-            Ok((id, _)) => id,
-            Err(e) => {
-                skip(&mut p, ack, format!("not in the wire format: {e}"));
-                return Ok(());
-            }
-        };
-        if p.rows() > 0 && p.schema_id != Some(id) {
-            // A new writer schema rolls the file: one schema per file.
-            Box::pin(self.publish(&mut p)).await?;
-        }
-        let schemas = if Self::needs_decoder(&p, id) {
-            match Box::pin(self.known_schemas(id)).await {
-                Ok(schemas) => Some(schemas),
-                Err(e) => {
-                    // A registry that cannot answer says nothing about the record, so it
-                    // is not dead-lettered: a flush error on its ack stops the job, and
-                    // nothing from here on is acknowledged.
-                    ack.fail(e);
-                    return Ok(());
+        let mut records = batch.drain(..).peekable();
+        while let Some(first) = records.next() {
+            let tp = TopicPartition::new(first.0.topic.clone(), first.0.partition);
+            let part = self.part(&tp);
+            let mut p = part.lock().await;
+            let mut next = Some(first);
+            while let Some((record, ack)) = next.take() {
+                next = records.next_if(|(r, _)| r.partition == tp.partition && r.topic == tp.topic);
+                if ack.is_abandoned() {
+                    // Dropped, which settles it as failed, as the runtime would have.
+                    continue;
+                }
+                // Futures only for what needs the store or the registry: a future per
+                // record costs its copy.
+                if Self::ready(&p, &record) {
+                    let then = self.take_now(&mut p, record, ack);
+                    if !matches!(then, Then::Nothing) {
+                        Box::pin(self.then(&mut p, then)).await?;
+                    }
+                } else {
+                    Box::pin(self.accept(&mut p, record, ack)).await?;
                 }
             }
-        } else {
-            None
-        };
-        if let Err(reason) = self.decode_into(&mut p, id, schemas, bytes) {
-            skip(&mut p, ack, reason);
-            return Ok(());
-        }
-        p.bytes += bytes.len();
-        p.raw.push(record.value.clone());
-        p.meta.offsets.push(record.offset);
-        p.meta.kafka_ts.push(record.timestamp);
-        p.acks.push(ack);
-        let buffered = self.inner.buffered.fetch_add(1, Ordering::Relaxed) + 1;
-        if p.oldest.is_none() {
-            p.oldest = Some(Instant::now());
-        }
-        if p.rows() >= self.inner.config.roll_rows || p.bytes >= self.inner.config.roll_bytes {
-            Box::pin(self.publish(&mut p)).await?;
-        } else if buffered >= self.inner.config.max_buffered_rows {
-            // The job's memory bound: publish this partition and every idle one, so the
-            // runtime never pauses everything while rows wait for the maximum age.
-            Box::pin(self.publish(&mut p)).await?;
-            drop(p);
-            Box::pin(self.publish_where(|p| p.rows() > 0)).await;
         }
         Ok(())
     }
