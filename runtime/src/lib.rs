@@ -48,12 +48,13 @@
 //! println!("consumed {}", report.consumed);
 //! # Ok(()) }
 //! ```
-// `deny`, not `forbid`: three modules call librdkafka directly. `kafka::headers` reads
+// `deny`, not `forbid`: four modules call librdkafka directly. `kafka::headers` reads
 // and writes headers, because rdkafka's accessors panic on a header key that is not
 // UTF-8; `kafka::producer` has librdkafka wake its report thread through a socket,
 // because rdkafka's `ThreadedProducer` spins while it waits; `kafka::fetch` reads
 // messages many per call, because rdkafka's `poll` costs a lock and several clock reads
-// per message.
+// per message; `kafka::commit` waits for a commit's answer with a deadline, because
+// librdkafka's synchronous commit waits forever for an unreachable coordinator.
 #![deny(unsafe_code)]
 
 pub mod config;

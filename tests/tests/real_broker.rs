@@ -191,6 +191,31 @@ async fn a_broker_restart_mid_stream_is_survived() {
     eprintln!("broker restart: {dups} duplicates");
 }
 
+/// A job told to stop while its broker is gone still stops: its last commit and its
+/// leaving the group each wait for the missing coordinator for a bounded time (it used
+/// to wait forever in librdkafka's synchronous commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_gone_still_exits() {
+    let mut tansu = Tansu::start();
+    let mut s = Scenario::start(&tansu.brokers.clone(), 3, 2_000, 4_000).await;
+    let mut job = s.job("job");
+    s.wait_output(2_000);
+    if let Some(p) = s.producer.take() {
+        assert_eq!(p.finish(), s.count);
+    }
+    tansu.stop();
+    // Long enough for the client to have lost its group coordinator.
+    std::thread::sleep(Duration::from_secs(5));
+    job.signal("TERM");
+    let status = job.wait(Duration::from_secs(120));
+    let log = job.log_tail();
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(
+        log.contains("offset commit failed"),
+        "the commit that could not happen is named: {log}"
+    );
+}
+
 /// The mock cluster creates topics on demand, so this one needs a broker that does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_output_topic_is_named_at_start() {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -199,6 +200,12 @@ fn list(tps: &[TopicPartition]) -> String {
     s
 }
 
+/// How long a synchronous commit waits for the group coordinator's answer. One that
+/// times out is retried by the next commit (every commit interval while running); at
+/// shutdown the job then exits without it, and the records after the last committed
+/// offset are read again by the next owner.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Commits `offsets`; returns whether librdkafka accepted the request. A failed commit is
 /// logged and retried by the next one: commits carry absolute offsets, so nothing is lost.
 pub(super) fn commit(
@@ -218,7 +225,12 @@ pub(super) fn commit(
         }
     }
     let started = std::time::Instant::now();
-    let result = consumer.commit(&tpl, mode);
+    let result = match mode {
+        // Bounded: librdkafka's own synchronous commit never returns while the group
+        // coordinator is unreachable, and a consumer thread stuck there never stops.
+        CommitMode::Sync => super::commit::commit_within(consumer, &tpl, COMMIT_TIMEOUT),
+        CommitMode::Async => consumer.commit(&tpl, mode).map_err(|e| e.to_string()),
+    };
     crate::telemetry::commit_duration(dispatch.job_name(), started.elapsed());
     match result {
         Ok(()) => {

@@ -10,6 +10,7 @@
 //! to another member.
 
 mod batcher;
+mod commit;
 mod context;
 mod diagnose;
 mod fetch;

@@ -244,10 +244,39 @@ fn consume(
     );
     let finals = runtime.block_on(dispatch.revoke(&all));
     commit(&consumer, &dispatch, &finals, CommitMode::Sync);
-    // Dropping the consumer leaves the group; the revoke callback it triggers finds
-    // nothing left to drain.
-    drop(consumer);
+    // Leaving the group triggers the revoke callback, which finds nothing left to drain.
+    leave(consumer);
     outcome
+}
+
+/// How long leaving the group may take at shutdown.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Drops the consumer, which leaves the group, waiting at most [`LEAVE_TIMEOUT`].
+/// rdkafka's drop closes the consumer and waits for as long as that takes, which is
+/// forever when the group coordinator is unreachable: then the drop is left running on a
+/// thread of its own, and the job ends without it. The group hands this member's
+/// partitions on when its session times out.
+fn leave(consumer: BaseConsumer<SourceContext>) {
+    let (done, left) = std::sync::mpsc::channel();
+    let dropping = std::thread::Builder::new()
+        .name("eventbus-leave".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done.send(());
+        });
+    if let Err(e) = dropping {
+        tracing::warn!(error = %e, "cannot start a thread to leave the consumer group");
+        return;
+    }
+    if left.recv_timeout(LEAVE_TIMEOUT).is_err() {
+        tracing::warn!(
+            timeout_s = LEAVE_TIMEOUT.as_secs(),
+            "could not leave the consumer group in time (is the group coordinator \
+             reachable?); exiting without: the group reassigns this member's partitions \
+             when its session times out"
+        );
+    }
 }
 
 /// Checks, within the start-up timeout, that the brokers answer and every subscribed
