@@ -227,9 +227,9 @@ mod tests {
         assert_eq!(report.committed_total(), 100);
     }
 
-    #[tokio::test]
-    async fn a_failing_record_stops_the_job_and_is_never_committed_past() {
-        let sink = CollectSink::new();
+    /// Runs 100 records of one partition through a map that fails record 40 into
+    /// `sink`: the job's error and the offset it committed.
+    async fn failing_at_40<K: Sink<i64>>(sink: K) -> (RuntimeError, Option<i64>) {
         let job = Job::builder("t")
             .source(MemorySource::new(records(1, 100)))
             .try_map(|v: i64| {
@@ -239,7 +239,7 @@ mod tests {
                     Ok(v)
                 }
             })
-            .sink(sink.clone())
+            .sink(sink)
             .build()
             .expect("valid job");
         let stats = job.stats();
@@ -247,9 +247,20 @@ mod tests {
             .run(std::future::pending())
             .await
             .expect_err("job fails");
+        let committed = stats
+            .committed()
+            .get(&TopicPartition::new("in", 0))
+            .copied();
+        (err, committed)
+    }
+
+    #[tokio::test]
+    async fn a_failing_record_stops_the_job_and_is_never_committed_past() {
+        let sink = CollectSink::new();
+        let (err, committed) = failing_at_40(sink.clone()).await;
         assert_eq!(
-            stats.committed().get(&TopicPartition::new("in", 0)),
-            Some(&40),
+            committed,
+            Some(40),
             "committed up to the failed record, not past it"
         );
         assert_eq!(err.class(), ErrorClass::Transient);
@@ -270,27 +281,9 @@ mod tests {
     #[tokio::test]
     async fn the_records_before_an_operator_failure_reach_a_sink_that_takes_runs() {
         let sink = CollectSink::new();
-        let job = Job::builder("t")
-            .source(MemorySource::new(records(1, 100)))
-            .try_map(|v: i64| {
-                if v == 40 {
-                    Err(ProcessError::permanent("no"))
-                } else {
-                    Ok(v)
-                }
-            })
-            .sink(Runs(sink.clone()))
-            .build()
-            .expect("valid job");
-        let stats = job.stats();
-        job.run(std::future::pending())
-            .await
-            .expect_err("job fails");
+        let (_, committed) = failing_at_40(Runs(sink.clone())).await;
         assert_eq!(sink.values(), (0..40).collect::<Vec<_>>());
-        assert_eq!(
-            stats.committed().get(&TopicPartition::new("in", 0)),
-            Some(&40)
-        );
+        assert_eq!(committed, Some(40));
     }
 
     /// Fails record 40 (stopping the job) and keeps the highest offset it was given. It
