@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -142,7 +142,7 @@ impl ConsumerContext for SourceContext {
         // here is what we want: librdkafka must not hand the partitions over before
         // their done offsets are committed.
         let finals = self.runtime.block_on(self.dispatch.revoke(&revoked));
-        commit(consumer, &self.dispatch, &finals, CommitMode::Sync);
+        commit(consumer, &self.dispatch, &finals);
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -206,13 +206,15 @@ fn list(tps: &[TopicPartition]) -> String {
 /// offset are read again by the next owner.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Commits `offsets`; returns whether librdkafka accepted the request. A failed commit is
-/// logged and retried by the next one: commits carry absolute offsets, so nothing is lost.
+/// Commits `offsets` and waits, at most [`COMMIT_TIMEOUT`], for the coordinator's answer
+/// (librdkafka's own synchronous commit never returns while the coordinator is
+/// unreachable, and a consumer thread stuck there never stops). Returns whether the
+/// commit went through. A failed commit is logged and retried by the next one: commits
+/// carry absolute offsets, so nothing is lost.
 pub(super) fn commit(
     consumer: &BaseConsumer<SourceContext>,
     dispatch: &Dispatch<Bytes>,
     offsets: &[(TopicPartition, i64)],
-    mode: CommitMode,
 ) -> bool {
     if offsets.is_empty() {
         return true;
@@ -225,23 +227,12 @@ pub(super) fn commit(
         }
     }
     let started = std::time::Instant::now();
-    let result = match mode {
-        // Bounded: librdkafka's own synchronous commit never returns while the group
-        // coordinator is unreachable, and a consumer thread stuck there never stops.
-        CommitMode::Sync => super::commit::commit_within(consumer, &tpl, COMMIT_TIMEOUT),
-        CommitMode::Async => consumer.commit(&tpl, mode).map_err(|e| e.to_string()),
-    };
+    let result = super::commit::commit_within(consumer, &tpl, COMMIT_TIMEOUT);
     crate::telemetry::commit_duration(dispatch.job_name(), started.elapsed());
     match result {
         Ok(()) => {
-            tracing::debug!(
-                partitions = offsets.len(),
-                sync = matches!(mode, CommitMode::Sync),
-                "commit sent"
-            );
-            if matches!(mode, CommitMode::Sync) {
-                dispatch.committed(offsets);
-            }
+            tracing::debug!(partitions = offsets.len(), "committed");
+            dispatch.committed(offsets);
             true
         }
         Err(e) => {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use tokio::runtime::Handle;
 
@@ -221,7 +221,7 @@ fn consume(
             points.sort();
             // Synchronous: one round trip per interval buys a definite answer, so the
             // committed offsets we report are the ones the coordinator holds.
-            if points != last_commit && commit(&consumer, &dispatch, &points, CommitMode::Sync) {
+            if points != last_commit && commit(&consumer, &dispatch, &points) {
                 last_commit = points;
             }
             next_commit = Instant::now() + interval;
@@ -243,7 +243,7 @@ fn consume(
         "stopping: draining partitions and committing"
     );
     let finals = runtime.block_on(dispatch.revoke(&all));
-    commit(&consumer, &dispatch, &finals, CommitMode::Sync);
+    commit(&consumer, &dispatch, &finals);
     // Leaving the group triggers the revoke callback, which finds nothing left to drain.
     leave(consumer);
     outcome
