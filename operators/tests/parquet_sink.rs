@@ -745,9 +745,9 @@ async fn partitions_publish_together_when_the_job_holds_its_row_budget() {
     assert_eq!(total, 40, "every row once after the final flush");
 }
 
-/// Keeps every letter's offset and message, and resolves it at once.
+/// Keeps every letter's offset, message and value, and resolves it at once.
 #[derive(Clone, Default)]
-struct Letters(Arc<std::sync::Mutex<Vec<(i64, String)>>>);
+struct Letters(Arc<std::sync::Mutex<Vec<(i64, String, Bytes)>>>);
 
 impl eventbus_runtime::dead_letter::DeadLetterQueue for Letters {
     fn send(
@@ -758,7 +758,7 @@ impl eventbus_runtime::dead_letter::DeadLetterQueue for Letters {
         self.0
             .lock()
             .unwrap()
-            .push((letter.record.offset, letter.message));
+            .push((letter.record.offset, letter.message, letter.record.value));
         ack.done();
         Box::pin(async {})
     }
@@ -805,8 +805,12 @@ async fn a_record_read_again_after_its_letter_was_lost_is_dead_lettered_again() 
         v.sort();
         v
     };
-    let offsets = |l: &Letters| sorted(l).iter().map(|(o, _)| *o).collect::<Vec<_>>();
+    let offsets = |l: &Letters| sorted(l).iter().map(|(o, ..)| *o).collect::<Vec<_>>();
     assert_eq!(offsets(&first), vec![2, 4]);
+    // The job kept no copy of the records (no operator, and the sink gives failed
+    // records back): each letter holds the bytes the sink was sent.
+    let values: Vec<Bytes> = sorted(&first).into_iter().map(|(.., v)| v).collect();
+    assert_eq!(values, vec![truncated.clone(), records()[4].value.clone()]);
     assert_eq!(table_offsets(dir.path()), vec![0, 1, 3, 5]);
     let entries = commit_entries(dir.path());
     assert_eq!(entries.len(), 1);
@@ -820,6 +824,40 @@ async fn a_record_read_again_after_its_letter_was_lost_is_dead_lettered_again() 
     assert_eq!(sorted(&second), sorted(&first), "with the same reasons");
     assert_eq!(table_offsets(dir.path()), vec![0, 1, 3, 5], "no row twice");
     assert_eq!(commit_entries(dir.path()).len(), 1, "nothing new committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_operator_that_changes_records_a_letter_holds_the_original() {
+    // A map cuts offset 1's value short before the sink, which cannot decode it: the job
+    // copies originals for such a chain, and the letter must hold the record as read,
+    // not as the map left it.
+    let schema = apache_avro::Schema::parse_str(EVERYTHING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = |o: i64| wire(1, &schema, sample(&schema, true, T0 + o, false));
+    let records: Vec<_> = (0..3).map(|o| record(o, good(o))).collect();
+    let letters = Letters::default();
+    let config = ParquetSinkConfig::new(dir.path().to_str().unwrap());
+    let sink = ParquetSink::new(config, lookup(vec![(1, EVERYTHING.to_owned())]), &[1]).unwrap();
+    Job::builder("t")
+        .source(MemorySource::new(records))
+        .map_record(|mut r: Record<Bytes>| {
+            if r.offset == 1 {
+                r.value = r.value.slice(..r.value.len() - 3);
+            }
+            r
+        })
+        .dead_letters(letters.clone())
+        .sink(sink)
+        .build()
+        .unwrap()
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    let got = letters.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, 1);
+    assert_eq!(got[0].2, good(1), "the original, not the map's output");
+    assert_eq!(table_offsets(dir.path()), vec![0, 2]);
 }
 
 /// A schema lookup (HTTP to a registry, with sleeps between tries) must not block the

@@ -28,6 +28,13 @@ pub trait Operator<In>: Send + Sync + 'static {
     /// The value type of the records it emits.
     type Out: Send + 'static;
 
+    /// Whether this operator emits every record it keeps exactly as it was given (same
+    /// coordinates, key, headers, timestamp and value) and never fails one: a filter, or
+    /// no operator at all. With such a chain, a sink that [`crate::Sink::GIVES_BACK`]
+    /// failed records holds the original of each record itself, so the job keeps no
+    /// copy of it for its dead-letter queue.
+    const PASSES_THROUGH: bool = false;
+
     /// Processes one record.
     fn apply(&self, record: Record<In>) -> Outcome<Self::Out>;
 }
@@ -38,6 +45,7 @@ pub struct Identity;
 
 impl<T: Send + 'static> Operator<T> for Identity {
     type Out = T;
+    const PASSES_THROUGH: bool = true;
     fn apply(&self, record: Record<T>) -> Outcome<T> {
         Outcome::Emit(record)
     }
@@ -63,6 +71,7 @@ where
     B: Operator<A::Out>,
 {
     type Out = B::Out;
+    const PASSES_THROUGH: bool = A::PASSES_THROUGH && B::PASSES_THROUGH;
     fn apply(&self, record: Record<In>) -> Outcome<B::Out> {
         match self.first.apply(record) {
             Outcome::Emit(r) => self.second.apply(r),
@@ -127,6 +136,7 @@ where
     T: Send + 'static,
 {
     type Out = T;
+    const PASSES_THROUGH: bool = true;
     fn apply(&self, record: Record<T>) -> Outcome<T> {
         if (self.0)(&record) {
             Outcome::Emit(record)

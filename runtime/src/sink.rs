@@ -66,6 +66,15 @@ pub trait Sink<T>: Send + Sync + 'static {
         }
     }
 
+    /// Whether this sink fails every record it cannot take, record by record, with
+    /// [`Ack::fail_with`], handing back the record it was sent. After an operator chain
+    /// that [`crate::Operator::PASSES_THROUGH`], that record is the original, so a job
+    /// with a dead-letter queue copies no record for it: the copy is made only when a
+    /// record fails. A sink that may fail a record it no longer holds (a producer's
+    /// delivery report, a retry) keeps the default, and the job keeps a copy of each
+    /// record until its ack is settled.
+    const GIVES_BACK: bool = false;
+
     /// Makes every record sent so far durable and resolves their acknowledgements.
     ///
     /// # Errors
@@ -275,6 +284,17 @@ impl Ack {
                 }
             }
         }
+    }
+
+    /// As [`Ack::fail`], for a sink that still holds the record it was sent: a record
+    /// failure sends `record` to the dead-letter queue when the job kept no copy of the
+    /// original (see [`Sink::GIVES_BACK`]); the copy is preferred when it did, since an
+    /// operator may have changed the record since.
+    pub fn fail_with(mut self, record: Record<Bytes>, error: SinkError) {
+        if self.original.is_none() && error.is_record_failure() {
+            self.original = Some(Box::new(record));
+        }
+        self.fail(error);
     }
 
     /// Records how many times the record was tried and when it first failed, for the

@@ -97,8 +97,12 @@ async fn run_partition<T, Op, K>(
                 continue;
             }
             // With a dead-letter queue, the original travels with the record (its bytes
-            // are shared, not copied) until the record is settled.
-            let original = chain.letters.as_ref().map(|l| (l.original)(&record));
+            // are shared, not copied) until the record is settled; unless the sink hands
+            // failed records back and nothing before it changes them.
+            let original = match &chain.letters {
+                Some(l) if !(Op::PASSES_THROUGH && K::GIVES_BACK) => Some((l.original)(&record)),
+                _ => None,
+            };
             match chain.op.apply(record) {
                 Outcome::Emit(record) => {
                     let ack = Ack::new(part.clone(), offset, original.map(Box::new));

@@ -44,7 +44,7 @@ impl ParquetSink {
         match wire::split(&record.value, None) {
             Ok((id, _)) => self.buffer(p, record, ack, id, None),
             Err(e) => {
-                self.skip(p, &record, ack, format!("not in the wire format: {e}"));
+                self.skip(p, record, ack, format!("not in the wire format: {e}"));
                 Then::Nothing
             }
         }
@@ -72,7 +72,7 @@ impl ParquetSink {
             // In the table, or dead-lettered by the writer of the entry that covers it
             // (whose letter may have been lost with that writer): dead-letter it again.
             match Box::pin(self.skipped_reason(p, record.offset)).await? {
-                Some(reason) => self.bad(ack, reason),
+                Some(reason) => self.bad(record, ack, reason),
                 None => ack.done(),
             }
             return Ok(());
@@ -80,7 +80,7 @@ impl ParquetSink {
         let id = match wire::split(&record.value, None) {
             Ok((id, _)) => id,
             Err(e) => {
-                self.skip(p, &record, ack, format!("not in the wire format: {e}"));
+                self.skip(p, record, ack, format!("not in the wire format: {e}"));
                 return Ok(());
             }
         };
@@ -117,7 +117,7 @@ impl ParquetSink {
         schemas: Option<Vec<(u32, String)>>,
     ) -> Then {
         if let Err(reason) = self.decode_into(p, id, schemas, &record.value) {
-            self.skip(p, &record, ack, reason);
+            self.skip(p, record, ack, reason);
             return Then::Nothing;
         }
         p.bytes += record.value.len();
@@ -156,30 +156,34 @@ impl ParquetSink {
 
     /// Dead-letters a record that cannot be decoded, and lists it as skipped in the next
     /// commit entry.
-    fn skip(&self, p: &mut PartBuf, record: &Record<Bytes>, ack: Ack, reason: String) {
+    fn skip(&self, p: &mut PartBuf, record: Record<Bytes>, ack: Ack, reason: String) {
         // Written to the commit entry, which loaders read: never with personal data.
         let reason = eventbus_runtime::redact::redact(&ack.origin(), Some(&record.value), &reason);
         p.failed.push(SkippedRecord {
             offset: record.offset,
             reason: reason.clone(),
         });
-        self.bad(ack, reason);
+        self.bad(record, ack, reason);
     }
 
     /// Fails a record to the dead-letter queue, or, without dead letters, stops the job
-    /// on it. Its origin is built only then, not for every record.
-    fn bad(&self, ack: Ack, reason: String) {
+    /// on it. Its origin is built only then, not for every record. The record goes back
+    /// with the ack: the job keeps no copy of it ([`ParquetSink`] `GIVES_BACK`).
+    fn bad(&self, record: Record<Bytes>, ack: Ack, reason: String) {
         let class = if self.inner.config.dead_letters {
             ErrorClass::Permanent
         } else {
             ErrorClass::Fatal
         };
         let origin = ack.origin();
-        ack.fail(SinkError::Delivery {
-            sink: SINK,
-            origin,
-            reason,
-            class,
-        });
+        ack.fail_with(
+            record,
+            SinkError::Delivery {
+                sink: SINK,
+                origin,
+                reason,
+                class,
+            },
+        );
     }
 }

@@ -466,6 +466,7 @@ impl Sink<Bytes> for ParquetSink {
     /// Each record needs its partition's buffer, found under a lock shared by every
     /// partition and then locked itself: once per run instead.
     const TAKES_RUNS: bool = true;
+    const GIVES_BACK: bool = true;
 
     async fn send(&self, record: Record<Bytes>, ack: Ack) -> Result<(), SinkError> {
         self.send_batch(&mut vec![(record, ack)]).await
