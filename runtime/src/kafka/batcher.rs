@@ -196,6 +196,9 @@ impl Polled for BorrowedMessage<'_> {
         Message::timestamp(self).to_millis()
     }
     fn headers(&self, f: impl FnMut(&[u8], Option<&[u8]>)) {
+        if !super::headers::borrowed_may_have_headers(self) {
+            return;
+        }
         if let Some(hs) = Message::headers(self) {
             super::headers::for_each(hs, f);
         }

@@ -260,8 +260,9 @@ impl Polled for Fetched<'_> {
         let mut headers = std::ptr::null_mut();
         // SAFETY: the message is live and owns the headers object librdkafka returns.
         unsafe {
-            if rdsys::rd_kafka_message_headers(self.m, &mut headers)
-                == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            if super::headers::may_have_headers(self.m)
+                && rdsys::rd_kafka_message_headers(self.m, &mut headers)
+                    == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
                 && !headers.is_null()
             {
                 super::headers::for_each_native(headers, f);
