@@ -462,7 +462,9 @@ async fn caught_up(sink: ParquetSink, batch: Batch) {
         if pending.is_empty() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The job's stop waits for this check: every millisecond here is one the batch
+        // run takes longer. A check is a lookup per pending partition.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
