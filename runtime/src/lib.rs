@@ -51,7 +51,8 @@
 // `deny`, not `forbid`: four modules call librdkafka directly. `kafka::headers` reads
 // and writes headers, because rdkafka's accessors panic on a header key that is not
 // UTF-8, and asks `csrc/header_probe.c` (built by `build.rs` against librdkafka's own
-// headers) whether a message has any, because librdkafka allocates to find out; `kafka::producer` has librdkafka wake its report thread through a socket,
+// headers) whether a message has any, because librdkafka allocates to find out;
+// `kafka::producer` has librdkafka wake its report thread through a socket,
 // because rdkafka's `ThreadedProducer` spins while it waits; `kafka::fetch` reads
 // messages many per call, because rdkafka's `poll` costs a lock and several clock reads
 // per message; `kafka::commit` waits for a commit's answer with a deadline, because
