@@ -11,21 +11,13 @@
 //!   and so not ready. A partition whose records wait in an operator's state (a window)
 //!   is not waiting: those are held, not in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::executor::JobStats;
+pub use crate::executor::Progress;
 use crate::record::TopicPartition;
-
-/// One partition's progress, as last refreshed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Records delivered to the executor and not yet done.
-    pub waiting: usize,
-    /// Records done so far (delivered, filtered or failed).
-    pub done: u64,
-}
 
 static RUNNING: Mutex<Vec<(String, Weak<JobStats>)>> = Mutex::new(Vec::new());
 
@@ -109,9 +101,6 @@ impl Readiness {
         }
     }
 }
-
-/// Progress per partition, for [`JobStats`].
-pub(crate) type ProgressMap = BTreeMap<TopicPartition, Progress>;
 
 #[cfg(test)]
 mod tests {

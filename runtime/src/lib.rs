@@ -13,22 +13,33 @@
 //! ## Modules
 //!
 //! The record path runs forward (source → executor → operator → sink → tracker →
-//! commit), and no module imports a module that imports it back. An arrow reads
-//! "imports":
+//! commit), and no module imports a module that imports it back, directly or through
+//! others (`tests/module_graph.rs` checks it). An arrow reads "imports"; the lines run
+//! from the modules that import the most to those that import nothing of the crate,
+//! and every module may also import `record` and `error`:
 //!
 //! ```text
-//! job ──► executor::{task ─► dispatch ─► partition ─► state}, source, operator, sink
-//! kafka ─► source ─► executor::dispatch
-//! memory ─► source, sink
-//! executor::task ─► dead_letter ─► sink ─► record, error
-//! executor::partition ─► sink (Settle, the trait acks settle through), tracker
+//! job ─► executor, source, operator, sink, dead_letter, health, config
+//! kafka::source ─► kafka::{batcher, context, fetch, offsets, diagnose}, source, config
+//! kafka::batcher ─► kafka::{context, fetch, headers}
+//! kafka::context ─► kafka::{commit, diagnose}, executor::dispatch, telemetry
+//! kafka::fetch ─► kafka::headers
+//! memory ─► source, sink, executor::dispatch
+//! source ─► executor::dispatch
+//! health ─► executor::state
+//! executor::task ─► executor::{dispatch, partition}, operator, dead_letter, telemetry
+//! executor::dispatch ─► executor::{partition, state}, dead_letter, telemetry, config
+//! executor::partition ─► executor::{state, collect}, tracker, sink
+//! executor::{state, collect} ─► sink
+//! telemetry ─► dead_letter ─► sink
+//! config ─► error ─► redact ─► record ─► kafka::headers
 //! ```
 //!
-//! `record`, `error`, `config`, `tracker` and `telemetry` import nothing of the crate but
-//! each other's leaves. Callbacks the other way are traits passed down: a sink's
-//! [`Ack`] settles through `sink::Settle`, which the executor's partition state
-//! implements; a record failing at the sink reaches the dead-letter queue through the
-//! partition's failure hook, which the executor installs.
+//! `kafka::headers`, `kafka::commit`, `kafka::diagnose` and `tracker` import nothing
+//! of the crate. Callbacks the other way are traits passed down: a sink's [`Ack`]
+//! settles through `sink::Settle`, which the executor's partition state implements; a
+//! record failing at the sink reaches the dead-letter queue through the partition's
+//! failure hook, which the executor installs.
 //!
 //! ```no_run
 //! use eventbus_runtime::{Job, KafkaProperties, KafkaSource, SourceConfig};

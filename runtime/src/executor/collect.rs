@@ -1,11 +1,13 @@
 //! Settling a batch's acks under one lock: while a partition task polls its sink, acks
 //! the sink settles on the same thread are collected instead of each taking the
-//! tracker's lock, and the task applies them together ([`super::partition::PartitionState::apply`]).
+//! tracker's lock, and the task applies them together (`PartitionState::apply`).
+//!
+//! A partition is known here by its state's address only, so this module imports
+//! nothing of the executor: the partition state imports it.
 
 use std::cell::RefCell;
 
-use super::partition::PartitionState;
-use crate::sink::Resolution;
+use crate::sink::{Resolution, Settle};
 
 /// A partition's address and the settlements collected for it.
 type Collector = (usize, Vec<(i64, Resolution)>);
@@ -19,13 +21,14 @@ thread_local! {
     static COLLECTING: RefCell<Option<Collector>> = const { RefCell::new(None) };
 }
 
-/// What a partition task collected while polling: applied with [`PartitionState::apply`].
+/// What a partition task collected while polling: applied with `PartitionState::apply`.
 #[derive(Debug, Default)]
 pub(crate) struct Collected(Vec<(i64, Resolution)>);
 
 impl Collected {
-    /// Runs `f` with this thread collecting `part`'s settlements into `self`.
-    pub(crate) fn during<R>(&mut self, part: &PartitionState, f: impl FnOnce() -> R) -> R {
+    /// Runs `f` with this thread collecting the settlements of the partition whose state
+    /// is `part` into `self`.
+    pub(crate) fn during<P: Settle, R>(&mut self, part: &P, f: impl FnOnce() -> R) -> R {
         /// Puts the thread back as it was, even when `f` panics: a collector left
         /// behind would swallow the settlements of a later partition state.
         struct Restore<'a> {
@@ -41,7 +44,7 @@ impl Collected {
                 }
             }
         }
-        let addr = std::ptr::from_ref(part) as usize;
+        let addr = address(part);
         let buffer = std::mem::take(&mut self.0);
         let outer = COLLECTING.with(|c| c.borrow_mut().replace((addr, buffer)));
         let _restore = Restore {
@@ -77,10 +80,11 @@ impl Collected {
     }
 }
 
-/// Collects `offsets` for `part` when this thread is polling `part`'s sink; `false`
-/// when it is not (the caller settles them itself).
-pub(super) fn collect_if_polling(part: &PartitionState, offsets: &[i64], how: Resolution) -> bool {
-    let addr = std::ptr::from_ref(part) as usize;
+/// Collects `offsets` for the partition whose state is `part` when this thread is
+/// polling that partition's sink; `false` when it is not (the caller settles them
+/// itself).
+pub(super) fn collect_if_polling<P: Settle>(part: &P, offsets: &[i64], how: Resolution) -> bool {
+    let addr = address(part);
     COLLECTING.with(|c| match &mut *c.borrow_mut() {
         Some((mine, buffer)) if *mine == addr => {
             buffer.extend(offsets.iter().map(|&o| (o, how)));
@@ -88,4 +92,10 @@ pub(super) fn collect_if_polling(part: &PartitionState, offsets: &[i64], how: Re
         }
         _ => false,
     })
+}
+
+/// What a partition state is known by here: where it lives, which no other partition
+/// state shares while it does.
+fn address<P: Settle>(part: &P) -> usize {
+    std::ptr::from_ref(part) as usize
 }

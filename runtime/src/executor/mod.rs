@@ -18,7 +18,7 @@ mod state;
 mod task;
 
 pub use dispatch::{Dispatch, Flow};
-pub use state::{JobReport, JobStats};
+pub use state::{JobReport, JobStats, Progress};
 
 pub(crate) use state::JobShared;
 pub(crate) use task::Chain;

@@ -191,8 +191,8 @@ impl PartitionState {
     }
 
     /// Records waiting and records done, for health probes.
-    pub(crate) fn progress(&self) -> crate::health::Progress {
-        crate::health::Progress {
+    pub(crate) fn progress(&self) -> super::state::Progress {
+        super::state::Progress {
             waiting: self.held(),
             done: self.counts.done(),
         }
@@ -515,7 +515,7 @@ mod tests {
         let a = partition(&job, 0, 0..4);
         let b = partition(&job, 1, 0..1);
         let mut collected = Collected::default();
-        collected.during(&a, || {
+        collected.during(a.as_ref(), || {
             ack(&a, 0).done();
             ack(&a, 1).done();
             // Another partition's ack settles at once.
@@ -532,7 +532,7 @@ mod tests {
         // A panic inside the poll leaves no collector behind on the thread.
         let mut again = Collected::default();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            again.during(&a, || panic!("a sink bug"));
+            again.during(a.as_ref(), || panic!("a sink bug"));
         }));
         assert!(panicked.is_err());
         ack(&a, 2).done();

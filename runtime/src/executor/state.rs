@@ -173,8 +173,20 @@ pub struct JobStats {
     started: AtomicBool,
     finished: AtomicBool,
     failure: Mutex<Option<String>>,
-    progress: Mutex<crate::health::ProgressMap>,
+    progress: Mutex<ProgressMap>,
 }
+
+/// One partition's progress, as last refreshed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Records delivered to the executor and not yet done.
+    pub waiting: usize,
+    /// Records done so far (delivered, filtered or failed).
+    pub done: u64,
+}
+
+/// Progress per partition, for [`JobStats`].
+pub(crate) type ProgressMap = BTreeMap<TopicPartition, Progress>;
 
 impl JobStats {
     pub(crate) fn add_consumed(&self, n: u64) {
@@ -285,12 +297,12 @@ impl JobStats {
     }
 
     /// Replaces the per-partition progress.
-    pub fn set_progress(&self, progress: crate::health::ProgressMap) {
+    pub fn set_progress(&self, progress: ProgressMap) {
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
     }
 
     /// Per-partition progress, as last refreshed.
-    pub fn progress(&self) -> crate::health::ProgressMap {
+    pub fn progress(&self) -> ProgressMap {
         self.progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())

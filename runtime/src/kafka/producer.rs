@@ -144,7 +144,7 @@ fn serve<C: ProducerContext>(
 
 impl<C: ProducerContext + 'static> EventProducer<C> {
     /// Rounds the serving thread has made: one per wake-up from librdkafka or per
-    /// [`ROUND`] without one. An idle producer makes about ten a second.
+    /// `ROUND` without one. An idle producer makes about ten a second.
     pub fn rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)
     }
