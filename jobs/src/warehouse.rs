@@ -417,10 +417,9 @@ impl Cluster {
                 );
             };
             for p in t.partitions() {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .with_context(|| format!("end offsets of {topic}[{}]", p.id()))?;
+                let (low, high) =
+                    eventbus_runtime::kafka::watermark(&self.consumer, topic, p.id(), timeout)
+                        .with_context(|| format!("end offsets of {topic}[{}]", p.id()))?;
                 out.insert(TopicPartition::new(topic.as_str(), p.id()), (low, high));
             }
         }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use eventbus_operators::windowed::Windowed;
 use eventbus_runtime::{KafkaProperties, TopicPartition};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 
 use super::cluster_client;
 use super::partial::PartialWriter;
@@ -150,8 +150,13 @@ impl OthersDone {
             let committed =
                 eventbus_runtime::kafka::committed(&*client, &tps, Duration::from_secs(30))?;
             for tp in &tps {
-                let (_, high) =
-                    client.fetch_watermarks(&topic, tp.partition, Duration::from_secs(30))?;
+                let (_, high) = eventbus_runtime::kafka::watermark(
+                    &*client,
+                    &topic,
+                    tp.partition,
+                    Duration::from_secs(30),
+                )
+                .with_context(|| format!("end offset of {tp}"))?;
                 if committed.get(tp).is_none_or(|c| *c < high) {
                     return Ok(false);
                 }

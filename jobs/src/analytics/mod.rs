@@ -202,9 +202,9 @@ fn progress_reader(kafka: &KafkaProperties, topic: &str) -> anyhow::Result<Progr
     let decoder = Decoder::new(Arc::new(FileRegistry::embedded()?) as Arc<dyn SchemaRegistry>);
     Ok(Arc::new(move |r: i32| {
         let client = client.lock().unwrap_or_else(|p| p.into_inner());
-        let (low, high) = client
-            .fetch_watermarks(&topic, r, Duration::from_secs(30))
-            .map_err(|e| format!("{topic}[{r}] on {brokers}: {e}"))?;
+        let (low, high) =
+            eventbus_runtime::kafka::watermark(&*client, &topic, r, Duration::from_secs(30))
+                .map_err(|e| format!("{topic}[{r}] on {brokers}: {e}"))?;
         if high <= low {
             return Ok(i64::MIN);
         }

@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 pub use diagnose::{Diagnosing, LastError, Remembers, fetch_metadata};
-pub use offsets::{committed, topic_partitions, watermarks};
+pub use offsets::{committed, topic_partitions, watermark, watermarks};
 pub use producer::EventProducer;
 pub use source::KafkaSource;
 

@@ -57,16 +57,28 @@ pub fn watermarks<C: ConsumerContext, K: Consumer<C>>(
         })?;
     topic_partitions(&metadata, topic, brokers)?
         .into_iter()
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, timeout)
-                .map(|w| (p, w))
-                .map_err(|source| RuntimeError::Kafka {
-                    operation: "reading partition watermarks",
-                    source,
-                })
-        })
+        .map(|p| watermark(consumer, topic, p, timeout).map(|w| (p, w)))
         .collect()
+}
+
+/// The low and high watermarks (first offset kept, next offset to be written) of one
+/// partition.
+///
+/// # Errors
+/// [`RuntimeError::Kafka`] when the partition's leader does not answer within
+/// `timeout`, or the cluster has no such partition.
+pub fn watermark<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), RuntimeError> {
+    consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|source| RuntimeError::Kafka {
+            operation: "reading partition watermarks",
+            source,
+        })
 }
 
 /// The offsets the consumer's group has committed for `partitions`; a partition without
