@@ -291,7 +291,12 @@ pub(crate) async fn handoff_floor(
     std::thread::Builder::new()
         .name("bench-handoff".to_owned())
         .spawn(move || {
-            let _ = tx.send(work());
+            let result = work();
+            // The consumer leaves its group before the side ends: the mock cluster may
+            // be shut down next, and a consumer still closing would log its lost
+            // connections as errors.
+            drop(work);
+            let _ = tx.send(result);
         })?;
     rx.await?
 }
