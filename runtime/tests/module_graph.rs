@@ -3,19 +3,23 @@
 //!
 //! A module is a source file (`executor/partition.rs` is `executor::partition`). It
 //! imports another when it names a path into it (`crate::sink::Ack`, `super::state`),
-//! in a `use` or inline. A path to an item a module re-exports (`pub use`) counts as
-//! a path to where the item is defined. A module's own parent and children are not
-//! counted: a parent declares its children, and that is not an import. Test modules
-//! (`#[cfg(test)] mod tests`) are left out; they import what they test.
+//! in a `use`, in code, or inside a macro's arguments. A path to an item a module
+//! re-exports (`pub use`) counts as a path to where the item is defined. A module's own
+//! parent and children are not counted: a parent declares its children, and that is not
+//! an import. Test modules (`#[cfg(test)] mod tests`) are left out; they import what
+//! they test. The files are parsed with `syn`, so comments and strings never count.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use proc_macro2::{TokenStream, TokenTree};
+use syn::visit::Visit;
+
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
-/// Every module of `src`, by path, with its source (comments and test modules removed).
-fn modules(src: &Path) -> BTreeMap<String, String> {
+/// Every module of `src`, by path, with its parsed source.
+fn modules(src: &Path) -> BTreeMap<String, syn::File> {
     let mut out = BTreeMap::new();
     let mut dirs = vec![src.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -37,188 +41,170 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
             if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
                 parts.pop();
             }
-            let name = parts.join("::");
             let text = std::fs::read_to_string(&path).expect("a source file reads");
-            out.insert(name, without_tests(&without_comments(&text)));
+            let file = syn::parse_file(&text)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+            out.insert(parts.join("::"), file);
         }
     }
     out
 }
 
-fn without_comments(text: &str) -> String {
-    text.lines()
-        .map(|l| l.find("//").map_or(l, |i| &l[..i]))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The paths a module names that start with `crate`, `super` or `self`, as segments;
+/// and, for `pub use` items, what each re-exported name stands for.
+#[derive(Default)]
+struct Named {
+    paths: Vec<Vec<String>>,
+    /// `(name, path)` per name a `pub use` makes public.
+    reexports: Vec<(String, Vec<String>)>,
 }
 
-/// `text` without its `#[cfg(test)] mod NAME { ... }` blocks.
-fn without_tests(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("#[cfg(test)]") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + "#[cfg(test)]".len()..];
-        let is_mod = after.trim_start().starts_with("mod ") && {
-            let line_end = after.find(['{', ';']).unwrap_or(after.len());
-            after[..line_end].trim_start().starts_with("mod ") && after[line_end..].starts_with('{')
-        };
-        if !is_mod {
-            out.push_str("#[cfg(test)]");
-            rest = after;
-            continue;
+fn is_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test")
+    })
+}
+
+/// Each path of a `use` tree, with the name it is known by here.
+fn use_paths(tree: &syn::UseTree, prefix: &mut Vec<String>, out: &mut Vec<(String, Vec<String>)>) {
+    match tree {
+        syn::UseTree::Path(p) => {
+            prefix.push(p.ident.to_string());
+            use_paths(&p.tree, prefix, out);
+            prefix.pop();
         }
-        let open = after.find('{').expect("checked above");
-        rest = &after[matching_brace(after, open) + 1..];
+        syn::UseTree::Name(n) => {
+            let mut path = prefix.clone();
+            path.push(n.ident.to_string());
+            out.push((n.ident.to_string(), path));
+        }
+        syn::UseTree::Rename(r) => {
+            let mut path = prefix.clone();
+            path.push(r.ident.to_string());
+            out.push((r.rename.to_string(), path));
+        }
+        syn::UseTree::Glob(_) => out.push(("*".into(), prefix.clone())),
+        syn::UseTree::Group(g) => g.items.iter().for_each(|t| use_paths(t, prefix, out)),
     }
-    out.push_str(rest);
-    out
 }
 
-/// The index of the `}` that closes the `{` at `open`.
-fn matching_brace(text: &str, open: usize) -> usize {
-    let mut depth = 0usize;
-    for (i, c) in text.char_indices().skip_while(|(i, _)| *i < open) {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return i;
-                }
+fn anchored(path: &[String]) -> bool {
+    path.first()
+        .is_some_and(|s| s == "crate" || s == "super" || s == "self")
+}
+
+impl Named {
+    /// Paths written inside a macro's arguments (`format!`, `tracing::warn!`), which
+    /// `syn` leaves as tokens: `crate :: a :: b` runs.
+    fn scan(&mut self, tokens: TokenStream) {
+        let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+        let mut i = 0;
+        while i < tokens.len() {
+            if let TokenTree::Group(g) = &tokens[i] {
+                self.scan(g.stream());
             }
-            _ => {}
-        }
-    }
-    text.len() - 1
-}
-
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
-}
-
-/// Every path `text` names that starts with `crate`, `super` or `self`, with `use`
-/// groups (`use super::{a, b::C}`) expanded.
-fn paths(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    for start in ["crate::", "super::", "self::"] {
-        let mut from = 0;
-        while let Some(found) = text[from..].find(start) {
-            let at = from + found;
-            from = at + start.len();
-            if at > 0 && (is_ident(bytes[at - 1] as char) || bytes[at - 1] == b':') {
+            let starts = matches!(&tokens[i], TokenTree::Ident(id)
+                if id == "crate" || id == "super" || id == "self");
+            if !starts {
+                i += 1;
                 continue;
             }
-            expand(&text[at..], String::new(), &mut out);
+            let mut path = vec![tokens[i].to_string()];
+            let mut j = i + 1;
+            while let (
+                Some(TokenTree::Punct(a)),
+                Some(TokenTree::Punct(b)),
+                Some(TokenTree::Ident(id)),
+            ) = (tokens.get(j), tokens.get(j + 1), tokens.get(j + 2))
+            {
+                if a.as_char() != ':' || b.as_char() != ':' {
+                    break;
+                }
+                path.push(id.to_string());
+                j += 3;
+            }
+            if path.len() > 1 {
+                self.paths.push(path);
+            }
+            i = j;
         }
     }
-    out
 }
 
-/// Reads one path (or `use` tree) at the start of `text`, after `prefix`.
-fn expand(text: &str, prefix: String, out: &mut Vec<String>) {
-    let mut path = prefix;
-    let mut rest = text.trim_start();
-    loop {
-        let len = rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len());
-        if len == 0 && rest.starts_with('{') {
-            let close = matching_brace(rest, 0);
-            for part in split_top(&rest[1..close]) {
-                expand(part, path.clone(), out);
-            }
+impl<'ast> Visit<'ast> for Named {
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        if !is_test(&m.attrs) {
+            syn::visit::visit_item_mod(self, m);
+        }
+    }
+
+    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+        if !is_test(&f.attrs) {
+            syn::visit::visit_item_fn(self, f);
+        }
+    }
+
+    fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+        if is_test(&u.attrs) {
             return;
         }
-        if !path.is_empty() {
-            path.push_str("::");
-        }
-        path.push_str(&rest[..len]);
-        rest = &rest[len..];
-        match rest.strip_prefix("::") {
-            Some(more) => rest = more.trim_start(),
-            None => break,
-        }
-    }
-    out.push(path);
-}
-
-/// `text` split at the commas outside braces.
-fn split_top(text: &str) -> Vec<&str> {
-    let (mut parts, mut depth, mut start) = (Vec::new(), 0usize, 0);
-    for (i, c) in text.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                parts.push(&text[start..i]);
-                start = i + 1;
+        let mut named = Vec::new();
+        use_paths(&u.tree, &mut Vec::new(), &mut named);
+        let public = !matches!(u.vis, syn::Visibility::Inherited);
+        for (name, mut path) in named {
+            if public && name != "*" {
+                // In a `use`, a path that does not start at `crate`, `super` or `self`
+                // names a child module (or another crate, which resolves to nothing).
+                if !anchored(&path) {
+                    path.insert(0, "self".into());
+                }
+                self.reexports.push((name, path.clone()));
             }
-            _ => {}
+            if anchored(&path) {
+                self.paths.push(path);
+            }
         }
     }
-    parts.push(&text[start..]);
-    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
+
+    fn visit_path(&mut self, p: &'ast syn::Path) {
+        let path: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+        if anchored(&path) {
+            self.paths.push(path);
+        }
+        syn::visit::visit_path(self, p);
+    }
+
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        self.scan(m.tokens.clone());
+        syn::visit::visit_macro(self, m);
+    }
 }
 
 /// `path` as written in module `from`, made absolute (no `crate`, `super`, `self`).
-fn absolute(from: &str, path: &str) -> Vec<String> {
+fn absolute(from: &str, path: &[String]) -> Vec<String> {
     let mut here: Vec<String> = if from.is_empty() {
         Vec::new()
     } else {
         from.split("::").map(str::to_owned).collect()
     };
     let mut out = Vec::new();
-    for (i, seg) in path.split("::").enumerate() {
-        match seg {
+    for (i, seg) in path.iter().enumerate() {
+        match seg.as_str() {
             "crate" if i == 0 => here.clear(),
             "super" if out.is_empty() => {
                 here.pop();
             }
             "self" if out.is_empty() => {}
-            _ => out.push(seg.to_owned()),
+            _ => out.push(seg.clone()),
         }
     }
     here.extend(out);
     here
 }
 
-/// What each module re-exports: `(module, item)` → the absolute path it names.
-fn reexports(mods: &BTreeMap<String, String>) -> BTreeMap<(String, String), Vec<String>> {
-    let mut out = BTreeMap::new();
-    for (name, text) in mods {
-        for stmt in text.split(';') {
-            let stmt = stmt.trim();
-            let Some(tree) = stmt
-                .strip_prefix("pub use ")
-                .or_else(|| stmt.strip_prefix("pub(crate) use "))
-                .or_else(|| stmt.strip_prefix("pub(super) use "))
-            else {
-                continue;
-            };
-            let tree = if ["crate::", "super::", "self::"]
-                .iter()
-                .any(|p| tree.starts_with(p))
-            {
-                tree.to_owned()
-            } else {
-                format!("self::{tree}")
-            };
-            let mut named = Vec::new();
-            expand(&tree, String::new(), &mut named);
-            for p in named {
-                let abs = absolute(name, &p);
-                if let Some(item) = abs.last() {
-                    out.insert((name.clone(), item.clone()), abs.clone());
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The module `path` leads into: the longest module prefix, through re-exports.
 fn resolve(
-    mods: &BTreeMap<String, String>,
+    mods: &BTreeSet<String>,
     reexports: &BTreeMap<(String, String), Vec<String>>,
     mut path: Vec<String>,
 ) -> Option<String> {
@@ -226,7 +212,7 @@ fn resolve(
         let (n, module) = (0..=path.len())
             .rev()
             .map(|n| (n, path[..n].join("::")))
-            .find(|(_, m)| mods.contains_key(m))?;
+            .find(|(_, m)| mods.contains(m))?;
         match path.get(n) {
             Some(item) if reexports.contains_key(&(module.clone(), item.clone())) => {
                 let mut next = reexports[&(module, item.clone())].clone();
@@ -248,13 +234,28 @@ fn related(a: &str, b: &str) -> bool {
 }
 
 fn graph(src: &Path) -> Graph {
-    let mods = modules(src);
-    let reexports = reexports(&mods);
+    let named: BTreeMap<String, Named> = modules(src)
+        .into_iter()
+        .map(|(name, file)| {
+            let mut n = Named::default();
+            n.visit_file(&file);
+            (name, n)
+        })
+        .collect();
+    let mods: BTreeSet<String> = named.keys().cloned().collect();
+    let reexports: BTreeMap<(String, String), Vec<String>> = named
+        .iter()
+        .flat_map(|(module, n)| {
+            n.reexports
+                .iter()
+                .map(|(item, path)| ((module.clone(), item.clone()), absolute(module, path)))
+        })
+        .collect();
     let mut graph = Graph::new();
-    for (name, text) in &mods {
+    for (name, n) in &named {
         let imports = graph.entry(name.clone()).or_default();
-        for p in paths(text) {
-            if let Some(to) = resolve(&mods, &reexports, absolute(name, &p))
+        for p in &n.paths {
+            if let Some(to) = resolve(&mods, &reexports, absolute(name, p))
                 && !related(name, &to)
             {
                 imports.insert(to);
