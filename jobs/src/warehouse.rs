@@ -407,20 +407,14 @@ impl Cluster {
         let timeout = Duration::from_secs(30);
         let mut out = BTreeMap::new();
         for topic in topics {
-            let Some(t) = self.topic(topic) else {
-                return Err(
-                    anyhow::Error::new(eventbus_runtime::RuntimeError::TopicMissing {
-                        topic: topic.clone(),
-                        brokers: self.brokers.clone(),
-                    })
-                    .context("reading where batch mode stops"),
-                );
-            };
-            for p in t.partitions() {
+            let partitions =
+                eventbus_runtime::kafka::topic_partitions(&self.metadata, topic, &self.brokers)
+                    .context("reading where batch mode stops")?;
+            for p in partitions {
                 let (low, high) =
-                    eventbus_runtime::kafka::watermark(&self.consumer, topic, p.id(), timeout)
-                        .with_context(|| format!("end offsets of {topic}[{}]", p.id()))?;
-                out.insert(TopicPartition::new(topic.as_str(), p.id()), (low, high));
+                    eventbus_runtime::kafka::watermark(&self.consumer, topic, p, timeout)
+                        .with_context(|| format!("end offsets of {topic}[{p}]"))?;
+                out.insert(TopicPartition::new(topic.as_str(), p), (low, high));
             }
         }
         Ok(out)
